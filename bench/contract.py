@@ -1,0 +1,166 @@
+"""The input contract every model shares: feature schema, batches, split tensors, model output.
+
+Groups follow the paper's Sec. 3.2.1 (../shared/PROTOCOL.md section 1):
+
+| name         | shape         | dtype   | meaning                                                        |
+|--------------|---------------|---------|----------------------------------------------------------------|
+| `item`       | [B, F_i]      | int64   | candidate item fields (e_i)                                    |
+| `hist`       | [B, T, F_i]   | int64   | behaviours, same fields as `item`, most recent in the LAST slot |
+| `hist_mask`  | [B, T]        | bool    | True where `hist` holds a real behaviour (left padding)        |
+| `user`       | [B, J]        | int64   | user-profile fields (e_u)                                      |
+| `context`    | [B, K]        | int64   | context fields (e_c); K may be 0                               |
+| `label`      | [B]           | float32 | 0/1 click / review label                                      |
+| `user_index` | [B]           | int64   | raw user key, for gAUC grouping only (never a model input)     |
+
+Index 0 of every field is padding (embedding 0), index 1 is out-of-vocabulary.
+Histories are left-padded: slot T-1 is the most recent behaviour, so slot t means
+"the (T-t)-th most recent" whatever ``max_len`` is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+PAD = 0
+OOV = 1
+
+BATCH_FIELDS = ("item", "hist", "hist_mask", "user", "context", "label", "user_index")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One categorical field: its name and vocabulary size (padding 0 and OOV 1 included)."""
+
+    name: str
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Fields of the four input groups of one prepared dataset.
+
+    ``item_fields`` serve both the candidate item and each behaviour (one embedding table per
+    field, shared). ``max_len`` is T, the number of behaviour slots.
+    """
+
+    item_fields: tuple[Field, ...]
+    user_fields: tuple[Field, ...]
+    context_fields: tuple[Field, ...]
+    max_len: int
+
+    @property
+    def n_item_fields(self) -> int:
+        return len(self.item_fields)
+
+    @property
+    def n_user_fields(self) -> int:
+        return len(self.user_fields)
+
+    @property
+    def n_context_fields(self) -> int:
+        return len(self.context_fields)
+
+    def to_dict(self) -> dict:
+        return {
+            "item_fields": [dataclasses.asdict(f) for f in self.item_fields],
+            "user_fields": [dataclasses.asdict(f) for f in self.user_fields],
+            "context_fields": [dataclasses.asdict(f) for f in self.context_fields],
+            "max_len": self.max_len,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSchema":
+        return cls(
+            item_fields=tuple(Field(**f) for f in d["item_fields"]),
+            user_fields=tuple(Field(**f) for f in d["user_fields"]),
+            context_fields=tuple(Field(**f) for f in d["context_fields"]),
+            max_len=int(d["max_len"]),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One mini-batch of the shared contract (shapes in the module docstring)."""
+
+    item: torch.Tensor
+    hist: torch.Tensor
+    hist_mask: torch.Tensor
+    user: torch.Tensor
+    context: torch.Tensor
+    label: torch.Tensor
+    user_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{k: getattr(self, k).to(device, non_blocking=True) for k in BATCH_FIELDS})
+
+
+@dataclass
+class Split:
+    """All samples of one split as in-memory tensors; batches are slices of them.
+
+    Tensors have the shapes of :class:`Batch` with B = number of samples N.
+    """
+
+    item: torch.Tensor
+    hist: torch.Tensor
+    hist_mask: torch.Tensor
+    user: torch.Tensor
+    context: torch.Tensor
+    label: torch.Tensor
+    user_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(**{k: getattr(self, k).to(device) for k in BATCH_FIELDS})
+
+    def take(self, index: torch.Tensor | slice) -> Batch:
+        """The samples at ``index`` (a slice or a LongTensor of positions) as a :class:`Batch`."""
+        return Batch(**{k: getattr(self, k)[index] for k in BATCH_FIELDS})
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        """Yield batches sliced from the in-memory tensors.
+
+        With ``shuffle`` a permutation drawn from ``generator`` orders the samples (one gather per
+        batch); otherwise contiguous slices, no copy.
+        """
+        n = len(self)
+        if shuffle:
+            perm = torch.randperm(n, generator=generator, device="cpu").to(self.label.device)
+            for start in range(0, n, batch_size):
+                yield self.take(perm[start : start + batch_size])
+        else:
+            for start in range(0, n, batch_size):
+                yield self.take(slice(start, start + batch_size))
+
+
+@dataclass
+class ModelOutput:
+    """What every model's ``forward(batch)`` returns.
+
+    logits: [B] float, pre-sigmoid click scores.
+    aux_loss: scalar tensor already multiplied by its weight (DIEN's alpha * L_aux), added to the
+        mean BCE by the trainer; None when the model has none.
+    attention: named attention weights for inspection, e.g. MIAN's ``gim`` [B, 7],
+        ``ibim`` [B, T], ``iuim`` [B, J], ``icim`` [B, K]; empty when the model has none.
+    """
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
