@@ -43,8 +43,19 @@ _CLASSES = {
 }
 
 
+_EXTRA: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str, cls: type[nn.Module]) -> None:
+    """Register an extra model class under ``name`` (plug-ins and tests); it must follow the
+    contract above (nested ``Config`` dataclass, ``cls(schema, cfg, item_table=None)``)."""
+    _EXTRA[name] = cls
+
+
 def model_class(name: str) -> type[nn.Module]:
     """The class registered under ``name``. Raises KeyError naming the known models."""
+    if name in _EXTRA:
+        return _EXTRA[name]
     if name not in _MODULES:
         raise KeyError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     module = importlib.import_module(_MODULES[name])

@@ -1,0 +1,161 @@
+"""Per-dataset configuration: one TOML file per dataset in ``bench/configs/`` holding every
+hyper-parameter (PROTOCOL section 3), resolved per model into a plain dict stored in each run record.
+
+File layout::
+
+    [train]            # TrainConfig fields
+    lr = 1e-3
+    [model]            # shared defaults: applied to every model whose Config defines the key
+    embed_dim = 16
+    mlp = [200, 80]
+    [models.dcn]       # model-specific values (keys of that model's Config)
+    n_cross = 3
+
+Precedence (lowest first): the model's Config defaults, ``[model]``, ``[models.<name>]``, the
+variant's overrides (studies), ``--set`` overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from bench.registry import config_class, make_config
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not exist or does not parse."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training protocol (PROTOCOL section 3).
+
+    lr: Adam learning rate. batch_size: training batch. max_epochs: epoch cap. patience: epochs
+    without a validation-AUC gain before stopping. eval_batch_size: batch for scoring.
+    eval_every_steps: extra validation evaluations every this many optimiser steps (0 = only at
+    epoch ends; the convergence study sets it). Early stopping only looks at epoch-end evaluations.
+    weight_decay: Adam L2 (0 by default).
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 20
+    patience: int = 2
+    eval_batch_size: int = 4096
+    eval_every_steps: int = 0
+    weight_decay: float = 0.0
+
+
+def config_path(dataset: str) -> Path:
+    return CONFIG_DIR / f"{dataset}.toml"
+
+
+def load_dataset_config(dataset: str) -> dict[str, Any]:
+    """The parsed TOML of ``dataset``; an empty config when the dataset has no file.
+
+    Raises ConfigError naming the file when it does not parse or has unknown sections."""
+    path = config_path(dataset)
+    if not path.exists():
+        return {"train": {}, "model": {}, "models": {}}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"train", "model", "models"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected train, model, models")
+    data.setdefault("train", {})
+    data.setdefault("model", {})
+    data.setdefault("models", {})
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``["train.lr=0.01", "n_heads=4"]`` -> {"train.lr": 0.01, "n_heads": 4}.
+
+    Raises ConfigError for an item without ``=``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def resolve_config(
+    dataset: str,
+    model: str,
+    variant_overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The full resolved config {"train": {...}, "model": {...}} of one run.
+
+    ``overrides`` keys are ``train.<key>``, ``model.<key>`` or a bare key that exists in exactly
+    one of the two. Raises ConfigError naming any key that exists in neither.
+    """
+    data = load_dataset_config(dataset)
+    model_cls = config_class(model)
+    model_keys = {f.name for f in dataclasses.fields(model_cls)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+
+    train = dict(data["train"])
+    bad = set(train) - train_keys
+    if bad:
+        raise ConfigError(f"{config_path(dataset)} [train]: unknown key(s) {sorted(bad)}")
+    params = {k: v for k, v in data["model"].items() if k in model_keys}
+    specific = dict(data["models"].get(model, {}))
+    bad = set(specific) - model_keys
+    if bad:
+        raise ConfigError(f"{config_path(dataset)} [models.{model}]: unknown key(s) {sorted(bad)}")
+    params.update(specific)
+    for key, value in (variant_overrides or {}).items():
+        if key not in model_keys:
+            raise ConfigError(f"variant override {key!r} is not a parameter of model {model!r}")
+        params[key] = value
+    for key, value in (overrides or {}).items():
+        if key.startswith("train."):
+            name, target, known = key[6:], train, train_keys
+        elif key.startswith("model."):
+            name, target, known = key[6:], params, model_keys
+        elif key in train_keys and key not in model_keys:
+            name, target, known = key, train, train_keys
+        elif key in model_keys:
+            name, target, known = key, params, model_keys
+        else:
+            raise ConfigError(
+                f"--set {key}: no such key in the train config or in model {model!r}'s config "
+                f"(train keys: {', '.join(sorted(train_keys))}; model keys: {', '.join(sorted(model_keys))})"
+            )
+        if name not in known:
+            raise ConfigError(f"--set {key}: unknown key {name!r}; known: {', '.join(sorted(known))}")
+        target[name] = value
+    try:
+        train_cfg = TrainConfig(**train)
+        model_cfg = make_config(model_cls, params, where=f"model {model!r}")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return {"train": _plain(dataclasses.asdict(train_cfg)), "model": _plain(dataclasses.asdict(model_cfg))}
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Tuples -> lists so that the dict is canonical JSON."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

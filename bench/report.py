@@ -1,0 +1,251 @@
+"""Tables from run records: aggregation over seeds, significance, markdown / CSV / LaTeX writers.
+
+Every figure here is computed from run records (``results/runs``); nothing is typed in by hand
+except the paper's own numbers (``PAPER_TABLE2``, from ../shared/paper/MIAN.md section 6.1),
+shown beside ours for orientation only.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from tabulate import tabulate
+
+from bench.io import atomic_write_text
+from bench.metrics import impr, rela_impr
+
+MODEL_LABELS = {
+    "lr": "LR",
+    "wide_deep": "Wide&Deep",
+    "dcn": "Deep&Cross",
+    "deepfm": "DeepFM",
+    "xdeepfm": "xDeepFM",
+    "din": "DIN",
+    "dien": "DIEN",
+    "mian": "MIAN",
+}
+
+# The paper's Table 2 AUCs (MIAN.md section 6.1): Books, Electronics, Commercial.
+PAPER_TABLE2 = {
+    "lr": (0.7876, 0.8214, 0.7584),
+    "wide_deep": (0.7932, 0.8385, 0.7611),
+    "dcn": (0.7995, 0.8540, 0.7646),
+    "deepfm": (0.8067, 0.8636, 0.7609),
+    "xdeepfm": (0.8089, 0.8683, 0.7610),
+    "din": (0.8145, 0.8807, 0.7612),
+    "dien": (0.8159, 0.8836, 0.7634),
+    "mian": (0.8209, 0.8913, 0.7674),
+}
+
+METRICS = ("auc", "logloss", "gauc")
+HIGHER_IS_BETTER = {"auc": True, "logloss": False, "gauc": True}
+
+
+def per_seed(records: Sequence[dict[str, Any]], group: str, name: str, metric: str) -> dict[int, float]:
+    """{seed: test metric} of the records whose ``group`` key equals ``name``."""
+    return {int(r["seed"]): float(r["test"][metric]) for r in records if r[group] == name}
+
+
+def aggregate(records: Sequence[dict[str, Any]], group: str, order: Sequence[str]) -> pd.DataFrame:
+    """One row per ``group`` value in ``order`` (those with records): n_seeds and mean/std
+    (sample std, ddof=1; NaN for one seed) of each test metric."""
+    rows = []
+    for name in order:
+        recs = [r for r in records if r[group] == name]
+        if not recs:
+            continue
+        row: dict[str, Any] = {group: name, "n_seeds": len({r["seed"] for r in recs})}
+        for m in METRICS:
+            vals = np.array([float(r["test"][m]) for r in recs])
+            row[f"{m}_mean"] = float(vals.mean())
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        row["wall_seconds"] = float(sum(sum(r["wall_seconds"].values()) for r in recs))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_test(a: dict[int, float], b: dict[int, float]) -> float:
+    """Two-sided paired t-test p-value over the seeds both dicts share; NaN with < 2 pairs or
+    zero variance of the differences."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return float("nan")
+    x = np.array([a[s] for s in seeds])
+    y = np.array([b[s] for s in seeds])
+    if np.allclose(x - y, (x - y)[0]):
+        return float("nan")
+    return float(stats.ttest_rel(x, y).pvalue)
+
+
+def fmt_pm(mean: float, std: float, digits: int = 4) -> str:
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+@dataclass
+class Table:
+    """A rendered table: the data frame behind it, its CSV frame and the notes under it."""
+
+    title: str
+    frame: pd.DataFrame  # display cells, strings
+    csv: pd.DataFrame  # numbers
+    bold: set[tuple[int, str]]
+    underline: set[tuple[int, str]]
+    notes: list[str]
+
+    def markdown(self) -> str:
+        cells = self.frame.copy()
+        for (i, col) in self.underline:
+            cells.iat[i, cells.columns.get_loc(col)] = f"<u>{cells.iat[i, cells.columns.get_loc(col)]}</u>"
+        for (i, col) in self.bold:
+            cells.iat[i, cells.columns.get_loc(col)] = f"**{cells.iat[i, cells.columns.get_loc(col)]}**"
+        body = tabulate(cells.values.tolist(), headers=list(cells.columns), tablefmt="github", disable_numparse=True)
+        notes = "\n".join(f"- {n}" for n in self.notes)
+        return f"### {self.title}\n\n{body}\n\n{notes}\n"
+
+    def latex(self) -> str:
+        cells = self.frame.copy().astype(str)
+        cells = cells.map(_tex_escape)
+        for (i, col) in self.underline:
+            j = cells.columns.get_loc(col)
+            cells.iat[i, j] = f"\\underline{{{cells.iat[i, j]}}}"
+        for (i, col) in self.bold:
+            j = cells.columns.get_loc(col)
+            cells.iat[i, j] = f"\\textbf{{{cells.iat[i, j]}}}"
+        headers = [_tex_escape(c) for c in cells.columns]
+        body = tabulate(cells.values.tolist(), headers=headers, tablefmt="latex_raw", disable_numparse=True)
+        notes = "\n".join(f"% {n}" for n in self.notes)
+        return f"% {self.title}\n{body}\n{notes}\n"
+
+    def write(self, stem: Path) -> list[Path]:
+        """Write ``<stem>.md``, ``.csv`` and ``.tex`` atomically; returns the paths."""
+        stem = Path(stem)
+        buf = io.StringIO()
+        self.csv.to_csv(buf, index=False, float_format="%.6g")
+        out = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex")]
+        atomic_write_text(out[0], self.markdown())
+        atomic_write_text(out[1], buf.getvalue())
+        atomic_write_text(out[2], self.latex())
+        return out
+
+
+def _tex_escape(s: str) -> str:
+    return (
+        str(s).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
+        .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$")
+    )
+
+
+def best_index(values: Sequence[float], higher: bool) -> int | None:
+    arr = np.array(values, dtype=float)
+    if np.all(np.isnan(arr)):
+        return None
+    return int(np.nanargmax(arr) if higher else np.nanargmin(arr))
+
+
+def main_table(
+    records: Sequence[dict[str, Any]],
+    dataset: str,
+    models: Sequence[str],
+    proposed: str = "mian",
+) -> Table:
+    """The paper's Table 2 on one dataset from its run records.
+
+    Rows: models in the paper's order with AUC / logloss / gAUC mean ± std over seeds; the
+    proposed model's row also carries Impr (paper's relative change) and RelaImpr of AUC against
+    the best baseline (highest mean AUC) and the paired t-test p-value over seeds. Best baseline
+    underlined, best overall bold, per metric column.
+    Raises ValueError when ``records`` hold no run of ``dataset``.
+    """
+    recs = [r for r in records if r["dataset"] == dataset]
+    if not recs:
+        raise ValueError(f"no run records for dataset {dataset!r}")
+    agg = aggregate(recs, "model", models).reset_index(drop=True)
+    baselines = [i for i, m in enumerate(agg["model"]) if m != proposed]
+    prop_rows = [i for i, m in enumerate(agg["model"]) if m == proposed]
+    best_base = None
+    if baselines:
+        best_base = agg.loc[baselines, "auc_mean"].idxmax()
+    cols = {"AUC": "auc", "Logloss": "logloss", "gAUC": "gauc"}
+    frame = pd.DataFrame(
+        {
+            "Model": [MODEL_LABELS.get(m, m) for m in agg["model"]],
+            "Seeds": agg["n_seeds"].astype(str),
+            **{c: [fmt_pm(a, s) for a, s in zip(agg[f"{m}_mean"], agg[f"{m}_std"])] for c, m in cols.items()},
+        }
+    )
+    csv = agg[["model", "n_seeds"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]].copy()
+    impr_auc = ["" for _ in range(len(agg))]
+    impr_ll = ["" for _ in range(len(agg))]
+    relaimpr = ["" for _ in range(len(agg))]
+    pvals = ["" for _ in range(len(agg))]
+    csv["impr_auc_pct"] = np.nan
+    csv["impr_logloss_pct"] = np.nan
+    csv["rela_impr_pct"] = np.nan
+    csv["p_value_auc"] = np.nan
+    notes = []
+    if prop_rows and best_base is not None:
+        i = prop_rows[0]
+        base = agg.loc[best_base, "model"]
+        ia = impr(agg.loc[i, "auc_mean"], agg.loc[best_base, "auc_mean"])
+        il = impr(agg.loc[i, "logloss_mean"], agg.loc[best_base, "logloss_mean"])
+        ri = rela_impr(agg.loc[i, "auc_mean"], agg.loc[best_base, "auc_mean"])
+        p = paired_test(per_seed(recs, "model", proposed, "auc"), per_seed(recs, "model", base, "auc"))
+        impr_auc[i], impr_ll[i], relaimpr[i], pvals[i] = f"{ia:+.2f}%", f"{il:+.2f}%", f"{ri:+.2f}%", fmt_p(p)
+        csv.loc[i, ["impr_auc_pct", "impr_logloss_pct", "rela_impr_pct", "p_value_auc"]] = [ia, il, ri, p]
+        notes.append(
+            f"Impr / RelaImpr / p: {MODEL_LABELS.get(proposed, proposed)} against the best baseline by mean test AUC, "
+            f"{MODEL_LABELS.get(base, base)}; Impr = (a - b) / b (the paper's Table 2 figure), RelaImpr = "
+            f"((AUC - 0.5) / (AUC_base - 0.5) - 1) (DIN Eq. 11), p = two-sided paired t-test of test AUC over seeds."
+        )
+    frame["Impr AUC"] = impr_auc
+    frame["Impr Logloss"] = impr_ll
+    frame["RelaImpr"] = relaimpr
+    frame["p (AUC)"] = pvals
+    for j, label in enumerate(("Books", "Electronics", "Commercial")):
+        vals = [PAPER_TABLE2.get(m, (float("nan"),) * 3)[j] for m in agg["model"]]
+        frame[f"paper {label} AUC"] = [f"{v:.4f}" if not math.isnan(v) else "" for v in vals]
+        csv[f"paper_{label.lower()}_auc"] = vals
+    bold: set[tuple[int, str]] = set()
+    underline: set[tuple[int, str]] = set()
+    for c, m in cols.items():
+        b = best_index(agg[f"{m}_mean"].tolist(), HIGHER_IS_BETTER[m])
+        if b is not None:
+            bold.add((b, c))
+        if baselines:
+            vals = [agg.loc[k, f"{m}_mean"] if k in baselines else float("nan") for k in range(len(agg))]
+            u = best_index(vals, HIGHER_IS_BETTER[m])
+            if u is not None:
+                underline.add((u, c))
+    protocols = sorted({r["protocol"] for r in recs})
+    fingerprints = sorted({r["fingerprint"] for r in recs})
+    seeds = sorted({int(r["seed"]) for r in recs})
+    wall = sum(sum(r["wall_seconds"].values()) for r in recs)
+    notes += [
+        "Test-split metrics, mean ± sample std over seeds; bold = best overall, underlined = best baseline (per column).",
+        "paper * AUC: the MIAN paper's Table 2 on its own datasets and protocol, for orientation only (not comparable).",
+        f"protocol: {', '.join(protocols)}; seeds: {', '.join(map(str, seeds))}; dataset fingerprint: {', '.join(f[:16] for f in fingerprints)}",
+        f"total wall time of these runs: {wall / 60:.1f} min (train + eval, summed over runs); "
+        f"runs: {len(recs)} records under results/runs/",
+    ]
+    return Table(
+        title=f"Table 2 reproduction: {dataset}",
+        frame=frame,
+        csv=csv,
+        bold=bold,
+        underline=underline,
+        notes=notes,
+    )

@@ -1,0 +1,97 @@
+"""Run records: one JSON file per run under ``results/runs/``, named by a hash of canonical JSON of
+everything that determines the result (PROTOCOL section 3; issue 5).
+
+A record's id covers: protocol, dataset, dataset fingerprint, model, variant, seed, resolved config
+and ``RESULTS_VERSION`` (bumped whenever a code change alters results). Writes are atomic; a
+corrupt record is reported, moved aside and recomputed, never a crash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+from bench.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
+
+REQUIRED_KEYS = ("run_id", "protocol", "dataset", "model", "variant", "seed", "config", "test")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def run_key(
+    *,
+    protocol: str,
+    dataset: str,
+    fingerprint: str,
+    model: str,
+    variant: str,
+    seed: int,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything that determines a run's result."""
+    return {
+        "protocol": protocol,
+        "dataset": dataset,
+        "fingerprint": fingerprint,
+        "model": model,
+        "variant": variant,
+        "seed": int(seed),
+        "config": config,
+        "results_version": RESULTS_VERSION,
+    }
+
+
+def run_id(key: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over the canonical JSON (sorted keys) of ``key``."""
+    return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:16]
+
+
+class RunStore:
+    """Content-addressed run records in ``root`` (default ``results/runs``)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else DEFAULT_RESULTS_DIR / "runs"
+
+    def path(self, rid: str) -> Path:
+        return self.root / f"{rid}.json"
+
+    def load(self, rid: str) -> dict[str, Any] | None:
+        """The record ``rid``, or None when missing or corrupt (a corrupt file is logged and
+        renamed to ``<rid>.json.corrupt`` so that it is recomputed)."""
+        path = self.path(rid)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            missing = [k for k in REQUIRED_KEYS if k not in record]
+            if missing or record["run_id"] != rid:
+                raise ValueError(f"missing keys {missing}" if missing else "run_id does not match file name")
+            return record
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("run record %s is corrupt (%s); moving it aside and recomputing", path, exc)
+            path.replace(path.with_suffix(".json.corrupt"))
+            return None
+
+    def save(self, record: dict[str, Any]) -> Path:
+        path = self.path(record["run_id"])
+        atomic_write_text(path, json.dumps(record, sort_keys=True, indent=1) + "\n")
+        return path
+
+    def records(self) -> Iterable[dict[str, Any]]:
+        """Every readable record (corrupt ones are skipped with a warning)."""
+        if not self.root.exists():
+            return
+        for path in sorted(self.root.glob("*.json")):
+            rec = self.load(path.stem)
+            if rec is not None:
+                yield rec

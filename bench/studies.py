@@ -1,0 +1,148 @@
+"""Studies are lists of runs: build the specs, run what is missing, return the records.
+
+A finished run is loaded from its record, never recomputed unless ``force``; an interrupted study
+started again runs only the missing runs (each record is saved as soon as its run ends).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from bench import train as train_mod
+from bench.config import resolve_config
+from bench.runs import DEFAULT_RESULTS_DIR, RunStore, run_id, run_key
+from bench.train import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runner:
+    """Runs specs against prepared datasets, loading finished runs from ``store``.
+
+    checkpoint_dir: where best-epoch weights are kept (``<run_id>.pt``; default
+    ``<data_dir>/checkpoints``), so that figures needing a trained model (the GIM heatmap) can
+    reload it instead of retraining.
+    """
+
+    store: RunStore = field(default_factory=RunStore)
+    data_dir: Path | None = None
+    raw_dir: Path | None = None
+    device: str = "cpu"
+    force: bool = False
+    progress: bool = True
+    log_dir: Path | None = None
+    _datasets: dict[str, Any] = field(default_factory=dict)
+
+    def dataset(self, name: str):
+        if name not in self._datasets:
+            from bench.data import load_prepared
+
+            self._datasets[name] = load_prepared(name, data_dir=self.data_dir, raw_dir=self.raw_dir)
+        return self._datasets[name]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        if self.data_dir is not None:
+            return Path(self.data_dir) / "checkpoints"
+        from bench.data import default_data_dir
+
+        return default_data_dir() / "checkpoints"
+
+    def resolve(self, spec: RunSpec) -> tuple[str, dict[str, Any]]:
+        """(run id, resolved config) of ``spec``."""
+        ds = self.dataset(spec.dataset)
+        config = resolve_config(spec.dataset, spec.model, spec.variant_overrides, spec.overrides)
+        key = run_key(
+            protocol=ds.protocol,
+            dataset=ds.name,
+            fingerprint=ds.fingerprint,
+            model=spec.model,
+            variant=spec.variant,
+            seed=spec.seed,
+            config=config,
+        )
+        return run_id(key), config
+
+    def run(self, spec: RunSpec, keep_model: bool = False) -> tuple[dict[str, Any], torch.nn.Module | None]:
+        """The record of ``spec`` (loaded, or trained and saved) and, if trained now or
+        ``keep_model`` and a checkpoint exists, the trained model."""
+        rid, config = self.resolve(spec)
+        if not self.force:
+            record = self.store.load(rid)
+            if record is not None:
+                model = self.load_model(record) if keep_model else None
+                return record, model
+        ds = self.dataset(spec.dataset)
+        record, model = train_mod.train_run(
+            ds,
+            spec.model,
+            config,
+            spec.seed,
+            variant=spec.variant,
+            device=self.device,
+            log_dir=self.log_dir,
+            progress=self.progress,
+        )
+        self.save_checkpoint(rid, model)
+        self.store.save(record)
+        return record, model
+
+    def save_checkpoint(self, rid: str, model: torch.nn.Module) -> None:
+        from bench.io import atomic_write_bytes
+        import io
+
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write_bytes(self.checkpoint_dir / f"{rid}.pt", buf.getvalue())
+
+    def load_model(self, record: dict[str, Any]) -> torch.nn.Module | None:
+        """The trained model of ``record`` from its checkpoint, or None when there is none."""
+        from bench.registry import build_model
+
+        path = self.checkpoint_dir / f"{record['run_id']}.pt"
+        if not path.exists():
+            return None
+        ds = self.dataset(record["dataset"])
+        model = build_model(record["model"], ds.schema, record["config"]["model"], item_table=ds.item_table)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(self.device).eval()
+
+    def run_all(self, specs: Sequence[RunSpec], desc: str = "runs") -> list[dict[str, Any]]:
+        """Records of all ``specs`` in order, running only the missing ones."""
+        records = []
+        todo = []
+        for spec in specs:
+            rid, _ = self.resolve(spec)
+            rec = None if self.force else self.store.load(rid)
+            records.append(rec)
+            if rec is None:
+                todo.append(len(records) - 1)
+        log.info("%s: %d runs, %d already done, %d to run", desc, len(specs), len(specs) - len(todo), len(todo))
+        bar = tqdm(todo, desc=desc, unit="run", disable=not self.progress or None)
+        for i in bar:
+            spec = specs[i]
+            bar.set_postfix_str(f"{spec.dataset}/{spec.model}/{spec.variant}/seed{spec.seed}")
+            records[i], _ = self.run(spec)
+            t = records[i]["test"]
+            log.info(
+                "%s %s %s seed %d: test AUC %.4f logloss %.4f gAUC %.4f (%.0f s)",
+                spec.dataset, spec.model, spec.variant, spec.seed, t["auc"], t["logloss"], t["gauc"],
+                sum(records[i]["wall_seconds"].values()),
+            )
+        return records
+
+
+def main_specs(dataset: str, models: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Table 2: every model x every seed on one dataset (seed-major so that an early stop still
+    leaves complete seeds)."""
+    return [RunSpec(dataset, m, s, overrides=dict(overrides or {})) for s in seeds for m in models]
+
+
+def results_dir_for(dataset: str, root: Path | None = None) -> Path:
+    return (root or DEFAULT_RESULTS_DIR) / dataset

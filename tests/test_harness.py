@@ -1,0 +1,205 @@
+"""Trainer, run records and resumable studies, on a toy model and a tiny in-memory dataset."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench import studies as studies_mod
+from bench import train as train_mod
+from bench.config import ConfigError, resolve_config
+from bench.contract import FeatureSchema, ModelOutput, Split
+from bench.registry import register
+from bench.runs import RunStore
+from bench.studies import Runner, main_specs
+from bench.train import RunSpec, TrainingError
+from conftest import make_split, tiny_schema
+
+
+class Toy(nn.Module):
+    """Logistic regression on the candidate item id (learnable on separable data)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        embed_dim: int = 4
+        scale: float = 1.0
+
+    def __init__(self, schema: FeatureSchema, cfg: "Toy.Config", item_table=None):
+        super().__init__()
+        self.cfg = cfg
+        self.w = nn.Embedding(schema.item_fields[0].vocab_size, 1)
+        self.b = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch):
+        return ModelOutput(logits=self.cfg.scale * self.w(batch.item[:, 0]).squeeze(-1) + self.b)
+
+
+register("toy", Toy)
+
+
+@dataclass
+class FakeDataset:
+    name: str
+    protocol: str
+    fingerprint: str
+    schema: FeatureSchema
+    train: Split
+    valid: Split
+    test: Split
+    item_table: torch.Tensor | None = None
+
+
+def fake_dataset(name="toyset") -> FakeDataset:
+    schema = tiny_schema()
+    splits = []
+    for seed, n in ((0, 600), (1, 200), (2, 200)):
+        s = make_split(schema, n=n, seed=seed)
+        # label = item id parity, with 10% noise so that AUC < 1
+        noise = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.1
+        s.label = ((s.item[:, 0] % 2 == 0) ^ noise).float()
+        splits.append(s)
+    return FakeDataset(name, "toy-v1", "f" * 64, schema, *splits)
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    ds = fake_dataset()
+    r = Runner(store=RunStore(tmp_path / "runs"), data_dir=tmp_path / "data", progress=False)
+    r._datasets[ds.name] = ds
+    return r
+
+
+def config(**train):
+    base = {"lr": 0.05, "batch_size": 64, "max_epochs": 6, "patience": 2, "eval_batch_size": 128,
+            "eval_every_steps": 0, "weight_decay": 0.0}
+    base.update(train)
+    return {"train": base, "model": {"embed_dim": 4, "scale": 1.0}}
+
+
+def test_training_learns_and_record_has_every_key(tmp_path):
+    ds = fake_dataset()
+    record, model = train_mod.train_run(ds, "toy", config(), seed=0, log_dir=tmp_path, progress=False)
+    for key in ("protocol", "dataset", "model", "variant", "seed", "config", "test", "valid_history",
+                "best_epoch", "wall_seconds", "n_params", "versions", "git_commit", "run_id"):
+        assert key in record
+    assert set(record["test"]) == {"auc", "logloss", "gauc"}
+    assert set(record["wall_seconds"]) == {"train", "eval"}
+    assert record["test"]["auc"] > 0.8
+    assert record["valid_history"][0]["valid"]["auc"] <= max(h["valid"]["auc"] for h in record["valid_history"])
+    # the log starts with the resolved config
+    first = (tmp_path / f"{record['run_id']}.log").read_text().splitlines()[0]
+    assert '"lr": 0.05' in first
+    json.dumps({k: v for k, v in record.items()})  # serialisable
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_differs():
+    ds = fake_dataset()
+    a, _ = train_mod.train_run(ds, "toy", config(), seed=3, progress=False)
+    b, _ = train_mod.train_run(ds, "toy", config(), seed=3, progress=False)
+    c, _ = train_mod.train_run(ds, "toy", config(), seed=4, progress=False)
+    assert a["test"] == b["test"]
+    assert [h["valid"] for h in a["valid_history"]] == [h["valid"] for h in b["valid_history"]]
+    assert a["run_id"] == b["run_id"] != c["run_id"]
+    assert a["test"] != c["test"]
+
+
+def test_early_stopping_restores_best_epoch():
+    ds = fake_dataset()
+    record, model = train_mod.train_run(ds, "toy", config(lr=0.5, max_epochs=20, patience=2), seed=0, progress=False)
+    ends = [h for h in record["valid_history"] if h["epoch_end"]]
+    best = max(ends, key=lambda h: h["valid"]["auc"])
+    assert record["best_epoch"] == best["epoch"]
+    assert record["valid"] == best["valid"]
+    if record["epochs_run"] < 20:  # stopped early: exactly `patience` epochs without a gain
+        assert record["epochs_run"] == record["best_epoch"] + 2
+    # the returned model carries the best epoch's weights: its validation AUC is the best one
+    assert train_mod.evaluate(model, ds.valid, 128)["auc"] == pytest.approx(best["valid"]["auc"])
+
+
+def test_eval_every_steps_adds_intermediate_evaluations():
+    ds = fake_dataset()
+    record, _ = train_mod.train_run(ds, "toy", config(max_epochs=2, patience=5, eval_every_steps=4), seed=0, progress=False)
+    steps_per_epoch = -(-600 // 64)
+    mids = [h for h in record["valid_history"] if not h["epoch_end"]]
+    assert len(mids) == (2 * steps_per_epoch) // 4
+    assert [h["step"] for h in mids] == [4 * (i + 1) for i in range(len(mids))]
+
+
+def test_non_finite_loss_names_epoch_and_step():
+    ds = fake_dataset()
+    cfg = config()
+    cfg["model"]["scale"] = float("nan")
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1"):
+        train_mod.train_run(ds, "toy", cfg, seed=0, progress=False)
+
+
+def test_interrupted_study_runs_only_missing(runner, monkeypatch):
+    specs = [RunSpec("toyset", "toy", s, overrides={"train.max_epochs": 2, "train.batch_size": 128}) for s in range(4)]
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=2))
+    calls = []
+    real = train_mod.train_run
+
+    def flaky(ds, model, cfg, seed, **kw):
+        calls.append(seed)
+        if seed == 2 and len(calls) == 3:
+            raise KeyboardInterrupt  # killed midway through the third run
+        return real(ds, model, cfg, seed, **kw)
+
+    monkeypatch.setattr(train_mod, "train_run", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_all(specs)
+    assert calls == [0, 1, 2]
+    assert len(list(runner.store.root.glob("*.json"))) == 2
+    assert not list(runner.store.root.glob("*.tmp"))
+    records = runner.run_all(specs)
+    assert calls == [0, 1, 2, 2, 3]  # only the missing runs
+    assert [r["seed"] for r in records] == [0, 1, 2, 3]
+    # a third pass runs nothing; --force reruns everything
+    runner.run_all(specs)
+    assert len(calls) == 5
+    runner.force = True
+    runner.run_all(specs[:1])
+    assert len(calls) == 6
+
+
+def test_corrupt_record_is_reported_and_recomputed(runner, monkeypatch, caplog):
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    spec = RunSpec("toyset", "toy", 0)
+    rec, _ = runner.run(spec)
+    path = runner.store.path(rec["run_id"])
+    path.write_text(path.read_text()[:50])  # truncated
+    with caplog.at_level("WARNING"):
+        again, _ = runner.run(spec)
+    assert "corrupt" in caplog.text
+    assert again["test"] == rec["test"]
+    assert json.loads(path.read_text())["run_id"] == rec["run_id"]
+    assert path.with_suffix(".json.corrupt").exists()
+
+
+def test_checkpoint_reload_gives_the_same_predictions(runner, monkeypatch):
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    rec, model = runner.run(RunSpec("toyset", "toy", 0))
+    again, reloaded = runner.run(RunSpec("toyset", "toy", 0), keep_model=True)
+    assert again["run_id"] == rec["run_id"]
+    ds = runner.dataset("toyset")
+    assert reloaded is not None
+    assert (train_mod.predict(model, ds.test, 64) == train_mod.predict(reloaded, ds.test, 64)).all()
+
+
+def test_set_overrides_are_validated():
+    cfg = resolve_config("movielens-100k", "toy", None, {"train.lr": 0.01, "scale": 2.0})
+    assert cfg["train"]["lr"] == 0.01 and cfg["model"]["scale"] == 2.0
+    assert cfg["model"]["embed_dim"] == 16  # from the dataset's shared [model] section
+    with pytest.raises(ConfigError, match="no_such_key"):
+        resolve_config("movielens-100k", "toy", None, {"no_such_key": 1})
+    with pytest.raises(ConfigError, match="bogus"):
+        resolve_config("movielens-100k", "toy", None, {"train.bogus": 1})
+
+
+def test_main_specs_cover_models_and_seeds():
+    specs = main_specs("movielens-100k", ["lr", "mian"], range(3))
+    assert {(s.model, s.seed) for s in specs} == {(m, s) for m in ("lr", "mian") for s in range(3)}
