@@ -156,5 +156,149 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
             click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+@cli.command()
+@click.option("--study", type=click.Choice(["ablation", "transformer"]), default="ablation", show_default=True,
+              help="ablation = Table 3; transformer = Table 4 + Figure 5.")
+@click.option("--dataset", "datasets", type=_dataset_choice(), multiple=True,
+              help="Dataset(s) (repeatable; default movielens-100k).")
+@click.option("--seeds", type=click.IntRange(1, None), default=5, show_default=True, help="Seeds 0..N-1.")
+@_run_options
+def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threads, force, overrides):
+    """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5)."""
+    from bench.config import parse_overrides
+    from bench.figures import convergence_plot
+    from bench.registry import MODEL_NAMES
+    from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves,
+                              steps_to_fraction, variant_table)
+    from bench.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
+                               variant_specs)
+
+    datasets = datasets or ("movielens-100k",)
+    with _errors():
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        extra = parse_overrides(overrides)
+        for ds in datasets:
+            out = results / ds
+            if study == "ablation":
+                baselines = [m for m in MODEL_NAMES if m != "mian"]
+                base_recs = runner.run_all(main_specs(ds, baselines, range(seeds), extra), desc=f"{ds} baselines")
+                recs = runner.run_all(variant_specs(ds, ABLATION_VARIANTS, range(seeds), extra), desc=f"{ds} ablation")
+                base = best_baseline(base_recs, ds)
+                tab = variant_table(recs + base_recs, ds, ABLATION_VARIANTS, f"Table 3 reproduction (ablation): {ds}",
+                                    PAPER_TABLE3, ("books_auc", "books_logloss", "electronics_auc", "electronics_logloss"),
+                                    baseline=base)
+                paths = tab.write(out / "ablation")
+            else:
+                recs = runner.run_all(variant_specs(ds, TRANSFORMER_VARIANTS, range(seeds), extra), desc=f"{ds} transformer")
+                tab = variant_table(recs, ds, TRANSFORMER_VARIANTS, f"Table 4 reproduction (Transformer variants): {ds}",
+                                    PAPER_TABLE4, ("commercial_auc", "commercial_logloss"))
+                curves = convergence_curves(recs, ds, list(TRANSFORMER_VARIANTS))
+                steps = steps_to_fraction(curves)
+                agg = steps.groupby("variant")["steps"].agg(["mean", "std"])
+                tab.frame["Steps to 99% best valid AUC"] = [
+                    (f"{agg.loc[v, 'mean']:.0f} ± {agg.loc[v, 'std']:.0f}" if v in agg.index else "")
+                    for v in tab.csv["variant"]]
+                tab.csv["steps_to_99pct_mean"] = [agg["mean"].get(v, float("nan")) for v in tab.csv["variant"]]
+                tab.csv["steps_to_99pct_std"] = [agg["std"].get(v, float("nan")) for v in tab.csv["variant"]]
+                tab.notes.append("Steps to 99%: first evaluated optimiser step (batch of "
+                                 f"{recs[0]['config']['train']['batch_size']}) whose validation AUC reaches 99% of the run's "
+                                 f"best; validation is evaluated every {recs[0]['config']['train']['eval_every_steps']} "
+                                 "steps and at each epoch end; mean ± std over seeds.")
+                paths = tab.write(out / "transformer")
+                labels = {v: TRANSFORMER_VARIANTS[v][0] for v in CONVERGENCE_VARIANTS}
+                convergence_plot(curves[curves["variant"].isin(CONVERGENCE_VARIANTS)], labels, out / "convergence.png",
+                                 f"Figure 5 reproduction on {ds}: validation metrics against training steps "
+                                 f"(mean ± std over {seeds} seeds)")
+                paths.append(out / "convergence.png")
+            click.echo(tab.markdown())
+            click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@cli.command("visualize-attention")
+@click.option("--cases", type=click.IntRange(1, 200), default=14, show_default=True,
+              help="Number of test cases (heatmap columns).")
+@click.option("--dataset", type=_dataset_choice(), default="movielens-100k", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which seed's trained MIAN.")
+@click.option("--case-seed", type=int, default=2021, show_default=True,
+              help="Seed of the random draw of the cases among the test positives.")
+@_run_options
+def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, results_dir, device, threads, force, overrides):
+    """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics."""
+    import json
+
+    import pandas as pd
+
+    from bench.config import parse_overrides
+    from bench.figures import FIGURE6_ROWS, GIM_INPUTS, gim_heatmap, gim_summary, select_cases
+    from bench.io import atomic_write_text
+    from bench.train import RunSpec, collect_output
+
+    with _errors():
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        spec = RunSpec(dataset, "mian", seed, overrides=parse_overrides(overrides))
+        record, model = runner.run(spec, keep_model=True)
+        if model is None:  # record without checkpoint (e.g. a fresh clone): retrain, same seed -> same model
+            click.echo(f"no checkpoint for run {record['run_id']}; retraining it (deterministic)")
+            runner.force = True
+            record, model = runner.run(spec)
+        ds = runner.dataset(dataset)
+        weights = collect_output(model, ds.test.to(device), 4096, "gim_weights")
+    labels = ds.test.label.cpu().numpy()
+    idx = select_cases(labels, cases, case_seed)
+    frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
+    frame.insert(0, "case", range(1, cases + 1))
+    frame.insert(1, "test_index", idx)
+    out = results / dataset
+    import io as _io
+
+    buf = _io.StringIO()
+    frame[["case", "test_index", *FIGURE6_ROWS]].to_csv(buf, index=False, float_format="%.6f")
+    atomic_write_text(out / "gim_weights.csv", buf.getvalue())
+    gim_heatmap(frame, out / "gim_heatmap.png",
+                f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
+                f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
+    summary = gim_summary(weights)
+    summary.update({"dataset": dataset, "run_id": record["run_id"], "seed": seed, "n_samples": int(len(weights)),
+                    "cases": cases, "case_seed": case_seed, "case_rule":
+                    "uniform draw without replacement among test positives, numpy default_rng(case_seed), sorted by index"})
+    atomic_write_text(out / "gim_summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    from tabulate import tabulate
+
+    click.echo(tabulate(frame[["case", *FIGURE6_ROWS]].T.iloc[1:].round(2).values.tolist(),
+                        headers=[str(c) for c in frame["case"]], showindex=list(FIGURE6_ROWS), tablefmt="github"))
+    click.echo("\nmean GIM weight over the whole test split (" + f"{len(weights):,} samples):")
+    for name, w in sorted(summary["mean_weight"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {name:7s} {w:.3f}")
+    for pair, share in summary["share_interactive_larger"].items():
+        click.echo(f"  {pair}: in {share:.1%} of test samples")
+    click.echo(f"wrote {out / 'gim_heatmap.png'}, {out / 'gim_weights.csv'}, {out / 'gim_summary.json'}")
+
+
+@cli.command()
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where run records are read and CLAIMS.md is written (default: ./results).")
+def report(results_dir):
+    """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict."""
+    import json
+
+    from bench.claims import claims_markdown, dataset_claims
+    from bench.io import atomic_write_text
+    from bench.runs import DEFAULT_RESULTS_DIR, RunStore
+
+    results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
+    records = list(RunStore(results / "runs").records())
+    if not records:
+        raise click.ClickException(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
+    per = {}
+    for ds in sorted({r["dataset"] for r in records}):
+        gim_path = results / ds / "gim_summary.json"
+        gim = json.loads(gim_path.read_text()) if gim_path.exists() else None
+        per[ds] = dataset_claims(records, ds, gim)
+    text = claims_markdown(per)
+    atomic_write_text(results / "CLAIMS.md", text)
+    click.echo(text)
+    click.echo(f"wrote {results / 'CLAIMS.md'}")
+
+
 if __name__ == "__main__":
     cli()

@@ -249,3 +249,130 @@ def main_table(
         underline=underline,
         notes=notes,
     )
+
+
+# --------------------------------------------------------------------------- Tables 3 and 4
+
+# MIAN.md 6.3 (Table 3): variant -> (Books AUC, Books logloss, Electronics AUC, Electronics logloss)
+PAPER_TABLE3 = {
+    "default": (0.8209, 0.4018, 0.8913, 0.1136),
+    "no_iuim": (0.8187, 0.4066, 0.8875, 0.1197),
+    "no_icim": (0.8194, 0.4058, 0.8902, 0.1141),
+    "no_ibim": (0.8154, 0.4104, 0.8843, 0.1214),
+    "no_gim": (0.8189, 0.4060, 0.8872, 0.1186),
+    "no_iuim_icim": (0.8166, 0.4079, 0.8846, 0.1220),
+    "best_baseline": (0.8159, 0.4100, 0.8836, 0.1225),
+}
+# MIAN.md 6.4 (Table 4, commercial dataset): variant -> (AUC, logloss)
+PAPER_TABLE4 = {
+    "default": (0.7674, 0.3097),
+    "post_ln": (0.7662, 0.3103),
+    "no_transformer": (0.7612, 0.3205),
+}
+
+
+def best_baseline(records: Sequence[dict[str, Any]], dataset: str, proposed: str = "mian") -> str | None:
+    """The baseline with the highest mean test AUC among ``records`` of ``dataset`` (variant
+    "default"), or None when there is none."""
+    recs = [r for r in records if r["dataset"] == dataset and r["model"] != proposed and r["variant"] == "default"]
+    if not recs:
+        return None
+    agg = aggregate(recs, "model", sorted({r["model"] for r in recs}))
+    return str(agg.loc[agg["auc_mean"].idxmax(), "model"])
+
+
+def variant_table(
+    records: Sequence[dict[str, Any]],
+    dataset: str,
+    variants: dict[str, tuple[str, dict[str, Any]]],
+    title: str,
+    paper: dict[str, tuple[float, ...]],
+    paper_columns: Sequence[str],
+    baseline: str | None = None,
+) -> Table:
+    """MIAN variants (and optionally the best baseline) with AUC / logloss mean ± std, the
+    change of mean AUC and logloss against full MIAN ("default") and the paired t-test p-value
+    of test AUC over seeds. Rows: ``variants`` order, then the baseline.
+
+    Raises ValueError when the full MIAN ("default") has no record for ``dataset``."""
+    rows: list[tuple[str, str, list[dict[str, Any]]]] = []
+    for v, (label, _) in variants.items():
+        recs = [r for r in records if r["dataset"] == dataset and r["model"] == "mian" and r["variant"] == v]
+        if recs:
+            rows.append((v, label, recs))
+    if baseline is not None:
+        recs = [r for r in records if r["dataset"] == dataset and r["model"] == baseline and r["variant"] == "default"]
+        if recs:
+            rows.append(("best_baseline", f"Best baseline ({MODEL_LABELS.get(baseline, baseline)})", recs))
+    if not rows or rows[0][0] != "default":
+        raise ValueError(f"no run records of full MIAN on {dataset!r}")
+    full = rows[0][2]
+    full_auc = {int(r["seed"]): r["test"]["auc"] for r in full}
+    out, csv_rows = [], []
+    for key, label, recs in rows:
+        auc_v = np.array([r["test"]["auc"] for r in recs])
+        ll_v = np.array([r["test"]["logloss"] for r in recs])
+        sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else float("nan"))
+        d_auc = float(auc_v.mean() - np.mean(list(full_auc.values())))
+        d_ll = float(ll_v.mean() - np.mean([r["test"]["logloss"] for r in full]))
+        p = float("nan") if key == "default" else paired_test({int(r["seed"]): r["test"]["auc"] for r in recs}, full_auc)
+        n_params = sorted({int(r.get("n_params", 0)) for r in recs})
+        csv_rows.append({
+            "variant": key, "label": label, "n_seeds": len({r["seed"] for r in recs}),
+            "auc_mean": float(auc_v.mean()), "auc_std": sd(auc_v),
+            "logloss_mean": float(ll_v.mean()), "logloss_std": sd(ll_v),
+            "delta_auc": d_auc, "delta_logloss": d_ll, "p_value_auc": p,
+            "n_params": n_params[0] if n_params else 0,
+            **{f"paper_{c}": (paper.get(key, (float("nan"),) * len(paper_columns))[j]) for j, c in enumerate(paper_columns)},
+        })
+        out.append([
+            label, str(len(recs)), fmt_pm(auc_v.mean(), sd(auc_v)), fmt_pm(ll_v.mean(), sd(ll_v)),
+            "" if key == "default" else f"{d_auc:+.4f}", "" if key == "default" else f"{d_ll:+.4f}",
+            "" if key == "default" else fmt_p(p), f"{csv_rows[-1]['n_params']:,}",
+            *[(f"{paper[key][j]:.4f}" if key in paper else "") for j in range(len(paper_columns))],
+        ])
+    headers = ["Method", "Seeds", "AUC", "Logloss", "ΔAUC vs MIAN", "ΔLogloss vs MIAN", "p (AUC)", "Params",
+               *[f"paper {c.replace('_', ' ')}" for c in paper_columns]]
+    frame = pd.DataFrame(out, columns=headers)
+    bold = set()
+    b = best_index([c["auc_mean"] for c in csv_rows], True)
+    if b is not None:
+        bold.add((b, "AUC"))
+    b = best_index([c["logloss_mean"] for c in csv_rows], False)
+    if b is not None:
+        bold.add((b, "Logloss"))
+    recs_all = [r for _, _, rr in rows for r in rr]
+    notes = [
+        "Test-split metrics, mean ± sample std over seeds; Δ = variant mean - full MIAN mean; "
+        "p = two-sided paired t-test of test AUC over seeds against full MIAN.",
+        "paper columns: the MIAN paper's own figures on its datasets, for orientation only.",
+        f"protocol: {', '.join(sorted({r['protocol'] for r in recs_all}))}; seeds: "
+        f"{', '.join(map(str, sorted({int(r['seed']) for r in recs_all})))}; dataset fingerprint: "
+        f"{', '.join(sorted({r['fingerprint'][:16] for r in recs_all}))}",
+        f"total wall time of these runs: {sum(sum(r['wall_seconds'].values()) for r in recs_all) / 60:.1f} min",
+    ]
+    return Table(title=title, frame=frame, csv=pd.DataFrame(csv_rows), bold=bold, underline=set(), notes=notes)
+
+
+def convergence_curves(records: Sequence[dict[str, Any]], dataset: str, variants: Sequence[str]) -> pd.DataFrame:
+    """Long frame of validation metrics against optimiser steps: columns variant, seed, step,
+    auc, logloss (every evaluation of each MIAN run of ``variants``)."""
+    rows = []
+    for r in records:
+        if r["dataset"] != dataset or r["model"] != "mian" or r["variant"] not in variants:
+            continue
+        for h in r["valid_history"]:
+            rows.append({"variant": r["variant"], "seed": int(r["seed"]), "step": int(h["step"]),
+                         "auc": h["valid"]["auc"], "logloss": h["valid"]["logloss"]})
+    return pd.DataFrame(rows, columns=["variant", "seed", "step", "auc", "logloss"])
+
+
+def steps_to_fraction(curves: pd.DataFrame, fraction: float = 0.99) -> pd.DataFrame:
+    """Per (variant, seed): the first evaluated step whose validation AUC reaches ``fraction``
+    of that run's best validation AUC. Columns variant, seed, steps, best_auc."""
+    rows = []
+    for (v, s), g in curves.sort_values("step").groupby(["variant", "seed"]):
+        best = g["auc"].max()
+        hit = g.loc[g["auc"] >= fraction * best, "step"]
+        rows.append({"variant": v, "seed": s, "steps": int(hit.iloc[0]), "best_auc": float(best)})
+    return pd.DataFrame(rows, columns=["variant", "seed", "steps", "best_auc"])

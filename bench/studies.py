@@ -146,3 +146,42 @@ def main_specs(dataset: str, models: Sequence[str], seeds: Sequence[int], overri
 
 def results_dir_for(dataset: str, root: Path | None = None) -> Path:
     return (root or DEFAULT_RESULTS_DIR) / dataset
+
+
+# --------------------------------------------------------------------------- the paper's studies
+
+# Table 3 (MIAN.md 6.3): variant name -> (label, MIAN config overrides)
+ABLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("MIAN", {}),
+    "no_iuim": ("w/o IUIM", {"use_iuim": False}),
+    "no_icim": ("w/o ICIM", {"use_icim": False}),
+    "no_ibim": ("w/o IBIM", {"use_ibim": False}),
+    "no_gim": ("w/o GIM", {"use_gim": False}),
+    "no_iuim_icim": ("w/o IUIM&ICIM", {"use_iuim": False, "use_icim": False}),
+}
+
+# Table 4 (MIAN.md 6.4) plus the shared-score reading of Eq. (8) (MIAN.md 7.2)
+TRANSFORMER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("MIAN (Pre-LN Transformer)", {}),
+    "post_ln": ("w/ original (Post-LN) Transformer", {"transformer": "post_ln"}),
+    "no_transformer": ("w/o Transformer (attention on raw behaviours)", {"transformer": "none"}),
+    "shared_score": ("Pre-LN, shared IBIM score (Eq. 8 W shared over slots)", {"ibim_score": "shared"}),
+}
+
+# Figure 5 compares these three
+CONVERGENCE_VARIANTS = ("default", "post_ln", "no_transformer")
+
+
+def variant_specs(
+    dataset: str,
+    variants: dict[str, tuple[str, dict[str, Any]]],
+    seeds: Sequence[int],
+    overrides: dict[str, Any] | None = None,
+    model: str = "mian",
+) -> list[RunSpec]:
+    """MIAN variants x seeds (seed-major). The "default" variant is the main table's MIAN run."""
+    return [
+        RunSpec(dataset, model, s, variant=v, variant_overrides=dict(o), overrides=dict(overrides or {}))
+        for s in seeds
+        for v, (_, o) in variants.items()
+    ]

@@ -74,6 +74,22 @@ def predict(model: torch.nn.Module, split: Split, batch_size: int) -> np.ndarray
     return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
 
 
+@torch.inference_mode()
+def collect_output(model: torch.nn.Module, split: Split, batch_size: int, name: str) -> np.ndarray:
+    """Concatenate output attribute ``name`` (e.g. MIAN's ``gim_weights`` [B, 7]) over ``split``
+    in eval mode -> [N, ...] float64. Raises ValueError when the model does not produce it."""
+    was_training = model.training
+    model.eval()
+    parts = []
+    for b in split.batches(batch_size):
+        value = getattr(model(b), name, None)
+        if value is None:
+            raise ValueError(f"{type(model).__name__} output has no {name!r} (is the module switched off?)")
+        parts.append(value.double().cpu())
+    model.train(was_training)
+    return torch.cat(parts).numpy()
+
+
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int) -> dict[str, float]:
     """AUC, logloss and gAUC of ``model`` on a whole split (metrics on concatenated logits)."""
     logits = predict(model, split, batch_size)

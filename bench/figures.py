@@ -1,0 +1,116 @@
+"""Figures: Figure 5 (convergence of the Transformer variants) and Figure 6 (GIM weights heatmap).
+
+matplotlib with the non-interactive Agg backend; seaborn for the heatmap. Files are written
+atomically (rendered to memory, then replaced).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from bench.io import atomic_write_bytes  # noqa: E402
+
+# GIM inputs in the order of Eq. (14) (the model's output order) ...
+GIM_INPUTS = ("e_i", "e_c", "e_b", "e_u", "R_ibim", "R_iuim", "R_icim")
+# ... and the row order of the paper's Figure 6 (original / interactive pairs)
+FIGURE6_ROWS = ("e_c", "R_icim", "e_u", "R_iuim", "e_i", "R_ibim", "e_b")
+# interactive representation -> the original one it is compared with
+PAIRS = (("R_ibim", "e_b"), ("R_iuim", "e_u"), ("R_icim", "e_c"))
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def gim_heatmap(weights: pd.DataFrame, path: Path, title: str) -> None:
+    """Figure 6: rows = FIGURE6_ROWS, columns = cases, annotated cells, 0 blue .. max red.
+
+    Args:
+        weights: one row per case, one column per GIM input (names of GIM_INPUTS), rows sum to 1.
+        path: PNG to write.
+    Raises ValueError when a column is missing or a case's weights do not sum to 1 (atol 1e-4).
+    """
+    missing = [c for c in FIGURE6_ROWS if c not in weights.columns]
+    if missing:
+        raise ValueError(f"GIM weights lack column(s) {missing}")
+    sums = weights[list(GIM_INPUTS)].sum(axis=1).to_numpy()
+    if not np.allclose(sums, 1.0, atol=1e-4):
+        raise ValueError(f"each case's GIM weights must sum to 1, got sums {sums.round(4).tolist()}")
+    mat = weights[list(FIGURE6_ROWS)].T
+    mat.columns = [str(i + 1) for i in range(mat.shape[1])]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * mat.shape[1], 4.2))
+    sns.heatmap(mat, annot=True, fmt=".2f", cmap="coolwarm", vmin=0.0, vmax=max(0.3, float(mat.values.max())),
+                cbar_kws={"label": "GIM weight (Eq. 15 softmax)"}, ax=ax, annot_kws={"size": 8})
+    ax.set_xlabel("case")
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def convergence_plot(curves: pd.DataFrame, labels: dict[str, str], path: Path, title: str) -> None:
+    """Figure 5: validation AUC and logloss against optimiser steps, one line per variant (mean
+    over seeds at each evaluated step) with a band of ± one sample std.
+
+    Args:
+        curves: columns variant, seed, step, auc, logloss (``bench.report.convergence_curves``).
+        labels: variant -> legend label (order = legend order).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    palette = sns.color_palette("deep", n_colors=max(3, len(labels)))
+    for (variant, label), colour in zip(labels.items(), palette):
+        g = curves[curves["variant"] == variant]
+        if g.empty:
+            continue
+        stats = g.groupby("step").agg(auc=("auc", "mean"), auc_sd=("auc", "std"), ll=("logloss", "mean"),
+                                      ll_sd=("logloss", "std"), n=("seed", "nunique")).reset_index()
+        for ax, m, sd in ((axes[0], "auc", "auc_sd"), (axes[1], "ll", "ll_sd")):
+            ax.plot(stats["step"], stats[m], color=colour, label=f"{label} (n={g['seed'].nunique()})", lw=1.6)
+            band = stats[sd].fillna(0.0)
+            ax.fill_between(stats["step"], stats[m] - band, stats[m] + band, color=colour, alpha=0.18, lw=0)
+    axes[0].set_ylabel("validation AUC")
+    axes[1].set_ylabel("validation logloss")
+    for ax in axes:
+        ax.set_xlabel("training steps (batches of the train split)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def select_cases(labels: np.ndarray, n: int, seed: int, positives_only: bool = True) -> np.ndarray:
+    """Reproducible choice of ``n`` test cases: uniformly at random (numpy Generator seeded with
+    ``seed``) among the positive samples (or all samples), returned in ascending index order.
+
+    Raises ValueError when fewer than ``n`` candidates exist."""
+    pool = np.flatnonzero(labels > 0.5) if positives_only else np.arange(len(labels))
+    if len(pool) < n:
+        raise ValueError(f"asked for {n} cases but the split has only {len(pool)} candidates")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pool, size=n, replace=False))
+
+
+def gim_summary(weights: np.ndarray) -> dict[str, dict[str, float]]:
+    """Over all samples: mean weight of each GIM input and, for each interactive/original pair,
+    the share of samples where the interactive one has the larger weight.
+
+    Args:
+        weights: [N, 7] in GIM_INPUTS order.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    idx = {n: i for i, n in enumerate(GIM_INPUTS)}
+    return {
+        "mean_weight": {n: float(w[:, i].mean()) for n, i in idx.items()},
+        "share_interactive_larger": {f"{a}>{b}": float((w[:, idx[a]] > w[:, idx[b]]).mean()) for a, b in PAIRS},
+    }

@@ -1,0 +1,140 @@
+"""Figure writers, convergence statistics and the claims report, on known inputs."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, claims_markdown, dataset_claims, verdict
+from bench.figures import FIGURE6_ROWS, GIM_INPUTS, convergence_plot, gim_heatmap, gim_summary, select_cases
+from bench.report import convergence_curves, steps_to_fraction, variant_table
+from bench.studies import ABLATION_VARIANTS
+
+
+def test_heatmap_writer_known_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.dirichlet(np.ones(7), size=14)
+    frame = pd.DataFrame(w, columns=list(GIM_INPUTS))
+    gim_heatmap(frame, tmp_path / "h.png", "test")
+    png = (tmp_path / "h.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # the paper's layout: columns (cases) of the 7 x 14 matrix sum to 1
+    mat = frame[list(FIGURE6_ROWS)].T.to_numpy()
+    assert mat.shape == (7, 14)
+    np.testing.assert_allclose(mat.sum(0), 1.0)
+    bad = frame.copy()
+    bad["e_i"] += 0.5
+    with pytest.raises(ValueError, match="sum to 1"):
+        gim_heatmap(bad, tmp_path / "bad.png", "bad")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_select_cases_is_reproducible_and_positive():
+    labels = np.array([0, 1] * 50, dtype=float)
+    a = select_cases(labels, 14, 7)
+    assert np.array_equal(a, select_cases(labels, 14, 7))
+    assert not np.array_equal(a, select_cases(labels, 14, 8))
+    assert (labels[a] == 1).all() and len(set(a)) == 14
+    with pytest.raises(ValueError, match="only 50"):
+        select_cases(labels, 51, 0)
+
+
+def test_gim_summary_means_and_shares():
+    w = np.zeros((4, 7))
+    # e_i, e_c, e_b, e_u, R_ibim, R_iuim, R_icim
+    w[:, 4] = [0.5, 0.5, 0.1, 0.1]
+    w[:, 2] = [0.1, 0.1, 0.5, 0.5]
+    w[:, 0] = 1 - w[:, 4] - w[:, 2]
+    s = gim_summary(w)
+    assert s["mean_weight"]["R_ibim"] == pytest.approx(0.3)
+    assert s["share_interactive_larger"]["R_ibim>e_b"] == pytest.approx(0.5)
+    assert s["share_interactive_larger"]["R_iuim>e_u"] == 0.0
+
+
+def _rec(variant, seed, auc, logloss=0.5, model="mian", history=None, dataset="ds"):
+    return {"run_id": f"{model}-{variant}-{seed}", "dataset": dataset, "protocol": "p", "fingerprint": "f" * 64,
+            "model": model, "variant": variant, "seed": seed, "config": {"train": {"batch_size": 256, "eval_every_steps": 10}},
+            "test": {"auc": auc, "logloss": logloss, "gauc": auc}, "wall_seconds": {"train": 1.0, "eval": 1.0},
+            "n_params": 100, "valid_history": history or []}
+
+
+def _hist(aucs, every=10):
+    return [{"step": every * (i + 1), "epoch": 1, "epoch_end": False, "valid": {"auc": a, "logloss": 1 - a}}
+            for i, a in enumerate(aucs)]
+
+
+def test_steps_to_99_percent():
+    recs = [_rec("default", 0, 0.8, history=_hist([0.5, 0.79, 0.8, 0.8])),
+            _rec("post_ln", 0, 0.8, history=_hist([0.5, 0.6, 0.7, 0.795, 0.8]))]
+    steps = steps_to_fraction(convergence_curves(recs, "ds", ["default", "post_ln"]))
+    got = dict(zip(steps["variant"], steps["steps"]))
+    assert got == {"default": 30, "post_ln": 40}  # 99% of 0.8 = 0.792: 0.79 is short, 0.795 reaches it
+
+
+def test_convergence_plot_writes_png(tmp_path):
+    recs = [_rec(v, s, 0.8, history=_hist(list(np.linspace(0.6, 0.8 - 0.01 * k, 6)) )) for k, v in
+            enumerate(["default", "post_ln", "no_transformer"]) for s in range(3)]
+    curves = convergence_curves(recs, "ds", ["default", "post_ln", "no_transformer"])
+    assert len(curves) == 9 * 6
+    convergence_plot(curves, {"default": "Pre-LN", "post_ln": "Post-LN", "no_transformer": "none"}, tmp_path / "c.png", "t")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verdict_rule():
+    assert verdict(0.01, 0.01, +1) == REPRODUCED
+    assert verdict(-0.01, 0.01, +1) == NOT_REPRODUCED
+    assert verdict(0.01, 0.2, +1) == INCONCLUSIVE
+    assert verdict(-0.01, 0.01, -1) == REPRODUCED
+    assert verdict(0.01, float("nan"), +1) == INCONCLUSIVE
+
+
+def fake_study(mian_gain: float, ibim_drop: float, gim_drop: float):
+    """5 seeds; full MIAN = base + mian_gain over the best baseline (DIN)."""
+    rng = np.random.default_rng(1)
+    recs = []
+    for s in range(5):
+        noise = rng.normal(0, 0.001)
+        base = 0.75 + noise
+        recs.append(_rec("default", s, base, model="din"))
+        recs.append(_rec("default", s, base - 0.02, model="lr"))
+        full = base + mian_gain + rng.normal(0, 0.0005)
+        recs.append(_rec("default", s, full, history=_hist([0.6, 0.7, full, full])))
+        recs.append(_rec("no_ibim", s, full - ibim_drop + rng.normal(0, 0.0005)))
+        recs.append(_rec("no_gim", s, full - gim_drop + rng.normal(0, 0.0005)))
+        recs.append(_rec("post_ln", s, full - 0.005 + rng.normal(0, 0.0005), history=_hist([0.6, 0.65, 0.7, full - 0.005])))
+    return recs
+
+
+def test_claims_report_verdicts_when_claims_hold():
+    rows = {r["claim"]: r["verdict"] for r in dataset_claims(fake_study(0.01, 0.02, 0.005), "ds")}
+    assert rows["Table 2: MIAN's AUC beats the best baseline (din)"] == REPRODUCED
+    assert rows["Table 3: removing IBIM lowers AUC"] == REPRODUCED
+    assert rows["Table 3: removing IBIM hurts most"] == REPRODUCED
+    assert rows["Table 4: Pre-LN beats Post-LN (AUC)"] == REPRODUCED
+    assert rows["Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than Post-LN"] in (REPRODUCED, INCONCLUSIVE)
+
+
+def test_claims_report_verdicts_when_claims_fail():
+    gim = {"mean_weight": dict(zip(GIM_INPUTS, [0.25, 0.1, 0.2, 0.1, 0.1, 0.13, 0.12])), "n_samples": 100,
+           "share_interactive_larger": {"R_ibim>e_b": 0.2, "R_iuim>e_u": 0.7, "R_icim>e_c": 0.3}}
+    rows = {r["claim"]: r["verdict"] for r in dataset_claims(fake_study(-0.01, 0.002, 0.02), "ds", gim)}
+    assert rows["Table 2: MIAN's AUC beats the best baseline (din)"] == NOT_REPRODUCED
+    assert rows["Table 3: removing IBIM hurts most"] == NOT_REPRODUCED  # GIM's drop is larger
+    assert rows["Figure 6: GIM weighs R_ibim above e_b"] == NOT_REPRODUCED
+    assert rows["Figure 6: GIM weighs R_iuim above e_u"] == REPRODUCED
+    assert rows["Figure 6: GIM weighs R_icim above e_c"] == INCONCLUSIVE  # larger mean, minority of cases
+    md = claims_markdown({"ds": dataset_claims(fake_study(-0.01, 0.002, 0.02), "ds", gim)})
+    assert "not reproduced" in md and "## ds" in md
+
+
+def test_ablation_table_rows_deltas_and_pvalues(tmp_path):
+    recs = fake_study(0.01, 0.02, 0.005)
+    tab = variant_table(recs, "ds", ABLATION_VARIANTS, "t", {}, ("books_auc",), baseline="din")
+    csv = tab.csv.set_index("variant")
+    assert list(csv.index) == ["default", "no_ibim", "no_gim", "best_baseline"]
+    full = np.mean([r["test"]["auc"] for r in recs if r["model"] == "mian" and r["variant"] == "default"])
+    nib = np.mean([r["test"]["auc"] for r in recs if r["variant"] == "no_ibim"])
+    assert csv.loc["no_ibim", "delta_auc"] == pytest.approx(nib - full)
+    assert csv.loc["no_ibim", "p_value_auc"] < 0.01
+    assert np.isnan(csv.loc["default", "p_value_auc"])
+    tab.write(tmp_path / "ablation")
+    back = pd.read_csv(tmp_path / "ablation.csv")
+    assert list(back.columns[:7]) == ["variant", "label", "n_seeds", "auc_mean", "auc_std", "logloss_mean", "logloss_std"]
