@@ -1,0 +1,376 @@
+"""Building blocks of the Table 2 baselines, written once (the field embedding, ``MLP``, ``Dice``
+and ``masked_mean`` live in :mod:`baselines.layers`).
+
+| block | used by | source |
+|---|---|---|
+| :func:`field_matrix` | LR, Wide&Deep, DCN, DeepFM, xDeepFM | DIN paper's BaseModel: behaviours as a mean-pooled multi-valued field |
+| :class:`LinearPart` | LR, Wide&Deep, DeepFM, xDeepFM | one weight per feature value (logistic regression / "wide" / FM first order) |
+| :func:`fm_second_order` | DeepFM | Rendle's FM pairwise term, DeepFM Eq. (2) |
+| :class:`CrossNetwork` | DCN | DCN Eq. (3): x_{l+1} = x_0 (x_l^T w_l) + b_l + x_l |
+| :class:`CIN` | xDeepFM | xDeepFM Eq. (6) and sum pooling Eq. (7) |
+| :class:`DINAttention` | DIN | DIN's local activation unit (Fig. 2): MLP over [q, k, q-k, q*k] |
+| :func:`masked_softmax` | DIN (softmax option), DIEN | softmax over the real behaviours only |
+| :func:`right_align` | DIEN | moves left-padded histories to the front so padding never enters a recurrence |
+| :class:`AUGRU` | DIEN | DIEN Eq. (9): GRU with attentional update gate |
+
+The non-sequence models' field matrix has m = 2 F_i + J + K fields:
+``[candidate fields (F_i), pooled behaviour fields (F_i), user fields (J), context fields (K)]``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.contract import Batch, FeatureSchema
+from baselines.layers import MLP, Embedded, FeatureEmbedding, make_activation, masked_mean
+
+
+# --------------------------------------------------------------------------------------------
+# Field matrix of the non-sequence models and the linear part
+# --------------------------------------------------------------------------------------------
+
+
+def n_fields(schema: FeatureSchema) -> int:
+    """Number of fields m of :func:`field_matrix`: 2 F_i + J + K."""
+    return 2 * schema.n_item_fields + schema.n_user_fields + schema.n_context_fields
+
+
+def field_matrix(emb: Embedded) -> torch.Tensor:
+    """The non-sequence models' input: [B, m, d], m = 2 F_i + J + K.
+
+    Fields in order: candidate item fields e_i, the behaviours as one multi-valued field per item
+    field (masked mean over the real behaviours, 0 for an empty history), user fields e_u, context
+    fields e_c. Source: the DIN paper's BaseModel (Sec. 4.2), whose behaviour features are pooled
+    multi-hot fields.
+    """
+    pooled = masked_mean(emb.e_b, emb.mask)  # [B, F_i, d]
+    return torch.cat([emb.e_i, pooled, emb.e_u, emb.e_c], dim=1)
+
+
+class LinearPart(nn.Module):
+    """Sum of one scalar weight per feature value plus a bias (the "wide"/first-order term).
+
+    The weights are a :class:`FeatureEmbedding` of width 1, so the candidate item and the
+    behaviours share one weight table per item field, padding weighs 0, and a pooled behaviour
+    field contributes the mean weight of its real values (as :func:`field_matrix`).
+
+    Shapes: batch -> [B] logits.
+    """
+
+    def __init__(self, schema: FeatureSchema):
+        super().__init__()
+        self.weights = FeatureEmbedding(schema, 1)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return field_matrix(self.weights(batch)).sum(dim=(1, 2)) + self.bias
+
+
+def fm_second_order(x: torch.Tensor) -> torch.Tensor:
+    """FM pairwise interactions sum_{i<j} <v_i, v_j> over the fields of ``x`` [B, m, d] -> [B].
+
+    Computed as 0.5 * sum_d ((sum_i v_i)^2 - sum_i v_i^2) (Rendle 2010, Lemma 3.1; DeepFM Eq. 2).
+    """
+    s = x.sum(dim=1)
+    return 0.5 * (s * s - (x * x).sum(dim=1)).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# DCN cross network
+# --------------------------------------------------------------------------------------------
+
+
+class CrossNetwork(nn.Module):
+    """DCN's cross network (Wang et al. 2017, Eq. 3): x_{l+1} = x_0 (x_l^T w_l) + b_l + x_l.
+
+    Args:
+        dim: width D of x_0 (the flattened field embeddings).
+        n_layers: number of cross layers L.
+    Parameters ``weight`` [L, D] (Xavier-normal, as a [D, 1] kernel) and ``bias`` [L, D] (zeros).
+    Shapes: x_0 [B, D] -> x_L [B, D]. The loop runs over the L layers, never over samples.
+    """
+
+    def __init__(self, dim: int, n_layers: int):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"the cross network needs at least 1 layer, got {n_layers}")
+        self.weight = nn.Parameter(torch.randn(n_layers, dim) * math.sqrt(2.0 / (dim + 1)))
+        self.bias = nn.Parameter(torch.zeros(n_layers, dim))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for w, b in zip(self.weight, self.bias):
+            x = torch.addcmul(x + b, x0, (x @ w).unsqueeze(-1))
+        return x
+
+
+# --------------------------------------------------------------------------------------------
+# xDeepFM compressed interaction network
+# --------------------------------------------------------------------------------------------
+
+
+class CIN(nn.Module):
+    """xDeepFM's Compressed Interaction Network (Lian et al. 2018, Eq. 6-7).
+
+    X^k_{h,*} = sum_{i, j} W^{k,h}_{i,j} (X^{k-1}_{i,*} o X^0_{j,*}); each layer's feature maps
+    are sum-pooled over the embedding dimension, p^k_h = sum_d X^k_{h,d}, and concatenated.
+    The paper's 1x1 convolution is a linear map over the H_{k-1} * m channel axis (``nn.Linear``,
+    the same parameters as ``nn.Conv1d(kernel_size=1)``).
+
+    Args:
+        n_fields: m, the number of fields of X^0.
+        layer_sizes: H_1, ..., H_K, e.g. (100, 100) (PROTOCOL section 3).
+        activation: "identity" (Eq. 6 has none) | "relu" | "prelu" | "dice".
+        split_half: the official code's variant: half of each hidden layer's maps feed the next
+            layer, the other half the output (not in the paper's equations). Sizes of hidden layers
+            but the last must then be even.
+    Shapes: X^0 [B, m, d] -> p+ [B, out_dim].
+    Raises ValueError for an empty ``layer_sizes`` or an odd size with ``split_half``.
+    """
+
+    def __init__(
+        self,
+        n_fields: int,
+        layer_sizes: tuple[int, ...] = (100, 100),
+        activation: str = "identity",
+        split_half: bool = False,
+    ):
+        super().__init__()
+        if not layer_sizes:
+            raise ValueError("CIN layer_sizes must hold at least one layer size")
+        self.layers = nn.ModuleList()
+        self.activations = nn.ModuleList()
+        self.next_sizes: list[int] = []
+        prev, out_dim = n_fields, 0
+        for k, h in enumerate(layer_sizes):
+            last = k == len(layer_sizes) - 1
+            if split_half and not last and h % 2:
+                raise ValueError(f"CIN with split_half needs even hidden layer sizes, got {h}")
+            self.layers.append(nn.Linear(prev * n_fields, h))
+            self.activations.append(nn.Identity() if activation == "identity" else make_activation(activation, h))
+            nxt = h // 2 if split_half and not last else h
+            self.next_sizes.append(nxt)
+            out_dim += h - nxt if split_half and not last else h
+            prev = nxt
+        self.split_half = split_half
+        self.out_dim = out_dim
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        B, m, d = x0.shape
+        x0t = x0.transpose(1, 2)  # [B, d, m]
+        xk = x0t  # [B, d, H_{k-1}]
+        pooled = []
+        for k, (layer, act) in enumerate(zip(self.layers, self.activations)):
+            z = (xk.unsqueeze(3) * x0t.unsqueeze(2)).reshape(B, d, -1)  # [B, d, H_{k-1} * m]
+            h = act(layer(z))  # [B, d, H_k]
+            if self.split_half and k < len(self.layers) - 1:
+                xk, out = h.split([self.next_sizes[k], h.shape[-1] - self.next_sizes[k]], dim=-1)
+            else:
+                xk, out = h, h
+            pooled.append(out.sum(dim=1))
+        return torch.cat(pooled, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Target attention (DIN's local activation unit) and masked softmax
+# --------------------------------------------------------------------------------------------
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``scores`` [B, T] over the True slots of ``mask`` [B, T]; exactly 0 elsewhere
+    and on rows without any True slot (never NaN)."""
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=-1) * mask
+
+
+class DINAttention(nn.Module):
+    """DIN's local activation unit (Zhou et al. 2018, Sec. 4.3, Fig. 2) with weighted sum pooling.
+
+    Each real behaviour k_t is scored against the candidate q by an MLP over [q, k, q-k, q*k];
+    the user interest is sum_t w_t k_t. The paper does not normalise the weights (``softmax``
+    False); with ``softmax`` True they are softmax-normalised over the real behaviours.
+
+    Only real behaviours go through the MLP (they are gathered from the mask), so padding gets
+    weight exactly 0 and never enters Dice's batch statistics. The first layer is one
+    ``nn.Linear(4 D, H_1)`` over the concatenation, evaluated as
+    (W_q + W_d) q + [W_k - W_d, W_p] [k, q*k] + b: the same function with the candidate's part
+    computed once per sample instead of once per behaviour.
+
+    Args:
+        dim: D, width of q and of each k.
+        hidden: attention MLP sizes, e.g. (80, 40) (PROTOCOL section 3); at least one.
+        activation: "dice" | "prelu" | "relu" (DIN Fig. 2: PReLU/Dice).
+        softmax: normalise the weights (not the paper's form).
+    Shapes: query [B, D], keys [B, T, D], mask [B, T] bool -> (pooled [B, D], weights [B, T]).
+    Raises ValueError for an empty ``hidden``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: tuple[int, ...] = (80, 40),
+        activation: str = "dice",
+        softmax: bool = False,
+    ):
+        super().__init__()
+        if not hidden:
+            raise ValueError("DINAttention needs at least one hidden layer size")
+        self.dim = dim
+        self.first = nn.Linear(4 * dim, hidden[0])
+        self.first_act = make_activation(activation, hidden[0])
+        self.rest = MLP(hidden[0], tuple(hidden[1:]), out_dim=1, activation=activation)
+        self.softmax = softmax
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Raw attention scores [B, T] of the real behaviours, 0 at padding."""
+        B, T, D = keys.shape
+        b_idx, t_idx = mask.nonzero(as_tuple=True)
+        out = keys.new_zeros(B, T)
+        if b_idx.numel() == 0:
+            return out
+        w_q, w_k, w_d, w_p = self.first.weight.split(D, dim=1)
+        k = keys[b_idx, t_idx]  # [N, D]
+        q = query[b_idx]  # [N, D]
+        h_q = F.linear(query, w_q + w_d, self.first.bias)  # [B, H_1]
+        h = h_q[b_idx] + F.linear(torch.cat([k, q * k], dim=-1), torch.cat([w_k - w_d, w_p], dim=1))
+        s = self.rest(self.first_act(h)).squeeze(-1)  # [N]
+        return out.index_put((b_idx, t_idx), s)
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.scores(query, keys, mask)
+        if self.softmax:
+            w = masked_softmax(w, mask)
+        pooled = torch.bmm(w.unsqueeze(1), keys).squeeze(1)
+        return pooled, w
+
+
+# --------------------------------------------------------------------------------------------
+# DIEN: re-alignment of left-padded histories and AUGRU
+# --------------------------------------------------------------------------------------------
+
+
+def right_align(hist: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move the real behaviours of left-padded histories to the front (padding at the end).
+
+    Args:
+        hist: [B, T, ...] left-padded (real behaviours in the last L_b slots, oldest first).
+        mask: [B, T] bool, True at real behaviours.
+    Returns:
+        (aligned [B, T, ...], aligned_mask [B, T], index [B, T]) where ``aligned[b, t] =
+        hist[b, index[b, t]]``: slot t < L_b holds the (t+1)-th oldest real behaviour, slots
+        t >= L_b hold padding. ``index`` is a rotation by T - L_b, so
+        ``x_left[b, s] = x_aligned[b, (s - T + L_b) mod T]`` inverts it.
+    """
+    B, T = mask.shape
+    lengths = mask.sum(dim=1)  # [B]
+    pos = torch.arange(T, device=mask.device)
+    index = (pos.unsqueeze(0) + (T - lengths).unsqueeze(1)) % T  # [B, T]
+    gather_index = index.reshape(B, T, *([1] * (hist.dim() - 2))).expand_as(hist)
+    aligned = hist.gather(1, gather_index)
+    aligned_mask = pos.unsqueeze(0) < lengths.unsqueeze(1)
+    return aligned, aligned_mask, index
+
+
+def left_align(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`right_align` for a [B, T] tensor given the ORIGINAL left-padded mask."""
+    B, T = mask.shape
+    lengths = mask.sum(dim=1)
+    pos = torch.arange(T, device=mask.device)
+    index = (pos.unsqueeze(0) - (T - lengths).unsqueeze(1)) % T
+    return x.gather(1, index)
+
+
+class _AUGRUFunction(torch.autograd.Function):
+    """AUGRU recurrence with a hand-written backward (one autograd node for all T steps).
+
+    Gates follow ``torch.nn.GRU`` (order r, z, n; h' = (1 - z) n + z h). With the attention score
+    a_t the update weight of the candidate state is u'_t = a_t (1 - z_t) (DIEN Eq. 9), i.e.
+    h_t = h_{t-1} + a_t (1 - z_t) (n_t - h_{t-1}).
+
+    forward(x_gates [T, B, 3H] = W_ih x_t + b_ih for all steps, att [T, B], w_hh [3H, H],
+    b_hh [3H]) -> h_T [B, H], starting from h_0 = 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x_gates: torch.Tensor, att: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor):
+        T, B, H3 = x_gates.shape
+        H = H3 // 3
+        h = x_gates.new_zeros(B, H)
+        h_prev = x_gates.new_empty(T, B, H)
+        rz = x_gates.new_empty(T, B, 2 * H)
+        n_all = x_gates.new_empty(T, B, H)
+        hn_all = x_gates.new_empty(T, B, H)
+        w_hh_t = w_hh.t()
+        for t in range(T):
+            h_prev[t] = h
+            hg = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H]
+            xg = x_gates[t]
+            torch.sigmoid(xg[:, : 2 * H] + hg[:, : 2 * H], out=rz[t])
+            hn = hg[:, 2 * H :]
+            hn_all[t] = hn
+            torch.tanh(torch.addcmul(xg[:, 2 * H :], rz[t, :, :H], hn), out=n_all[t])
+            u = (1.0 - rz[t, :, H:]) * att[t].unsqueeze(1)
+            h = torch.addcmul(h, u, n_all[t] - h)
+        ctx.save_for_backward(att, w_hh, h_prev, rz, n_all, hn_all)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        att, w_hh, h_prev, rz, n_all, hn_all = ctx.saved_tensors
+        T, B, H = h_prev.shape
+        d_xg = grad_h.new_empty(T, B, 3 * H)
+        d_hg = grad_h.new_empty(T, B, 3 * H)
+        d_att = grad_h.new_empty(T, B)
+        dh = grad_h.contiguous()
+        for t in range(T - 1, -1, -1):
+            r, z = rz[t, :, :H], rz[t, :, H:]
+            n, hp = n_all[t], h_prev[t]
+            a = att[t].unsqueeze(1)
+            one_minus_z = 1.0 - z
+            u = one_minus_z * a
+            du = dh * (n - hp)
+            d_att[t] = (du * one_minus_z).sum(dim=1)
+            dpre_n = dh * u * (1.0 - n * n)
+            d_xg[t, :, :H] = dpre_n * hn_all[t] * r * (1.0 - r)
+            d_xg[t, :, H : 2 * H] = -du * a * z * one_minus_z
+            d_xg[t, :, 2 * H :] = dpre_n
+            d_hg[t, :, : 2 * H] = d_xg[t, :, : 2 * H]
+            d_hg[t, :, 2 * H :] = dpre_n * r
+            dh = torch.addmm(dh * (1.0 - u), d_hg[t], w_hh)
+        flat = d_hg.reshape(T * B, 3 * H)
+        d_w_hh = flat.t() @ h_prev.reshape(T * B, H) if ctx.needs_input_grad[2] else None
+        d_b_hh = flat.sum(dim=0) if ctx.needs_input_grad[3] else None
+        return d_xg, d_att, d_w_hh, d_b_hh
+
+
+class AUGRU(nn.Module):
+    """GRU with attentional update gate (DIEN, Zhou et al. 2019, Eq. 9).
+
+    u'_t = a_t * u_t, h'_t = (1 - u'_t) o h'_{t-1} + u'_t o h~_t, where u_t is the GRU's update
+    weight of the candidate state h~_t. Parameters have ``nn.GRUCell``'s names and layout, so
+    ``h + a * (GRUCell(x, h) - h)`` is the same step (the tests use this as the reference).
+
+    The input projections of all steps are one batched matmul outside the time loop; the loop
+    (forward and the hand-written backward) is batched over samples.
+
+    Shapes: x [B, T, input_size], att [B, T] (0 at padding, so padding leaves the state
+    unchanged) -> final state h_T [B, hidden_size] (h_0 = 0).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        cell = nn.GRUCell(input_size, hidden_size)  # torch's initialisation U(-1/sqrt(H), 1/sqrt(H))
+        self.weight_ih = cell.weight_ih
+        self.weight_hh = cell.weight_hh
+        self.bias_ih = cell.bias_ih
+        self.bias_hh = cell.bias_hh
+        self.hidden_size = hidden_size
+
+    def forward(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        x_gates = F.linear(x, self.weight_ih, self.bias_ih).transpose(0, 1).contiguous()  # [T, B, 3H]
+        return _AUGRUFunction.apply(x_gates, att.t().contiguous(), self.weight_hh, self.bias_hh)
