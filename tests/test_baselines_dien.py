@@ -1,0 +1,222 @@
+"""DIEN: AUGRU recurrence, re-alignment, the auxiliary loss and its negatives."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.registry import build_model
+from bench.train import loss_fn
+from baselines.blocks import AUGRU, _AUGRUFunction, left_align, right_align
+from baselines.dien import DIEN
+from conftest import make_split, repad, tiny_schema
+
+
+def constant_item_table(schema, row=(3, 4)) -> torch.Tensor:
+    """Every item id maps to the same fields: the sampled negative's embedding is deterministic."""
+    return torch.tensor([row] * schema.item_fields[0].vocab_size)
+
+
+def dien(schema, item_table=None, seed: int = 0, **params) -> DIEN:
+    torch.manual_seed(seed)
+    table = constant_item_table(schema) if item_table is None else item_table
+    return build_model("dien", schema, params, item_table=table)
+
+
+def reference_augru(cell: nn.GRUCell, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    """DIEN Eq. 9 step by step: h <- h + a_t (GRUCell(x_t, h) - h) = (1 - a u) h + a u h~."""
+    h = x.new_zeros(x.shape[0], cell.hidden_size)
+    for t in range(x.shape[1]):
+        h = h + att[:, t : t + 1] * (cell(x[:, t], h) - h)
+    return h
+
+
+# ------------------------------------------------------------------ AUGRU and alignment
+
+
+def test_augru_matches_the_step_by_step_definition_and_its_gradients():
+    torch.manual_seed(0)
+    B, T, I, H = 5, 6, 4, 3
+    augru = AUGRU(I, H)
+    cell = nn.GRUCell(I, H)
+    cell.load_state_dict({"weight_ih": augru.weight_ih, "weight_hh": augru.weight_hh,
+                          "bias_ih": augru.bias_ih, "bias_hh": augru.bias_hh})
+    x = torch.randn(B, T, I, requires_grad=True)
+    att = torch.rand(B, T)
+    att[0] = 0.0
+    att[1, :3] = 0.0
+    att.requires_grad_(True)
+    out, ref = augru(x, att), reference_augru(cell, x, att)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.equal(out[0], torch.zeros(H))  # all attention 0: state never moves from h_0 = 0
+    g = torch.randn(B, H)
+    grads = torch.autograd.grad(out, [x, att, *augru.parameters()], g)
+    ref_grads = torch.autograd.grad(ref, [x, att, *cell.parameters()], g)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_augru_function_passes_gradcheck():
+    torch.manual_seed(1)
+    T, B, H = 4, 3, 2
+    args = (
+        torch.randn(T, B, 3 * H, dtype=torch.double, requires_grad=True),
+        torch.rand(T, B, dtype=torch.double, requires_grad=True),
+        torch.randn(3 * H, H, dtype=torch.double, requires_grad=True),
+        torch.randn(3 * H, dtype=torch.double, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(_AUGRUFunction.apply, args)
+
+
+def test_right_align_moves_real_behaviours_first_and_left_align_inverts():
+    T = 5
+    lengths = torch.tensor([0, 1, 3, 5])
+    mask = torch.arange(T)[None] >= (T - lengths)[:, None]
+    hist = (torch.arange(1, T + 1)[None] * 10 + torch.arange(4)[:, None]) * mask
+    aligned, amask, _ = right_align(hist.unsqueeze(-1), mask)
+    assert torch.equal(amask, torch.arange(T)[None] < lengths[:, None])
+    for b, L in enumerate(lengths.tolist()):
+        assert torch.equal(aligned[b, :L, 0], hist[b, T - L :])
+        assert torch.equal(aligned[b, L:, 0], torch.zeros(T - L, dtype=torch.long))
+    assert torch.equal(left_align(aligned[..., 0], mask), hist)
+
+
+# ------------------------------------------------------------------ auxiliary loss
+
+
+def reference_aux(model: DIEN, batch, neg_fields=(3, 4), next_offset: int = 1) -> torch.Tensor:
+    """L_aux computed one sample at a time on its real behaviours only (no padding anywhere):
+    h_t (GRU over the real prefix) vs e_{t + next_offset} and the constant negative."""
+    e_neg = model.embedding.embed_items(torch.tensor(neg_fields)).flatten()
+    terms = []
+    for b in range(len(batch)):
+        real = batch.hist[b][batch.hist_mask[b]]  # [L, F_i], oldest first
+        L = real.shape[0]
+        if L < 2:
+            continue
+        e = model.embedding.embed_items(real).flatten(1)  # [L, D]
+        h = model.extractor(e.unsqueeze(0))[0][0]  # [L, H]
+        score = (lambda x, y: (x * y).sum()) if model.aux_net is None else (lambda x, y: model.aux_net(torch.cat([x, y])))
+        for t in range(L - 1):
+            pos, neg = score(h[t], e[t + next_offset]), score(h[t], e_neg)
+            terms.append(-(F.logsigmoid(pos) + F.logsigmoid(-neg)))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("aux_mlp", [(100, 50), ()])
+def test_aux_loss_pairs_h_t_with_the_next_behaviour(aux_mlp):
+    schema = tiny_schema()
+    model = dien(schema, aux_mlp=aux_mlp).train()
+    with torch.no_grad():  # move away from the near-constant initial scores
+        g = model.embedding.item
+        g.weight.normal_()
+        g.weight[g.offsets] = 0.0
+        for layer in model.aux_net or []:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(5.0)
+    batch = make_split(schema, n=12, seed=0).take(slice(None))
+    aux = model(batch).aux_loss
+    expected = reference_aux(model, batch)
+    assert torch.allclose(aux, expected, atol=1e-5)
+    # the check can fail: pairing h_t with e_t instead of e_{t+1} gives another value
+    assert (aux - reference_aux(model, batch, next_offset=0)).abs() > 1e-2, float(aux)
+
+
+def test_aux_loss_ignores_padding():
+    schema = tiny_schema()
+    model = dien(schema).train()
+    batch = make_split(schema, n=16, seed=1).take(slice(None))
+    a = model(batch).aux_loss
+    b = model(repad(batch, schema.max_len + 6)).aux_loss
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_aux_loss_is_zero_for_histories_of_length_0_or_1():
+    schema = tiny_schema()
+    model = dien(schema).train()
+    batch = make_split(schema, n=6, seed=2, lengths=[0, 1, 1, 0, 1, 0]).take(slice(None))
+    out = model(batch)
+    assert out.aux_loss is not None and out.aux_loss.item() == 0.0
+    assert torch.isfinite(out.logits).all()
+
+
+def test_aux_gradient_reaches_the_extractor_gru_and_the_embeddings():
+    schema = tiny_schema()
+    model = dien(schema).train()
+    batch = make_split(schema, n=16, seed=3).take(slice(None))
+    model(batch).aux_loss.backward()
+    for p in (model.extractor.weight_ih_l0, model.extractor.weight_hh_l0, model.embedding.item.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert model.evolution.weight_hh.grad is None  # the aux loss does not reach the AUGRU
+
+
+def test_total_loss_is_bce_plus_alpha_times_aux():
+    schema = tiny_schema()
+    batch = make_split(schema, n=16, seed=4).take(slice(None))
+    base = dien(schema).train()
+    weighted = dien(schema, aux_weight=2.5).train()
+    weighted.load_state_dict(base.state_dict())
+    l_aux = reference_aux(base, batch)
+    out = weighted(batch)
+    assert torch.allclose(out.aux_loss, 2.5 * l_aux, atol=1e-5)
+    total = loss_fn(out, batch.label)
+    assert torch.allclose(total, F.binary_cross_entropy_with_logits(out.logits, batch.label) + 2.5 * l_aux, atol=1e-5)
+
+
+def test_aux_loss_is_none_in_eval_mode_and_when_off():
+    schema = tiny_schema()
+    batch = make_split(schema, n=8, seed=5).take(slice(None))
+    assert dien(schema).eval()(batch).aux_loss is None
+    off = build_model("dien", schema, {"use_aux": False})  # no item table needed
+    assert off.train()(batch).aux_loss is None and off.aux_net is None
+
+
+def test_item_table_is_required_and_checked():
+    schema = tiny_schema()
+    with pytest.raises(ValueError, match="item_table"):
+        build_model("dien", schema, {})
+    with pytest.raises(ValueError, match="shape"):
+        build_model("dien", schema, {}, item_table=torch.zeros(5, 2, dtype=torch.long))
+
+
+def test_negatives_are_drawn_from_the_item_vocabulary_with_the_global_generator():
+    schema = tiny_schema()
+    V = schema.item_fields[0].vocab_size
+    table = torch.stack([torch.arange(V), 2 + torch.arange(V) % 5], -1)
+    model = dien(schema, item_table=table).train()
+    batch = make_split(schema, n=16, seed=6).take(slice(None))
+    seen: list[torch.Tensor] = []
+    hook = model.embedding.item.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    torch.manual_seed(11)
+    a = model(batch).aux_loss
+    hook.remove()
+    neg = seen[-1]  # the last item-table lookup: the negatives [B, T-1, F_i]
+    assert neg.shape == (16, schema.max_len - 1, 2)
+    assert int(neg[..., 0].min()) >= 2 and int(neg[..., 0].max()) < V
+    assert torch.equal(neg, table[neg[..., 0]])  # other item fields come from the item table
+    torch.manual_seed(11)
+    assert torch.equal(model(batch).aux_loss, a)
+    torch.manual_seed(12)
+    assert not torch.equal(model(batch).aux_loss, a)
+
+
+def test_attention_is_softmax_over_real_steps_and_final_state_is_after_last_real():
+    schema = tiny_schema()
+    model = dien(schema).eval()
+    batch = make_split(schema, n=8, seed=7, lengths=[0, 1, 2, 8, 3, 5, 0, 4]).take(slice(None))
+    with torch.no_grad():
+        a = model(batch).attention["dien"]
+    real = batch.hist_mask
+    assert torch.equal(a[~real], torch.zeros(int((~real).sum())))
+    sums = a.sum(1)
+    assert torch.allclose(sums[real.any(1)], torch.ones(int(real.any(1).sum())), atol=1e-6)
+    assert torch.equal(sums[~real.any(1)], torch.zeros(int((~real.any(1)).sum())))
+    # the MLP sees the AUGRU state after the most recent real behaviour: logits do not depend
+    # on what a padding slot would hold once its attention is 0
+    with torch.no_grad():
+        b2 = dataclasses.replace(batch, hist=batch.hist.clone())
+        b2.hist[~real] = 5  # garbage ids under the mask
+        assert torch.allclose(model(b2).logits, model(batch).logits, atol=1e-6)
