@@ -95,6 +95,7 @@ class PreparedDataset:
     item_table: LongTensor [V_item_id, F_i], the item fields of each item-id index (row 0 padding
     zeros, row 1 all OOV). Splits follow :class:`bench.contract.Split` (int64 ids, bool mask,
     float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.stats`.
+    ``vocabs``: ``<group>.<field>`` -> sorted raw values (index k >= 2 means ``vocab[k - 2]``).
     """
 
     name: str
@@ -107,6 +108,7 @@ class PreparedDataset:
     item_table: torch.Tensor
     path: Path
     stats: dict = field(default_factory=dict)
+    vocabs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
         """The split called ``name`` (train, valid or test)."""
@@ -135,11 +137,18 @@ def _cache_id(dataset: str, raw: RawFiles) -> tuple[str, dict]:
     return key, desc
 
 
-def fingerprint(schema: FeatureSchema, splits: dict[str, dict[str, np.ndarray]], item_table: np.ndarray) -> str:
-    """sha256 of the schema JSON and every prepared array (name, dtype, shape, bytes), fixed order."""
+def _arrays(built: samples.Built) -> dict[str, np.ndarray]:
+    """Every array of a prepared dataset by file stem, in the fixed order the fingerprint uses."""
+    named = {f"{s}.{f}": built.splits[s][f] for s in samples.SPLITS for f in BATCH_FIELDS}
+    named["item_table"] = built.item_table
+    named.update({f"vocab.{k}": v for k, v in sorted(built.vocabs.items())})
+    return named
+
+
+def fingerprint(schema: FeatureSchema, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the schema JSON and every prepared array (name, dtype, shape, bytes), in order."""
     h = hashlib.sha256(schema.to_json().encode())
-    named = [(f"{s}.{f}", splits[s][f]) for s in samples.SPLITS for f in BATCH_FIELDS]
-    for name, a in [*named, ("item_table", item_table)]:
+    for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
@@ -182,13 +191,14 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         "name": dataset,
         "cache_key": key,
         "schema": built.schema.to_dict(),
-        "fingerprint": fingerprint(built.schema, built.splits, built.item_table),
+        "fingerprint": fingerprint(built.schema, _arrays(built)),
         "counts": {s: int(len(a["label"])) for s, a in built.splits.items()},
         "stats": {
             "dataset": stats.dataset_totals(table.item_attrs, table.event_user, table.user_key),
             "splits": {s: stats.split_stats(built.splits[s], built.raw_items[s]) for s in samples.SPLITS},
         },
         "raw_files": {role: p.name for role, p in raw.paths.items()},
+        "vocabs": sorted(built.vocabs),
     }
     _write_cache(root, final, built, meta)
     _set_latest(root, final.name)
@@ -221,12 +231,15 @@ def load_cache(path: Path) -> PreparedDataset:
     path = Path(path)
     meta = _read_meta(path)
 
-    def tensor(name: str) -> torch.Tensor:
+    def array(name: str) -> np.ndarray:
         file = path / f"{name}.npy"
         try:
-            a = np.load(file, allow_pickle=False)
+            return np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise DataError(f"{file}: damaged cache file ({e}); rerun prepare with --force.") from e
+
+    def tensor(name: str) -> torch.Tensor:
+        a = array(name)
         if a.dtype.kind in "iu":
             return torch.from_numpy(a.astype(np.int64, copy=False))
         return torch.from_numpy(a)
@@ -240,6 +253,7 @@ def load_cache(path: Path) -> PreparedDataset:
         name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],
         schema=FeatureSchema.from_dict(meta["schema"]), **splits,
         item_table=tensor("item_table"), path=path, stats=meta["stats"],
+        vocabs={k: array(f"vocab.{k}") for k in meta["vocabs"]},
     )
 
 
@@ -303,10 +317,8 @@ def _remove_stale(root: Path) -> None:
 
 
 def _write_arrays(folder: Path, built: samples.Built) -> None:
-    for s, arrays in built.splits.items():
-        for f in BATCH_FIELDS:
-            np.save(folder / f"{s}.{f}.npy", arrays[f], allow_pickle=False)
-    np.save(folder / "item_table.npy", built.item_table, allow_pickle=False)
+    for name, a in _arrays(built).items():
+        np.save(folder / f"{name}.npy", a, allow_pickle=False)
 
 
 def _write_cache(root: Path, final: Path, built: samples.Built, meta: dict) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.contract import OOV, PAD, FeatureSchema, Field
+from bench.contract import OOV, FeatureSchema, Field
 from bench.datasets.common import DataError
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,15 @@ class Built:
         ids, bool mask, float32 label, int64 user_index).
     raw_items: split name -> [N_s, F_i] raw candidate item fields (for statistics).
     item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV).
+    vocabs: ``<group>.<field>`` (group item, user or context) -> sorted raw values; index k >= 2
+        of that field stands for ``vocab[k - 2]``.
     """
 
     schema: FeatureSchema
     splits: dict[str, dict[str, np.ndarray]]
     raw_items: dict[str, np.ndarray]
     item_table: np.ndarray
+    vocabs: dict[str, np.ndarray]
 
 
 def history_bounds(
@@ -132,6 +135,12 @@ def gather_history(
 def fit_vocab(values: np.ndarray) -> np.ndarray:
     """Sorted distinct raw values; value ``vocab[k]`` gets index k + 2 (0 pad, 1 OOV)."""
     return np.unique(values)
+
+
+def decode(indices: np.ndarray, vocab: np.ndarray, pad: int = -2, oov: int = -1) -> np.ndarray:
+    """Inverse of :func:`encode`: raw values, ``pad`` for index 0 and ``oov`` for index 1."""
+    raw = vocab[np.clip(indices - 2, 0, max(len(vocab) - 1, 0))] if len(vocab) else np.zeros(indices.shape, np.int64)
+    return np.where(indices >= 2, raw, np.where(indices == OOV, oov, pad))
 
 
 def encode(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
@@ -239,8 +248,14 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     item_table = np.zeros((len(item_vocab[0]) + 2, F), np.int32)
     item_table[OOV] = OOV
     item_table[2:] = attrs_enc[lookup_rows(item_vocab[0], attrs[:, 0], f"{table.name} item table")]
-    assert item_table[PAD].sum() == 0
-    return Built(schema=schema, splits=splits, raw_items=raw_items, item_table=item_table)
+    vocabs = {
+        f"{group}.{name}": v
+        for group, names, vs in (("item", table.item_fields, item_vocab),
+                                 ("user", table.user_fields, user_vocab),
+                                 ("context", table.context_fields, ctx_vocab))
+        for name, v in zip(names, vs)
+    }
+    return Built(schema=schema, splits=splits, raw_items=raw_items, item_table=item_table, vocabs=vocabs)
 
 
 def _encode_columns(values: np.ndarray, vocabs: list[np.ndarray]) -> np.ndarray:

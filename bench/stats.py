@@ -16,6 +16,7 @@ import numpy as np
 
 from bench.contract import OOV
 from bench.io import atomic_write_text
+from bench.samples import SPLITS
 
 #: columns of results/datasets.csv, in order
 CSV_COLUMNS: tuple[str, ...] = (
@@ -65,7 +66,8 @@ def stats_rows(metas: list[dict]) -> list[dict]:
     """One row per dataset and split (CSV_COLUMNS) from cache ``meta.json`` dicts."""
     rows = []
     for m in metas:
-        for split, s in m["stats"]["splits"].items():
+        for split in SPLITS:
+            s = m["stats"]["splits"][split]
             row = {"dataset": m["name"], "protocol": m["protocol"], "split": split,
                    "fingerprint": m["fingerprint"]}
             row.update({k: s[k] for k in CSV_COLUMNS if k in s})

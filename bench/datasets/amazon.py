@@ -214,7 +214,7 @@ def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
     try:
         parts = []
         with pd.read_json(rpath, lines=True, chunksize=chunk_lines, compression="gzip",
-                          dtype=False, convert_dates=False) as reader:
+                          dtype=False) as reader:
             for chunk in reader:
                 missing = [c for c in cols if c not in chunk.columns]
                 if missing:
@@ -231,6 +231,8 @@ def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
     user_names, user = np.unique(reviews.reviewerID.astype(str).to_numpy(), return_inverse=True)
     asins, item = np.unique(reviews.asin.astype(str).to_numpy(), return_inverse=True)
     unix_time = ts.to_numpy(np.int64)
+    order = np.lexsort((item, unix_time, user))  # codes follow sorted ids: ties broken by asin
+    user, item, unix_time = user[order], item[order], unix_time[order]
 
     wanted = pd.Index(asins)
     found_asin, found_cat = [], []

@@ -245,7 +245,9 @@ def _ints(df: pd.DataFrame, columns: dict[str, int], path: str) -> pd.DataFrame:
         bad = vals.isna() | (vals != np.floor(vals))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{path}: row {row + 1}, field {name} is {col.iloc[row]!r}; expected an integer.")
+            value = col.iloc[row]
+            shown = "missing" if pd.isna(value) or value == "" else repr(value)
+            raise DataError(f"{path}: row {row + 1}, field {name} is {shown}; expected an integer.")
         out[name] = vals.astype(np.int64).to_numpy()
     return pd.DataFrame(out)
 
@@ -408,7 +410,7 @@ def movielens_table(name: str, t: MovieLensTables) -> SampleTable:
 
     u = t.users
     gender = pd.factorize(u.gender.astype(str), sort=True)[0]
-    occupation = pd.factorize(u.occupation.astype(str), sort=True)[0]
+    occupation = pd.factorize(u.occupation, sort=True)[0]  # strings (100K) or codes (1M)
     zip1 = pd.factorize(u.zip_code.astype(str).str[:1], sort=True)[0]
     profile = np.stack([u.user_id.to_numpy(), gender, bucketize(u.age.to_numpy(), AGE_EDGES),
                         occupation, zip1], 1).astype(np.int64)

@@ -1,0 +1,193 @@
+"""Amazon: Beauty (raw dir, commit-pinned download, sha256), Books/Electronics format, real data."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from bench import data
+from bench.datasets import amazon, common
+from bench.datasets.common import DataError
+from bench.samples import ProtocolParams, build, decode
+from conftest import AMAZON_BEAUTY_DIR
+from datagen import beauty_bytes, beauty_rows, pin_beauty, serve, write_beauty, write_mcauley
+
+DAY = 86_400
+
+
+@pytest.fixture
+def beauty_files():
+    return beauty_bytes(*beauty_rows())
+
+
+def test_beauty_from_raw_dir(beauty_files, tmp_path, monkeypatch):
+    folder = write_beauty(tmp_path / "raw", beauty_files, monkeypatch)
+    info = data.prepare("amazon-beauty", tmp_path / "data", folder)
+    ds = data.load_prepared("amazon-beauty", tmp_path / "data")
+    seqs, _, cats = beauty_rows()
+    assert ds.protocol == "amazon-ctr-v1" and ds.fingerprint == info.fingerprint
+    assert [f.name for f in ds.schema.item_fields] == ["item_id", "category"]
+    assert [f.name for f in ds.schema.user_fields] == ["user_id"]
+    assert [f.name for f in ds.schema.context_fields] == ["gap", "position"]
+    assert len(ds.valid) == len(ds.test) == 2 * len(seqs)  # one pair per user each (leave-last-out)
+    assert ds.stats["dataset"]["users"] == len(seqs) and ds.stats["dataset"]["events"] == sum(map(len, seqs))
+    for split in (ds.train, ds.valid, ds.test):
+        assert split.label.mean().item() == 0.5
+    # category = LAST attribute id; no entry / empty list -> its own "missing" value
+    vocab_item, vocab_cat = ds.vocabs["item.item_id"], ds.vocabs["item.category"]
+    table = ds.item_table.numpy()
+    raw_item = decode(np.arange(2, len(table)), vocab_item)
+    raw_cat = decode(table[2:, 1], vocab_cat)
+    for i, c in zip(raw_item, raw_cat):
+        assert c == (cats[i][-1] if cats.get(i) else -1)
+
+
+def test_beauty_download_route_is_commit_pinned(beauty_files, tmp_path, monkeypatch):
+    pin_beauty(beauty_files, monkeypatch)
+    urls = {src.url: beauty_files[fname] for fname, src in amazon.BEAUTY_FILES.values()}
+    for url in urls:
+        assert url.startswith("https://raw.githubusercontent.com/")
+        assert "/49a890dcb516c9ed3126564495234ea74d5cd566/" in url or "/38b4ff7243b527a4b8843090ce080ca533a9e3c6/" in url
+    calls: list[str] = []
+    monkeypatch.setattr(common, "urlopen", serve(urls, calls))
+    info = data.prepare("amazon-beauty", tmp_path)
+    assert sorted(calls) == sorted(urls)
+    raw = tmp_path / "raw" / "amazon-beauty"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(beauty_files)
+    again = data.prepare("amazon-beauty", tmp_path)
+    assert again.cache_hit and len(calls) == 3 and again.fingerprint == info.fingerprint
+    # the same files given as --raw-dir prepare the same dataset
+    assert data.prepare("amazon-beauty", tmp_path / "other", raw).fingerprint == info.fingerprint
+
+
+def test_beauty_download_with_wrong_sha256_leaves_nothing(beauty_files, tmp_path, monkeypatch):
+    pin_beauty(beauty_files, monkeypatch)
+    urls = {src.url: beauty_files[fname] for fname, src in amazon.BEAUTY_FILES.values()}
+    url = amazon.BEAUTY_FILES["sequences"][1].url
+    urls[url] = urls[url][:-10]  # a truncated transfer
+    monkeypatch.setattr(common, "urlopen", serve(urls))
+    with pytest.raises(DataError, match=r"Beauty.txt: downloaded file has sha256 .*, expected"):
+        data.prepare("amazon-beauty", tmp_path)
+    assert not (tmp_path / "raw" / "amazon-beauty" / "Beauty.txt").exists()
+    assert not list((tmp_path / "raw" / "amazon-beauty").glob("*.part"))
+
+
+def test_beauty_unreachable_host_names_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "urlopen", serve({}))
+    with pytest.raises(DataError, match=r"raw.githubusercontent.com.*download failed.*--raw-dir"):
+        data.prepare("amazon-beauty", tmp_path)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", r"Beauty_time_intervals.txt: file not found; expected the S3-Rec Beauty files"),
+    ("wrong_sha", r"Beauty.txt: sha256 is .*, expected 226cce9c3105299c"),
+    ("bad_gaps", r"Beauty_time_intervals.txt: expected one line per line of Beauty.txt"),
+    ("not_json", r"Beauty_item2attributes.json: expected a JSON object"),
+])
+def test_malformed_beauty_inputs(case, match, beauty_files, tmp_path, monkeypatch):
+    folder = write_beauty(tmp_path / "raw", beauty_files, monkeypatch)
+    if case == "missing":
+        (folder / "Beauty_time_intervals.txt").unlink()
+    elif case == "wrong_sha":
+        monkeypatch.undo()  # back to the real pins: the tiny files cannot match them
+    else:
+        name = "Beauty_time_intervals.txt" if case == "bad_gaps" else "Beauty_item2attributes.json"
+        changed = dict(beauty_files)
+        changed[name] = changed[name].replace(b"\t0 ", b"\t", 1) if case == "bad_gaps" else b"[1, 2"
+        write_beauty(folder, changed, monkeypatch)
+    with pytest.raises(DataError, match=match) as err:
+        data.prepare("amazon-beauty", tmp_path / "data", folder)
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- Books / Electronics
+
+def mcauley_rows():
+    reviews, meta = [], []
+    t0 = 1_300_000_000 // DAY * DAY
+    plan = {  # reviewer -> [(asin, day offset)]; ties on purpose, one repeated review of B3
+        "A1": [("B1", 0), ("B2", 0), ("B3", 2), ("B4", 9), ("B3", 20), ("B5", 40)],
+        "A2": [("B2", 5), ("B1", 1), ("B5", 7), ("B6", 7), ("B4", 100)],
+        "A3": [("B6", 0), ("B5", 3), ("B3", 3), ("B1", 200), ("B2", 300)],
+        "A4": [("B4", 1), ("B3", 2), ("B2", 4), ("B7", 8), ("B1", 16)],
+    }
+    for user, items in plan.items():
+        for asin, d in items:
+            reviews.append({"reviewerID": user, "asin": asin, "reviewerName": "x", "helpful": [0, 0],
+                            "reviewText": "it's \"fine\"", "overall": 4.0, "summary": "ok",
+                            "unixReviewTime": t0 + d * DAY, "reviewTime": "01 1, 2011"})
+    cats = {"B1": [["Books", "Literature & Fiction", "Poetry"]], "B2": [["Books", "Children's Books"]],
+            "B3": [["Books", "History"], ["Kindle", "Other"]], "B4": [["Books"]], "B5": [], "B6": [["Books", "History"]]}
+    for asin, c in cats.items():  # B7 has no metadata line; X9 is not reviewed
+        meta.append({"asin": asin, "title": f"T {asin}", "related": {"also_bought": ["X1"]}, "categories": c})
+    meta.append({"asin": "X9", "categories": [["Books", "Other"]]})
+    return plan, reviews, meta, t0
+
+
+@pytest.mark.parametrize("name, cat", [("amazon-books", "Books"), ("amazon-electronics", "Electronics")])
+def test_mcauley_format_from_a_tiny_file(name, cat, tmp_path):
+    plan, reviews, meta, t0 = mcauley_rows()
+    folder = write_mcauley(tmp_path / "raw", cat, reviews, meta)
+    r = amazon.read_mcauley(amazon.acquire(name, folder, tmp_path / "dl"))
+    users = sorted(plan)
+    asins = sorted({a for items in plan.values() for a, _ in items})
+    assert r.item_ids.tolist() == list(range(len(asins)))
+    want_cat = {"B1": "Poetry", "B2": "Children's Books", "B3": "History", "B4": "Books", "B6": "History"}
+    names = sorted(set(want_cat.values()))
+    assert [int(c) for c in r.categories] == [names.index(want_cat[a]) if a in want_cat else -1 for a in asins]
+
+    t = amazon.amazon_table(name, r, data_seed=1)
+    assert t.context_fields == ("gap", "position", "weekday")
+    # per user: reviews by time (ties by asin), the repeated (A1, B3) dropped
+    for u, user in enumerate(users):
+        items = sorted({a: d for a, d in reversed(plan[user])}.items(), key=lambda x: (x[1], x[0]))
+        pos = t.label == 1
+        got = [asins[i] for i in t.item[pos & (t.user_key == u)]]
+        assert got == [a for a, _ in items[1:]]
+        days = [d for _, d in items[1:]]
+        weekdays = [((t0 + d * DAY) // DAY + 3) % 7 for d in days]
+        assert t.context[pos & (t.user_key == u), 2].tolist() == weekdays
+        assert t.split[pos & (t.user_key == u)].tolist() == [0] * (len(items) - 3) + [1, 2]
+    built = build(t, ProtocolParams())
+    assert built.schema.context_fields[2].name == "weekday"
+    info = data.prepare(name, tmp_path / "data", folder)
+    assert info.protocol == "amazon-ctr-v1" and sum(info.counts.values()) == len(t.label)
+
+
+def test_mcauley_corrupt_or_missing_files(tmp_path):
+    plan, reviews, meta, _ = mcauley_rows()
+    folder = write_mcauley(tmp_path / "raw", "Books", reviews, meta)
+    good = (folder / "reviews_Books_5.json.gz").read_bytes()
+    (folder / "reviews_Books_5.json.gz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"reviews_Books_5.json.gz: not gzipped JSON lines of reviews"):
+        data.prepare("amazon-books", tmp_path / "data", folder)
+    with gzip.open(folder / "reviews_Books_5.json.gz", "wt") as f:
+        f.write('{"reviewerID": "A1", "asin": "B1"}\n')
+    with pytest.raises(DataError, match=r"reviews lack \['unixReviewTime'\]"):
+        data.prepare("amazon-books", tmp_path / "data", folder)
+    (folder / "meta_Books.json.gz").unlink()
+    with pytest.raises(DataError, match=r"meta_Books.json.gz: file not found; amazon-books needs --raw-dir"):
+        data.prepare("amazon-books", tmp_path / "data", folder)
+
+
+# --------------------------------------------------------------------------- real data
+
+@pytest.mark.realdata
+def test_real_amazon_beauty_matches_sources_md(tmp_path):
+    if not (AMAZON_BEAUTY_DIR / "Beauty.txt").is_file():
+        pytest.skip(f"real Amazon Beauty files not found in {AMAZON_BEAUTY_DIR} (../shared beside the checkout)")
+    info = data.prepare("amazon-beauty", tmp_path, AMAZON_BEAUTY_DIR)
+    ds = data.load_prepared("amazon-beauty", tmp_path)
+    totals = ds.stats["dataset"]
+    assert (totals["users"], totals["items"], totals["events"]) == (22_363, 12_101, 198_502)  # SOURCES.md
+    n_pairs = 198_502 - 22_363  # one positive and one negative per review after each user's first
+    assert sum(info.counts.values()) == 2 * n_pairs
+    assert info.counts["valid"] == info.counts["test"] == 2 * 22_363
+    assert ds.schema.item_fields[0].vocab_size == 12_101 + 2 and ds.schema.user_fields[0].vocab_size == 22_363 + 2
+    for split in (ds.train, ds.valid, ds.test):
+        assert split.label.mean().item() == 0.5
+        assert split.hist.dtype == split.item.dtype == split.user.dtype == split.context.dtype
+        # no behaviour equals its candidate, and histories are left-padded
+        assert not ((split.hist[..., 0] == split.item[:, :1]) & split.hist_mask).any()
+        assert not (split.hist_mask[:, :-1] & ~split.hist_mask[:, 1:]).any()
