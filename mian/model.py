@@ -1,0 +1,270 @@
+"""MIAN: Multi-Interactive Attention Network (Zhang et al., WSDM 2021).
+
+Embedding layer (Eq. 1-2) -> three local modules, IBIM (Pre-LN Transformer over the behaviours,
+then Eq. 7-9 attention against the candidate item), IUIM (Eq. 10-11 over the user fields) and ICIM
+(Eq. 12-13 over the context fields) -> GIM (Eq. 14-15) over the seven representations
+[e_i, e_c, e_b, e_u, R_ibim, R_iuim, R_icim] -> prediction MLP -> one logit (the sigmoid and the
+binary cross-entropy of the paper's loss are the trainer's job).
+
+Where the paper is silent the project's resolutions in ../shared/paper/MIAN.md section 7 are
+followed ("7.n" below); the choices made here are listed in docs/MIAN.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from baselines.layers import MLP, FeatureEmbedding, make_activation, masked_mean
+from bench.contract import Batch, FeatureSchema, ModelOutput
+from mian.layers import (
+    IBIM_SCORES,
+    TRANSFORMER_KINDS,
+    BehaviourAttention,
+    BehaviourEncoder,
+    FieldAttention,
+    GlobalInteraction,
+)
+
+log = logging.getLogger(__name__)
+
+#: The seven GIM inputs in the paper's order (Eq. 14); the columns of ``MIANOutput.gim_weights``.
+GIM_INPUTS: tuple[str, ...] = ("e_i", "e_c", "e_b", "e_u", "R_ibim", "R_iuim", "R_icim")
+
+
+@dataclass
+class MIANOutput(ModelOutput):
+    """What :meth:`MIAN.forward` returns.
+
+    logits: [B] pre-sigmoid click scores.
+    gim_weights: [B, 7] GIM softmax weights (Eq. 15) in the order of :data:`GIM_INPUTS`, exactly 0
+        for a representation that is absent; None when GIM is off.
+    ibim_weights: [B, T] behaviour weights alpha_t (Eq. 7), 0 on padding; None when IBIM is off.
+    iuim_weights: [B, J] user-field weights alpha_j (Eq. 10); None when IUIM is off.
+    icim_weights: [B, K] context-field weights (Eq. 13); None when ICIM is off.
+    aux_loss is always None. ``attention`` holds the same tensors under the names
+    "gim", "ibim", "iuim", "icim" (present modules only).
+    """
+
+    gim_weights: torch.Tensor | None = None
+    ibim_weights: torch.Tensor | None = None
+    iuim_weights: torch.Tensor | None = None
+    icim_weights: torch.Tensor | None = None
+
+
+class MIAN(nn.Module):
+    """Multi-Interactive Attention Network for CTR prediction (Zhang et al., WSDM 2021, Sec. 3).
+
+    Args:
+        schema: the dataset's feature schema (item fields F_i, user fields J, context fields K,
+            max_len T).
+        cfg: a :class:`MIAN.Config`.
+        item_table: unused (accepted for the shared model signature).
+    Forward: ``batch`` (bench.contract.Batch, histories left-padded, any T <= schema.max_len) ->
+        :class:`MIANOutput` (logits [B] and the attention weights of every present module).
+    Raises:
+        ValueError (at construction): ICIM on with no context fields (K = 0), IUIM on with no
+        user fields, an invalid config value, or n_heads not dividing F_i * embed_dim.
+        ValueError (in forward): a batch whose T exceeds schema.max_len.
+    """
+
+    @dataclass(frozen=True)
+    class Config:
+        """Every hyper-parameter of MIAN (defaults justified in docs/MIAN.md).
+
+        embed_dim: embedding size per field (PROTOCOL section 3).
+        mlp: hidden sizes of the prediction MLP (PROTOCOL section 3, 7.6).
+        mlp_activation: "relu" | "prelu" | "dice".
+        mlp_dropout: dropout after each hidden MLP layer.
+        use_ibim, use_iuim, use_icim, use_gim: the four modules (Table 3 ablation).
+        transformer: "pre_ln" (paper) | "post_ln" (Table 4 "w/ Transformer") | "none"
+            (Table 4 "w/o both": Eq. 7-9 on the raw behaviour embeddings), 7.9.
+        ibim_score: "per_slot" (W_t per behaviour slot, 7.2) | "shared".
+        n_layers, n_heads, ffn_dim, dropout, positional: the behaviour Transformer (7.1);
+            ffn_dim None = 2 x the behaviour width F_i * embed_dim.
+        gim_dim: common width D of the GIM projections (7.4a).
+        trim_padding: run IBIM only on the slots where some row of the batch has a real behaviour
+            (exact: the model is invariant to extra left padding; a speed-up only).
+        """
+
+        embed_dim: int = 16
+        mlp: tuple[int, ...] = (200, 80)
+        mlp_activation: str = "relu"
+        mlp_dropout: float = 0.0
+        use_ibim: bool = True
+        use_iuim: bool = True
+        use_icim: bool = True
+        use_gim: bool = True
+        transformer: str = "pre_ln"
+        ibim_score: str = "per_slot"
+        n_layers: int = 1
+        n_heads: int = 2
+        ffn_dim: int | None = None
+        dropout: float = 0.0
+        positional: bool = True
+        gim_dim: int = 64
+        trim_padding: bool = True
+
+        def __post_init__(self) -> None:
+            if self.transformer not in TRANSFORMER_KINDS:
+                raise ValueError(
+                    f"MIAN transformer must be one of {', '.join(TRANSFORMER_KINDS)}, "
+                    f"got {self.transformer!r}"
+                )
+            if self.ibim_score not in IBIM_SCORES:
+                raise ValueError(
+                    f"MIAN ibim_score must be one of {', '.join(IBIM_SCORES)}, got {self.ibim_score!r}"
+                )
+            for name in ("embed_dim", "n_layers", "n_heads", "gim_dim"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"MIAN {name} must be >= 1, got {getattr(self, name)}")
+            if self.ffn_dim is not None and self.ffn_dim < 1:
+                raise ValueError(f"MIAN ffn_dim must be >= 1 or None, got {self.ffn_dim}")
+            for name in ("dropout", "mlp_dropout"):
+                if not 0.0 <= getattr(self, name) < 1.0:
+                    raise ValueError(f"MIAN {name} must be in [0, 1), got {getattr(self, name)}")
+            make_activation(self.mlp_activation, 1)  # raises ValueError for an unknown name
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        cfg: "MIAN.Config | None" = None,
+        item_table: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        cfg = cfg if cfg is not None else MIAN.Config()
+        self.schema = schema
+        self.cfg = cfg
+        d = cfg.embed_dim
+        F_i, J, K, T = (
+            schema.n_item_fields,
+            schema.n_user_fields,
+            schema.n_context_fields,
+            schema.max_len,
+        )
+        if F_i < 1 or T < 1:
+            raise ValueError(f"MIAN needs at least one item field and max_len >= 1, got {F_i}, {T}")
+        if cfg.use_icim and K == 0:
+            raise ValueError(
+                "MIAN: ICIM is on (use_icim=True) but the dataset has no context fields; "
+                "set use_icim=False for this dataset"
+            )
+        if cfg.use_iuim and J == 0:
+            raise ValueError(
+                "MIAN: IUIM is on (use_iuim=True) but the dataset has no user fields; "
+                "set use_iuim=False for this dataset"
+            )
+        item_dim = F_i * d  # D_i: e_i, and one behaviour token, is the concatenation of F_i fields
+        self.item_dim = item_dim
+
+        # Eq. (1)-(2): one table per field, candidate and behaviours share the item tables.
+        self.embedding = FeatureEmbedding(schema, d)
+
+        # IBIM (Sec. 3.2.2): Transformer over the behaviours, then Eq. (7)-(9).
+        self.encoder: BehaviourEncoder | None = None
+        self.ibim: BehaviourAttention | None = None
+        if cfg.use_ibim:
+            if cfg.transformer != "none":
+                self.encoder = BehaviourEncoder(
+                    d_model=item_dim,
+                    n_heads=cfg.n_heads,
+                    n_layers=cfg.n_layers,
+                    ffn_dim=cfg.ffn_dim if cfg.ffn_dim is not None else 2 * item_dim,
+                    dropout=cfg.dropout,
+                    kind=cfg.transformer,
+                    max_len=T,
+                    positional=cfg.positional,
+                )
+            self.ibim = BehaviourAttention(item_dim, item_dim, T, cfg.ibim_score)
+        # IUIM (Eq. 10-11) and ICIM (Eq. 12-13).
+        self.iuim = FieldAttention(J, item_dim, d) if cfg.use_iuim else None
+        self.icim = FieldAttention(K, item_dim, d) if cfg.use_icim else None
+
+        # Widths of [e_i, e_c, e_b, e_u, R_ibim, R_iuim, R_icim] (Eq. 14); 0 = absent.
+        self.rep_dims: tuple[int, ...] = (
+            item_dim,
+            K * d,
+            item_dim,  # e_b, mean-pooled over the real behaviours (7.4a)
+            J * d,
+            self.ibim.out_dim if self.ibim is not None else 0,
+            self.iuim.out_dim if self.iuim is not None else 0,
+            self.icim.out_dim if self.icim is not None else 0,
+        )
+        # GIM (Eq. 14-15); without it the representations are concatenated into the MLP.
+        self.gim = GlobalInteraction(self.rep_dims, cfg.gim_dim) if cfg.use_gim else None
+        mlp_in = cfg.gim_dim if self.gim is not None else sum(self.rep_dims)
+        self.mlp = MLP(mlp_in, cfg.mlp, out_dim=1, activation=cfg.mlp_activation, dropout=cfg.mlp_dropout)
+        log.debug("MIAN built: %s, representation widths %s", dataclasses.asdict(cfg), self.rep_dims)
+
+    def forward(self, batch: Batch) -> MIANOutput:
+        B, T_in = batch.hist.shape[:2]
+        if T_in > self.schema.max_len:
+            raise ValueError(
+                f"MIAN: batch has {T_in} behaviour slots, more than the schema's max_len "
+                f"{self.schema.max_len}"
+            )
+        if T_in == 0:
+            raise ValueError("MIAN: batch has no behaviour slots (hist of shape [B, 0, F_i])")
+        if self.cfg.trim_padding:
+            batch = _trim_left_padding(batch)
+        emb = self.embedding(batch)
+        d = self.cfg.embed_dim
+        T = emb.e_b.shape[1]
+        e_i = emb.e_i.reshape(B, self.item_dim)  # [B, D_i]
+        e_b = emb.e_b.reshape(B, T, self.item_dim)  # [B, T, D_i], 0 on padding
+        mask = emb.mask
+
+        r_ibim = r_iuim = r_icim = None
+        ibim_w = iuim_w = icim_w = None
+        if self.ibim is not None:
+            h = self.encoder(e_b, mask) if self.encoder is not None else e_b  # 7.9 (ii) for "none"
+            r_ibim, ibim_w = self.ibim(e_i, h, mask)  # [B, 2 D_i], [B, T]
+            if T < T_in:
+                ibim_w = nn.functional.pad(ibim_w, (T_in - T, 0))
+        if self.iuim is not None:
+            r_iuim, iuim_w = self.iuim(e_i, emb.e_u)  # [B, D_i + d], [B, J]
+        if self.icim is not None:
+            r_icim, icim_w = self.icim(e_i, emb.e_c)  # [B, D_i + d], [B, K]
+
+        reps = (
+            e_i,
+            emb.e_c.reshape(B, -1),
+            masked_mean(e_b, mask),
+            emb.e_u.reshape(B, -1),
+            r_ibim,
+            r_iuim,
+            r_icim,
+        )
+        reps = tuple(r if w > 0 else None for r, w in zip(reps, self.rep_dims))
+        gim_w = None
+        if self.gim is not None:
+            top, gim_w = self.gim(reps)  # R_g [B, gim_dim], [B, 7]
+        else:
+            top = torch.cat([r for r in reps if r is not None], -1)  # r_g of Eq. (14)
+        logits = self.mlp(top).squeeze(-1)
+
+        named = {"gim": gim_w, "ibim": ibim_w, "iuim": iuim_w, "icim": icim_w}
+        return MIANOutput(
+            logits=logits,
+            aux_loss=None,
+            attention={k: v for k, v in named.items() if v is not None},
+            gim_weights=gim_w,
+            ibim_weights=ibim_w,
+            iuim_weights=iuim_w,
+            icim_weights=icim_w,
+        )
+
+
+def _trim_left_padding(batch: Batch) -> Batch:
+    """Drop the leading behaviour slots that are padding in every row (keeps at least one slot).
+
+    Exact for MIAN: positions and per-slot weights are indexed from the most recent behaviour."""
+    T = batch.hist_mask.shape[1]
+    used = batch.hist_mask.any(0)
+    first = int(used.to(torch.int8).argmax()) if bool(used.any()) else T - 1
+    if first == 0:
+        return batch
+    return dataclasses.replace(batch, hist=batch.hist[:, first:], hist_mask=batch.hist_mask[:, first:])
