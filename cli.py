@@ -315,8 +315,8 @@ def prepare(dataset, data_dir, raw_dir, force):
 
     from bench.data import prepare as prepare_dataset
 
-    t0 = time.perf_counter()
     with _errors():
+        t0 = time.perf_counter()
         info = prepare_dataset(dataset, data_dir=data_dir, raw_dir=raw_dir, force=force)
     status = "cache hit (nothing rebuilt)" if info.cache_hit else "prepared"
     click.echo(f"{info.name} ({info.protocol}): {status} in {time.perf_counter() - t0:.1f} s")

@@ -272,7 +272,7 @@ def prepared_metas(data_dir: Path | None = None) -> list[dict]:
 
 def _info(meta: dict, path: Path, cache_hit: bool) -> PreparedInfo:
     return PreparedInfo(meta["name"], path, meta["protocol"], meta["fingerprint"], cache_hit,
-                        dict(meta["counts"]))
+                        {s: meta["counts"][s] for s in samples.SPLITS})
 
 
 def _read_meta(path: Path) -> dict:

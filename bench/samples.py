@@ -208,11 +208,12 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     user_vocab = [fit_vocab(table.user[is_train, j]) for j in range(table.user.shape[1])]
     ctx_vocab = [fit_vocab(table.context[is_train, k]) for k in range(table.context.shape[1])]
 
-    attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1)
-    user_enc = _encode_columns(table.user, user_vocab)
-    ctx_enc = _encode_columns(table.context, ctx_vocab)
+    attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
+    user_enc = _encode_columns(table.user, user_vocab).astype(np.int32)
+    ctx_enc = _encode_columns(table.context, ctx_vocab).astype(np.int32)
     item_enc = attrs_enc[cand_rows]  # [N, F]
-    hist_enc = attrs_enc[ev_rows[pos]] * mask[..., None]  # [N, T, F], padding 0
+    hist_enc = attrs_enc[ev_rows[pos]]  # [N, T, F]
+    hist_enc[~mask] = 0  # padding
 
     schema = FeatureSchema(
         item_fields=tuple(Field(n, len(v) + 2) for n, v in zip(table.item_fields, item_vocab)),
@@ -234,11 +235,11 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
                 "expected strictly between 0 and 1 (PROTOCOL section 1)."
             )
         splits[name] = {
-            "item": item_enc[rows].astype(np.int32),
-            "hist": hist_enc[rows].astype(np.int32),
+            "item": item_enc[rows],
+            "hist": hist_enc[rows],
             "hist_mask": mask[rows],
-            "user": user_enc[rows].astype(np.int32),
-            "context": ctx_enc[rows].astype(np.int32),
+            "user": user_enc[rows],
+            "context": ctx_enc[rows],
             "label": label[rows],
             "user_index": table.user_key[rows].astype(np.int64),
         }
