@@ -178,7 +178,7 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
         raise DataError(f"{table.name}: item table lists an item id twice; expected one row per item.")
 
     # behaviour pool, stably sorted by (user, time): given order breaks ties
-    order = np.lexsort((table.event_time, table.event_user))
+    order = np.lexsort((np.arange(len(table.event_user)), table.event_time, table.event_user))
     ev_user, ev_time = table.event_user[order], table.event_time[order]
     ev_item = table.event_item[order]
     ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
