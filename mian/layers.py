@@ -64,6 +64,10 @@ class BehaviourEncoder(nn.Module):
         kind: "pre_ln" | "post_ln".
         max_len: the schema's T (size of the positional table).
         positional: add a learned positional embedding.
+        length_buckets: 1 = one pass over all T slots; n > 1 = rows grouped by history span into
+            up to n buckets (widths ceil(T / 2^k)), each encoded on its own trailing window; the
+            outputs at slots before a row's oldest behaviour are then 0 (they are padding). The
+            real slots' outputs do not depend on this setting (a speed-up only).
     Shapes: x [B, T, d_model], mask [B, T] bool (True = real) -> h [B, T, d_model], T <= max_len.
     Raises:
         ValueError: unknown ``kind`` or ``n_heads`` not dividing ``d_model``.
@@ -79,8 +83,11 @@ class BehaviourEncoder(nn.Module):
         kind: str,
         max_len: int,
         positional: bool,
+        length_buckets: int = 1,
     ):
         super().__init__()
+        if length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
         if kind not in ("pre_ln", "post_ln"):
             raise ValueError(f"BehaviourEncoder kind must be 'pre_ln' or 'post_ln', got {kind!r}")
         if n_heads < 1 or d_model % n_heads:
@@ -92,6 +99,7 @@ class BehaviourEncoder(nn.Module):
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         self.kind = kind
         self.max_len = max_len
+        self.length_buckets = length_buckets
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 d_model,
@@ -113,9 +121,34 @@ class BehaviourEncoder(nn.Module):
             self.register_parameter("position", None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        T = x.shape[1]
+        B, T, _ = x.shape
         if self.position is not None:
             x = x + self.position[self.max_len - T :]
+        if self.length_buckets == 1:
+            return self._encode(x, mask)
+        # Span of each row = slots from its oldest real behaviour to the end (its length when
+        # left-padded). Rows are grouped by span into buckets of widths ceil(T / 2^k); each group
+        # runs on its own trailing window of slots, so mostly-short histories cost little. Exact:
+        # a row's real slots see the same positions and keys whatever the window.
+        first = mask.to(torch.int8).argmax(1)
+        span = torch.where(mask.any(1), T - first, torch.zeros_like(first))
+        widths = sorted({-(-T // 2**k) for k in range(self.length_buckets)})
+        bucket = torch.bucketize(span, torch.tensor(widths, device=span.device))
+        groups = []
+        for k in range(len(widths)):  # a few groups of rows (not positions)
+            rows = ((bucket == k) & (span > 0)).nonzero().squeeze(1)  # empty rows: nothing to encode
+            if rows.numel():
+                groups.append((rows, int(span[rows].max())))
+        if len(groups) == 1 and groups[0][0].numel() == B:  # one group holds every row
+            w = groups[0][1]
+            h = self._encode(x[:, T - w :], mask[:, T - w :])
+            return h if w == T else F.pad(h, (0, 0, T - w, 0))
+        h = x.new_zeros(x.shape)  # slots outside a row's window are padding: left 0
+        for rows, w in groups:
+            h[rows, T - w :] = self._encode(x[rows, T - w :], mask[rows, T - w :])
+        return h
+
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Rows with no real behaviour: unmask the last slot so no attention row is fully masked.
         attend = mask.clone()
         attend[:, -1] |= ~mask.any(1)
@@ -298,8 +331,10 @@ class GlobalInteraction(nn.Module):
                 f"expected {self.proj_weight.shape[0]} (dims {self.dims})"
             )
         B = r_g.shape[0]
-        r_pad = F.pad(r_g, (0, 1))[:, self.gather]  # [B, L, widest]
-        w_pad = F.pad(self.proj_weight, (0, 0, 0, 1))[self.gather]  # [L, widest, D]
+        L, widest = self.gather.shape
+        flat = self.gather.reshape(-1)  # index_select: its backward is a fast index_add
+        r_pad = F.pad(r_g, (0, 1)).index_select(1, flat).view(B, L, widest)
+        w_pad = F.pad(self.proj_weight, (0, 0, 0, 1)).index_select(0, flat).view(L, widest, self.dim)
         p = torch.bmm(r_pad.transpose(0, 1), w_pad).transpose(0, 1) + self.proj_bias  # [B, L, D]
         scores = (p * self.score_weight).sum(-1) + self.score_bias  # [B, L]
         alpha = tanh_softmax(scores)  # Eq. (15) weights

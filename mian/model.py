@@ -84,10 +84,13 @@ class MIAN(nn.Module):
             (Table 4 "w/o both": Eq. 7-9 on the raw behaviour embeddings), 7.9.
         ibim_score: "per_slot" (W_t per behaviour slot, 7.2) | "shared".
         n_layers, n_heads, ffn_dim, dropout, positional: the behaviour Transformer (7.1);
-            ffn_dim None = 2 x the behaviour width F_i * embed_dim.
+            ffn_dim None = the behaviour width F_i * embed_dim (SASRec's choice).
         gim_dim: common width D of the GIM projections (7.4a).
         trim_padding: run IBIM only on the slots where some row of the batch has a real behaviour
             (exact: the model is invariant to extra left padding; a speed-up only).
+        length_buckets: the Transformer encodes rows grouped by history length into up to this
+            many buckets, each on its own trailing window of slots (1 = one pass over all slots);
+            exact, a speed-up only (see BehaviourEncoder).
         """
 
         embed_dim: int = 16
@@ -105,8 +108,9 @@ class MIAN(nn.Module):
         ffn_dim: int | None = None
         dropout: float = 0.0
         positional: bool = True
-        gim_dim: int = 64
+        gim_dim: int = 128
         trim_padding: bool = True
+        length_buckets: int = 4
 
         def __post_init__(self) -> None:
             if self.transformer not in TRANSFORMER_KINDS:
@@ -118,7 +122,7 @@ class MIAN(nn.Module):
                 raise ValueError(
                     f"MIAN ibim_score must be one of {', '.join(IBIM_SCORES)}, got {self.ibim_score!r}"
                 )
-            for name in ("embed_dim", "n_layers", "n_heads", "gim_dim"):
+            for name in ("embed_dim", "n_layers", "n_heads", "gim_dim", "length_buckets"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"MIAN {name} must be >= 1, got {getattr(self, name)}")
             if self.ffn_dim is not None and self.ffn_dim < 1:
@@ -172,11 +176,12 @@ class MIAN(nn.Module):
                     d_model=item_dim,
                     n_heads=cfg.n_heads,
                     n_layers=cfg.n_layers,
-                    ffn_dim=cfg.ffn_dim if cfg.ffn_dim is not None else 2 * item_dim,
+                    ffn_dim=cfg.ffn_dim if cfg.ffn_dim is not None else item_dim,
                     dropout=cfg.dropout,
                     kind=cfg.transformer,
                     max_len=T,
                     positional=cfg.positional,
+                    length_buckets=cfg.length_buckets,
                 )
             self.ibim = BehaviourAttention(item_dim, item_dim, T, cfg.ibim_score)
         # IUIM (Eq. 10-11) and ICIM (Eq. 12-13).

@@ -208,9 +208,27 @@ def test_encoder_with_empty_history_rows_is_finite_and_gets_finite_gradients():
     assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("buckets", [2, 4, 9])
+def test_encoder_length_buckets_match_one_pass_on_real_slots(buckets):
+    torch.manual_seed(6)
+    T = 9
+    kw = dict(d_model=8, n_heads=2, n_layers=2, ffn_dim=8, dropout=0.0, kind="pre_ln", max_len=12, positional=True)
+    one = BehaviourEncoder(**kw)
+    grouped = BehaviourEncoder(length_buckets=buckets, **kw)
+    grouped.load_state_dict(one.state_dict())
+    x = torch.randn(7, T, 8)
+    mask = _left_padded_mask([9, 0, 1, 2, 5, 3, 8], T)
+    h1, hg = one(x, mask), grouped(x, mask)
+    torch.testing.assert_close(hg[mask], h1[mask], atol=1e-6, rtol=1e-6)
+    assert torch.all(hg[1] == 0)  # an empty history is not encoded at all
+    assert torch.isfinite(hg).all()
+
+
 def test_layer_argument_errors():
     with pytest.raises(ValueError, match="n_heads"):
         BehaviourEncoder(10, 3, 1, 8, 0.0, "pre_ln", 5, True)
+    with pytest.raises(ValueError, match="length_buckets"):
+        BehaviourEncoder(8, 2, 1, 8, 0.0, "pre_ln", 5, True, length_buckets=0)
     with pytest.raises(ValueError, match="kind"):
         BehaviourEncoder(8, 2, 1, 8, 0.0, "rezero", 5, True)
     with pytest.raises(ValueError, match="ibim_score"):

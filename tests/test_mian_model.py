@@ -108,12 +108,16 @@ def test_attention_weights_are_normalised_and_zero_on_padding(transformer):
 
 
 @pytest.mark.parametrize(
-    "transformer,score,trim", list(itertools.product(TRANSFORMERS, SCORES, [False, True]))
+    "transformer,score,trim,buckets",
+    [(t, s, trim, b) for t, s in itertools.product(TRANSFORMERS, SCORES) for trim, b in [(False, 1), (True, 4)]]
+    + [("pre_ln", "per_slot", False, 4), ("pre_ln", "per_slot", True, 1)],
 )
-def test_same_history_padded_to_two_lengths_gives_the_same_output(transformer, score, trim):
+def test_same_history_padded_to_two_lengths_gives_the_same_output(transformer, score, trim, buckets):
     data_schema = tiny_schema(max_len=6)
     model_schema = tiny_schema(max_len=11)
-    model = _model(model_schema, transformer=transformer, ibim_score=score, trim_padding=trim)
+    model = _model(
+        model_schema, transformer=transformer, ibim_score=score, trim_padding=trim, length_buckets=buckets
+    )
     _randomise_biases(model)
     model.eval()
     batch6 = _batch(data_schema, n=10, lengths=[6, 4, 1, 0, 6, 2, 3, 5, 6, 1])
@@ -125,6 +129,25 @@ def test_same_history_padded_to_two_lengths_gives_the_same_output(transformer, s
         torch.testing.assert_close(o6.ibim_weights, o11.ibim_weights[:, 5:], atol=1e-6, rtol=1e-6)
         assert torch.all(o11.ibim_weights[:, :5] == 0)
         torch.testing.assert_close(o6.gim_weights, o11.gim_weights, atol=1e-6, rtol=1e-6)
+
+
+def test_length_buckets_give_the_same_outputs_and_gradients_as_one_pass():
+    schema = tiny_schema(max_len=12)
+    lengths = [12, 0, 1, 2, 3, 5, 6, 7, 11, 4, 0, 9]
+    batch = _batch(schema, n=12, seed=4, lengths=lengths)
+    results = []
+    for buckets in (1, 3, 8):
+        model = _model(schema, seed=2, length_buckets=buckets, trim_padding=False)
+        _randomise_biases(model)
+        out = model(batch)
+        F.binary_cross_entropy_with_logits(out.logits, batch.label).backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (ref, ref_grads) = results[0]
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out.ibim_weights, ref.ibim_weights, atol=1e-6, rtol=1e-6)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_padding_invariance_is_not_trivial():
@@ -145,13 +168,18 @@ def test_padding_invariance_is_not_trivial():
 @pytest.mark.parametrize("transformer,score", list(itertools.product(TRANSFORMERS, SCORES)))
 def test_empty_histories_give_finite_outputs_and_gradients(transformer, score):
     schema = tiny_schema(max_len=6)
-    model = _model(schema, transformer=transformer, ibim_score=score, trim_padding=False)
-    mixed = _batch(schema, n=6, lengths=[0, 3, 0, 6, 1, 0])
-    out = model(mixed)
-    assert torch.isfinite(out.logits).all()
-    assert torch.all(out.ibim_weights[[0, 2, 5]] == 0)
-    for trim in (False, True):
-        model = _model(schema, transformer=transformer, ibim_score=score, trim_padding=trim)
+    for buckets in (1, 4):
+        model = _model(
+            schema, transformer=transformer, ibim_score=score, trim_padding=False, length_buckets=buckets
+        )
+        mixed = _batch(schema, n=6, lengths=[0, 3, 0, 6, 1, 0])
+        out = model(mixed)
+        assert torch.isfinite(out.logits).all()
+        assert torch.all(out.ibim_weights[[0, 2, 5]] == 0)
+    for trim, buckets in itertools.product((False, True), (1, 4)):
+        model = _model(
+            schema, transformer=transformer, ibim_score=score, trim_padding=trim, length_buckets=buckets
+        )
         empty = _batch(schema, n=5, lengths=[0] * 5)
         out = model(empty)
         assert torch.isfinite(out.logits).all() and torch.isfinite(out.gim_weights).all()
