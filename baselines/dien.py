@@ -1,12 +1,15 @@
 """DIEN: Deep Interest Evolution Network (Zhou et al., AAAI 2019, arXiv 1809.03672).
 
-1. Interest extractor: ``nn.GRU`` over the behaviours' concatenated field embeddings (Eq. 1-4).
-   Histories arrive left-padded; they are rotated so the real behaviours come first
-   (:func:`baselines.blocks.right_align`), so padding never enters the recurrence of a real step.
+1. Interest extractor: a GRU (an ``nn.GRU`` module) over the behaviours' concatenated field
+   embeddings (Eq. 1-4). Histories arrive left-padded; they are rotated so the real behaviours
+   come first (:func:`baselines.blocks.right_align`), so padding never enters the recurrence of a
+   real step. By default the module's weights run through :func:`baselines.blocks.gru_sequence`
+   (same function, fused backward, ~2-3x faster on CPU); ``gru_impl="torch"`` calls the module.
 2. Auxiliary loss (Eq. 5-6): h_t must tell the real next behaviour e_{t+1} from a sampled
    negative e'_{t+1}; masked to the steps whose next behaviour is real, averaged over those pairs,
-   weighted by alpha (``aux_weight``). Scored by the official code's auxiliary MLP on
-   [h_t, e] (``aux_mlp``; an empty tuple gives the inner product <h_t, e>).
+   weighted by alpha (``aux_weight``). The score is the paper's sigma(<h_t, e>) (Eq. 5, needs
+   hidden size = D); ``aux_mlp=(100, 50)`` gives the official code's auxiliary MLP on [h_t, e]
+   with sigmoid activations instead.
 3. Target attention (Eq. 8): a_t = softmax_t(h_t^T W e_a) over the real steps, e_a = the
    candidate's concatenated field embeddings.
 4. Interest evolution: AUGRU (Eq. 9) over h_1..h_L driven by a_t; its final state h'_L (the state
@@ -23,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import AUGRU, left_align, masked_softmax, right_align
+from baselines.blocks import AUGRU, gru_sequence, left_align, masked_softmax, right_align
 from baselines.layers import MLP, FeatureEmbedding
 
 
@@ -53,7 +56,8 @@ class DIEN(nn.Module):
         hidden_size: int | None = None  # GRU/AUGRU width; None = F_i * embed_dim (as DIEN's code)
         use_aux: bool = True
         aux_weight: float = 1.0
-        aux_mlp: tuple[int, ...] = (100, 50)
+        aux_mlp: tuple[int, ...] = ()  # () = the paper's <h_t, e>; (100, 50) = the official code's MLP
+        gru_impl: str = "fused"  # "fused" (gru_sequence on the nn.GRU's weights) | "torch" (nn.GRU)
 
     def __init__(self, schema: FeatureSchema, cfg: "DIEN.Config | None" = None, item_table: torch.Tensor | None = None):
         super().__init__()
@@ -62,7 +66,9 @@ class DIEN(nn.Module):
         D = schema.n_item_fields * d
         H = cfg.hidden_size or D
         self.embedding = FeatureEmbedding(schema, d)
-        self.extractor = nn.GRU(D, H, batch_first=True)
+        if cfg.gru_impl not in ("fused", "torch"):
+            raise ValueError(f"DIEN gru_impl must be 'fused' or 'torch', got {cfg.gru_impl!r}")
+        self.extractor = nn.GRU(D, H)  # time-major [T, B, D]
         self.att_w = nn.Linear(D, H, bias=False)  # h_t^T W e_a
         self.evolution = AUGRU(H, H)
         in_dim = (schema.n_user_fields + schema.n_item_fields + schema.n_context_fields) * d + H
@@ -94,46 +100,58 @@ class DIEN(nn.Module):
                 raise ValueError(f"DIEN aux_mlp=() scores <h_t, e> and needs hidden_size == {D}, got {H}")
 
     def forward(self, batch: Batch) -> ModelOutput:
-        hist, mask, _ = right_align(batch.hist, batch.hist_mask)
-        emb = self.embedding(dataclasses.replace(batch, hist=hist, hist_mask=mask))
-        e = emb.e_b.flatten(2)  # [B, T, D], real behaviours first
-        h, _ = self.extractor(e)  # [B, T, H]; steps t < L_b see only real behaviours
-        q = emb.e_i.flatten(1)  # [B, D]
-        scores = torch.bmm(h, self.att_w(q).unsqueeze(-1)).squeeze(-1)  # [B, T]
-        a = masked_softmax(scores, mask)
-        final = self.evolution(h, a)  # [B, H]; a = 0 after step L_b keeps h'_{L_b}
-        x = torch.cat([emb.e_u.flatten(1), q, final, emb.e_c.flatten(1)], dim=1)
+        hist, mask, _ = right_align(batch.hist, batch.hist_mask)  # real behaviours first
+        emb = self.embedding
+        e = emb.embed_items(hist.transpose(0, 1)).flatten(2)  # [T, B, D], time-major
+        mask_t = mask.t()  # [T, B]
+        h = self.extract(e)  # [T, B, H]; step t < L_b sees only real behaviours
+        q = emb.embed_items(batch.item).flatten(1)  # [B, D], e_a
+        scores = (h * self.att_w(q)).sum(-1)  # [T, B], h_t^T W e_a (cheaper than a strided bmm)
+        a = masked_softmax(scores.t(), mask)  # [B, T]
+        final = self.evolution(h, a.t())  # [B, H]; a = 0 after step L_b keeps h'_{L_b}
+        x = torch.cat([emb.user(batch.user).flatten(1), q, final, emb.context(batch.context).flatten(1)], dim=1)
         aux = None
         if self.training and self.cfg.use_aux:
-            aux = self.cfg.aux_weight * self.auxiliary_loss(h, e, mask)
+            aux = self.cfg.aux_weight * self.auxiliary_loss(h, e, mask_t)
         return ModelOutput(
             logits=self.mlp(x).squeeze(-1),
             aux_loss=aux,
             attention={"dien": left_align(a, batch.hist_mask)},
         )
 
-    def auxiliary_loss(self, h: torch.Tensor, e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L_aux (DIEN Eq. 5) on right-aligned states and behaviours, unweighted.
+    def extract(self, e: torch.Tensor) -> torch.Tensor:
+        """Interest extractor states [T, B, H] of the time-major behaviours ``e`` [T, B, D]."""
+        gru = self.extractor
+        if self.cfg.gru_impl == "torch":
+            return gru(e)[0]
+        return gru_sequence(e, gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
 
-        h: [B, T, H] extractor states, e: [B, T, D] behaviour embeddings, mask: [B, T] real steps
-        (real first). Draws the negatives; see :meth:`pair_loss`.
+    def auxiliary_loss(self, h: torch.Tensor, e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L_aux (DIEN Eq. 5), unweighted, on time-major right-aligned tensors.
+
+        h: [T, B, H] extractor states, e: [T, B, D] behaviour embeddings, mask: [T, B] real steps
+        (real first). Draws the negatives ``torch.randint(2, V, (B, T - 1))``; the negative of
+        step t is ``neg[b, t]``. See :meth:`pair_loss`.
         """
-        B, T, _ = e.shape
+        T, B, _ = e.shape
         if T < 2:
             return h.new_zeros(())
         neg = torch.randint(2, self.item_table.shape[0], (B, T - 1), device=self.item_table.device)
-        e_neg = self.embedding.embed_items(self.item_table[neg]).flatten(2)  # [B, T-1, D]
-        return self.pair_loss(h[:, :-1], e[:, 1:], e_neg, mask[:, 1:])
+        e_neg = self.embedding.embed_items(self.item_table[neg.t()]).flatten(2)  # [T-1, B, D]
+        return self.pair_loss(h[:-1], e[1:], e_neg, mask[1:])
 
     def pair_loss(self, h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """-mean over real pairs of [log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))], 0 without pairs.
 
-        h: [B, P, H], pos / neg: [B, P, D], pair_mask: [B, P] bool (True where e_{t+1} is real).
-        s = sigmoid of the auxiliary net's score of [h_t, e].
+        h: [..., H], pos / neg: [..., D], pair_mask: [...] bool (True where e_{t+1} is real).
+        s = sigmoid of the auxiliary net's score of [h_t, e]; its first layer is applied to h_t
+        once for both the positive and the negative.
         """
         if self.aux_net is not None:
-            x = torch.cat([h.unsqueeze(0).expand(2, -1, -1, -1), torch.stack([pos, neg])], dim=-1)
-            s = self.aux_net(x).squeeze(-1)  # [2, B, P]
+            first = self.aux_net[0]
+            w_h, w_e = first.weight.split([h.shape[-1], pos.shape[-1]], dim=1)
+            z = F.linear(h, w_h, first.bias).unsqueeze(0) + F.linear(torch.stack([pos, neg]), w_e)
+            s = self.aux_net[1:](z).squeeze(-1)  # [2, ...]
         else:
             s = (h.unsqueeze(0) * torch.stack([pos, neg])).sum(-1)
         nll = -(F.logsigmoid(s[0]) + F.logsigmoid(-s[1]))

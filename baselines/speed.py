@@ -3,8 +3,9 @@
 Run: ``python -m baselines.speed [--threads 2] [--steps 30] [--batch 256] [--models din,dien]``.
 Inputs are synthetic batches with the ml100k-ctr-v1 field vocabularies and full histories
 (T = 50 real behaviours, the worst case for DIN/DIEN). One step = forward, mean BCE (+ aux loss),
-backward; the median over ``steps`` steps after ``warmup`` steps is reported with the parameter
-count.
+backward, Adam update; the median (and min) over ``steps`` steps after ``warmup`` steps is
+reported with the parameter count. Models take turns step by step so that load from other
+processes affects all of them alike.
 """
 from __future__ import annotations
 
@@ -63,25 +64,45 @@ def item_table(schema: FeatureSchema, seed: int = 0) -> torch.Tensor:
     return torch.stack(cols, -1)
 
 
-def step_time(name: str, batch: Batch, schema: FeatureSchema, steps: int = 30, warmup: int = 5) -> tuple[float, int]:
-    """(median seconds of one forward+backward+Adam step, parameter count) of model ``name``."""
-    torch.manual_seed(0)
-    model = build_model(name, schema, item_table=item_table(schema))
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    times = []
-    for i in range(warmup + steps):
+class _Stepper:
+    """One model with its Adam optimiser; ``step()`` = forward, loss, backward, update."""
+
+    def __init__(self, name: str, schema: FeatureSchema, batch: Batch):
+        torch.manual_seed(0)
+        self.model = build_model(name, schema, item_table=item_table(schema)).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.batch = batch
+        self.n_params = count_params(self.model)
+
+    def step(self) -> float:
         t0 = time.perf_counter()
-        out = model(batch)
-        loss = F.binary_cross_entropy_with_logits(out.logits, batch.label)
+        out = self.model(self.batch)
+        loss = F.binary_cross_entropy_with_logits(out.logits, self.batch.label)
         if out.aux_loss is not None:
             loss = loss + out.aux_loss
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), count_params(model)
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def step_times(
+    names: list[str], schema: FeatureSchema, batch: Batch, steps: int = 30, warmup: int = 5
+) -> dict[str, tuple[float, float, int]]:
+    """{name: (median s, min s, parameter count)} of one training step per model.
+
+    Models take turns step by step (round robin), so a change in machine load hits them alike
+    and the ratios stay meaningful on a shared machine.
+    """
+    steppers = {name: _Stepper(name, schema, batch) for name in names}
+    for s in steppers.values():
+        for _ in range(warmup):
+            s.step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(steps):
+        for name, s in steppers.items():
+            times[name].append(s.step())
+    return {n: (statistics.median(t), min(t), steppers[n].n_params) for n, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,13 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     schema = ml100k_schema()
     batch = synthetic_batch(schema, args.batch, full=not args.partial)
-    res = {}
-    for name in args.models.split(","):
-        sec, n_params = step_time(name, batch, schema, args.steps, args.warmup)
-        res[name] = sec
-        log.info("%-10s %8.2f ms/step %9.0f samples/s %9d params", name, sec * 1e3, args.batch / sec, n_params)
+    res = step_times(args.models.split(","), schema, batch, args.steps, args.warmup)
+    log.info("%-10s %10s %10s %10s %10s", "model", "median ms", "min ms", "samples/s", "params")
+    for name, (med, low, n_params) in res.items():
+        log.info("%-10s %10.2f %10.2f %10.0f %10d", name, med * 1e3, low * 1e3, args.batch / med, n_params)
     if "din" in res and "dien" in res:
-        log.info("DIEN/DIN step-time ratio: %.2f", res["dien"] / res["din"])
+        log.info("DIEN/DIN step-time ratio: %.2f (median), %.2f (min)", res["dien"][0] / res["din"][0], res["dien"][1] / res["din"][1])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from bench.registry import build_model
 from bench.train import loss_fn
-from baselines.blocks import AUGRU, _AUGRUFunction, left_align, right_align
+from baselines.blocks import AUGRU, _GRUFunction, gru_sequence, left_align, right_align
 from baselines.dien import DIEN
 from conftest import make_split, repad, tiny_schema
 
@@ -27,10 +27,10 @@ def dien(schema, item_table=None, seed: int = 0, **params) -> DIEN:
 
 
 def reference_augru(cell: nn.GRUCell, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-    """DIEN Eq. 9 step by step: h <- h + a_t (GRUCell(x_t, h) - h) = (1 - a u) h + a u h~."""
-    h = x.new_zeros(x.shape[0], cell.hidden_size)
-    for t in range(x.shape[1]):
-        h = h + att[:, t : t + 1] * (cell(x[:, t], h) - h)
+    """DIEN Eq. 9 step by step (time-major): h <- h + a_t (GRUCell(x_t, h) - h) = (1 - a u) h + a u h~."""
+    h = x.new_zeros(x.shape[1], cell.hidden_size)
+    for t in range(x.shape[0]):
+        h = h + att[t].unsqueeze(1) * (cell(x[t], h) - h)
     return h
 
 
@@ -44,10 +44,10 @@ def test_augru_matches_the_step_by_step_definition_and_its_gradients():
     cell = nn.GRUCell(I, H)
     cell.load_state_dict({"weight_ih": augru.weight_ih, "weight_hh": augru.weight_hh,
                           "bias_ih": augru.bias_ih, "bias_hh": augru.bias_hh})
-    x = torch.randn(B, T, I, requires_grad=True)
-    att = torch.rand(B, T)
-    att[0] = 0.0
-    att[1, :3] = 0.0
+    x = torch.randn(T, B, I, requires_grad=True)
+    att = torch.rand(T, B)
+    att[:, 0] = 0.0
+    att[:3, 1] = 0.0
     att.requires_grad_(True)
     out, ref = augru(x, att), reference_augru(cell, x, att)
     assert torch.allclose(out, ref, atol=1e-6)
@@ -59,16 +59,54 @@ def test_augru_matches_the_step_by_step_definition_and_its_gradients():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_augru_function_passes_gradcheck():
+@pytest.mark.parametrize("with_att", [True, False])
+@pytest.mark.parametrize("last_only", [True, False])
+def test_fused_recurrence_passes_gradcheck(with_att, last_only):
     torch.manual_seed(1)
     T, B, H = 4, 3, 2
+    att = torch.rand(T, B, dtype=torch.double, requires_grad=True) if with_att else None
     args = (
         torch.randn(T, B, 3 * H, dtype=torch.double, requires_grad=True),
-        torch.rand(T, B, dtype=torch.double, requires_grad=True),
+        att,
         torch.randn(3 * H, H, dtype=torch.double, requires_grad=True),
-        torch.randn(3 * H, dtype=torch.double, requires_grad=True),
+        torch.randn(H, dtype=torch.double, requires_grad=True),
+        last_only,
     )
-    assert torch.autograd.gradcheck(_AUGRUFunction.apply, args)
+    assert torch.autograd.gradcheck(_GRUFunction.apply, args)
+
+
+def test_fused_gru_equals_torch_gru_values_and_gradients():
+    torch.manual_seed(2)
+    T, B, I, H = 7, 5, 6, 4
+    gru = nn.GRU(I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    ours = gru_sequence(x, gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
+    ref = gru(x)[0]
+    assert torch.allclose(ours, ref, atol=1e-6)
+    g = torch.randn(T, B, H)
+    params = [x, *gru.parameters()]
+    for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dien_fused_and_torch_extractors_agree():
+    schema = tiny_schema()
+    batch = make_split(schema, n=16, seed=8).take(slice(None))
+    fused = dien(schema).train()
+    torch_gru = dien(schema, gru_impl="torch").train()
+    torch_gru.load_state_dict(fused.state_dict())
+    outs = []
+    for model in (fused, torch_gru):
+        torch.manual_seed(3)
+        out = model(batch)
+        (F.binary_cross_entropy_with_logits(out.logits, batch.label) + out.aux_loss).backward()
+        outs.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = outs
+    assert torch.allclose(a.logits, b.logits, atol=1e-6) and torch.allclose(a.aux_loss, b.aux_loss, atol=1e-6)
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5), name
+    with pytest.raises(ValueError, match="gru_impl"):
+        dien(schema, gru_impl="cudnn")
 
 
 def test_right_align_moves_real_behaviours_first_and_left_align_inverts():
@@ -98,7 +136,7 @@ def reference_aux(model: DIEN, batch, neg_fields=(3, 4), next_offset: int = 1) -
         if L < 2:
             continue
         e = model.embedding.embed_items(real).flatten(1)  # [L, D]
-        h = model.extractor(e.unsqueeze(0))[0][0]  # [L, H]
+        h = model.extractor(e.unsqueeze(1))[0][:, 0]  # [L, H], torch's nn.GRU on the real steps
         score = (lambda x, y: (x * y).sum()) if model.aux_net is None else (lambda x, y: model.aux_net(torch.cat([x, y])))
         for t in range(L - 1):
             pos, neg = score(h[t], e[t + next_offset]), score(h[t], e_neg)
@@ -193,7 +231,7 @@ def test_negatives_are_drawn_from_the_item_vocabulary_with_the_global_generator(
     torch.manual_seed(11)
     a = model(batch).aux_loss
     hook.remove()
-    neg = seen[-1]  # the last item-table lookup: the negatives [B, T-1, F_i]
+    neg = seen[-1].transpose(0, 1)  # the last item-table lookup: the negatives [B, T-1, F_i]
     assert neg.shape == (16, schema.max_len - 1, 2)
     assert int(neg[..., 0].min()) >= 2 and int(neg[..., 0].max()) < V
     assert torch.equal(neg, table[neg[..., 0]])  # other item fields come from the item table
