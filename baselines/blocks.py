@@ -7,12 +7,12 @@ and ``masked_mean`` live in :mod:`baselines.layers`).
 | :class:`LinearPart` | LR, Wide&Deep, DeepFM, xDeepFM | one weight per feature value (logistic regression / "wide" / FM first order) |
 | :func:`fm_second_order` | DeepFM | Rendle's FM pairwise term, DeepFM Eq. (2) |
 | :class:`CrossNetwork` | DCN | DCN Eq. (3): x_{l+1} = x_0 (x_l^T w_l) + b_l + x_l |
-| :class:`CIN` | xDeepFM | xDeepFM Eq. (6) and sum pooling Eq. (7) |
+| :class:`CIN` | xDeepFM | xDeepFM Eq. (6) and sum pooling |
 | :class:`DINAttention` | DIN | DIN's local activation unit (Fig. 2): MLP over [q, k, q-k, q*k] |
 | :func:`masked_softmax` | DIN (softmax option), DIEN | softmax over the real behaviours only |
 | :func:`right_align` | DIEN | moves left-padded histories to the front so padding never enters a recurrence |
 | :func:`gru_sequence` | DIEN | GRU / AUGRU recurrence with a fused backward |
-| :class:`AUGRU` | DIEN | DIEN Eq. (9): GRU with attentional update gate |
+| :class:`AUGRU` | DIEN | DIEN's interest evolving layer: GRU with attentional update gate |
 
 The non-sequence models' field matrix has m = 2 F_i + J + K fields:
 ``[candidate fields (F_i), pooled behaviour fields (F_i), user fields (J), context fields (K)]``.
@@ -114,7 +114,7 @@ class CrossNetwork(nn.Module):
 
 
 class CIN(nn.Module):
-    """xDeepFM's Compressed Interaction Network (Lian et al. 2018, Eq. 6-7).
+    """xDeepFM's Compressed Interaction Network (Lian et al. 2018, Eq. 6, then sum pooling).
 
     X^k_{h,*} = sum_{i, j} W^{k,h}_{i,j} (X^{k-1}_{i,*} o X^0_{j,*}); each layer's feature maps
     are sum-pooled over the embedding dimension, p^k_h = sum_d X^k_{h,d}, and concatenated.
@@ -294,7 +294,7 @@ class _GRUFunction(torch.autograd.Function):
     z rows negated, so a sigmoid yields zbar directly), and the r/z recurrent biases folded into
     the input gates:
     r_t = s(x_r + U_r h), zbar_t = s(x_zbar + U_zbar h), n_t = tanh(x_n + r_t (U_n h + b_hn)),
-    u_t = zbar_t (GRU) or a_t zbar_t (AUGRU, DIEN Eq. 9), h_t = h_{t-1} + u_t (n_t - h_{t-1}).
+    u_t = zbar_t (GRU) or a_t zbar_t (AUGRU, DIEN), h_t = h_{t-1} + u_t (n_t - h_{t-1}).
 
     forward(x_gates [T, B, 3H], att [T, B] or None, w_h [3H, H], b_hn [H], last_only) ->
     states [T, B, H] (h_1 .. h_T from h_0 = 0), or only h_T [B, H] with ``last_only``.
@@ -380,7 +380,7 @@ def gru_sequence(
 
 
 class AUGRU(nn.Module):
-    """GRU with attentional update gate (DIEN, Zhou et al. 2019, Eq. 9).
+    """GRU with attentional update gate (DIEN, Zhou et al. 2019, interest evolving layer).
 
     u'_t = a_t * u_t, h'_t = (1 - u'_t) o h'_{t-1} + u'_t o h~_t, where u_t is the GRU's update
     weight of the candidate state h~_t. Parameters have ``nn.GRUCell``'s names, layout and

@@ -1,7 +1,7 @@
 """Deep & Cross Network (Wang et al., ADKDD 2017, arXiv 1708.05123).
 
 x_0 = concatenated field embeddings; a cross network (Eq. 3) and a DNN run in parallel on x_0,
-and a combination layer maps [x_L, h_deep] to the logit (Eq. 5, before the sigmoid).
+and a combination layer maps [x_L, h_deep] to the logit (the paper's combination layer, before the sigmoid).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """DeepFM (Guo et al., IJCAI 2017, arXiv 1703.04247): an FM component (first order + pairwise
-inner products of the field embeddings, Eq. 2) and a DNN (Eq. 3-4) sharing the embeddings;
+inner products of the field embeddings, Eq. 2) and a DNN sharing the embeddings;
 logit = y_FM + y_DNN (Eq. 1 before the sigmoid).
 """
 from __future__ import annotations

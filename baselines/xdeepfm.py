@@ -1,5 +1,5 @@
 """xDeepFM (Lian et al., KDD 2018, arXiv 1803.05170): linear part + Compressed Interaction Network
-(vector-wise explicit interactions, Eq. 6-7) + DNN, one output unit (Eq. 8 before the sigmoid).
+(vector-wise explicit interactions, Eq. 6, sum-pooled) + DNN, one output unit (before the sigmoid).
 """
 from __future__ import annotations
 
