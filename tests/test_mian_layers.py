@@ -156,7 +156,8 @@ def _mhsa(x, mha, key_mask):
 
 
 def _ffn(x, layer):
-    return F.relu(x @ layer.linear1.weight.T + layer.linear1.bias) @ layer.linear2.weight.T + layer.linear2.bias
+    hidden = F.relu(x @ layer.linear1.weight.T + layer.linear1.bias)
+    return hidden @ layer.linear2.weight.T + layer.linear2.bias
 
 
 @pytest.mark.parametrize("positional", [False, True])
@@ -164,7 +165,9 @@ def test_pre_ln_and_post_ln_blocks_follow_their_own_formulas(positional):
     """Same weights in both blocks; each matches its own hand-written form (MIAN.md 2.2, 7.9)."""
     torch.manual_seed(4)
     B, T, E, max_len = 3, 5, 8, 7
-    kw = dict(d_model=E, n_heads=2, n_layers=2, ffn_dim=12, dropout=0.0, max_len=max_len, positional=positional)
+    kw = dict(
+        d_model=E, n_heads=2, n_layers=2, ffn_dim=12, dropout=0.0, max_len=max_len, positional=positional
+    )
     pre = BehaviourEncoder(kind="pre_ln", **kw)
     post = BehaviourEncoder(kind="post_ln", **kw)
     with torch.no_grad():  # non-trivial LayerNorm affine parameters
@@ -212,7 +215,9 @@ def test_encoder_with_empty_history_rows_is_finite_and_gets_finite_gradients():
 def test_encoder_length_buckets_match_one_pass_on_real_slots(buckets):
     torch.manual_seed(6)
     T = 9
-    kw = dict(d_model=8, n_heads=2, n_layers=2, ffn_dim=8, dropout=0.0, kind="pre_ln", max_len=12, positional=True)
+    kw = dict(
+        d_model=8, n_heads=2, n_layers=2, ffn_dim=8, dropout=0.0, kind="pre_ln", max_len=12, positional=True
+    )
     one = BehaviourEncoder(**kw)
     grouped = BehaviourEncoder(length_buckets=buckets, **kw)
     grouped.load_state_dict(one.state_dict())

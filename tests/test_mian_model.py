@@ -109,7 +109,11 @@ def test_attention_weights_are_normalised_and_zero_on_padding(transformer):
 
 @pytest.mark.parametrize(
     "transformer,score,trim,buckets",
-    [(t, s, trim, b) for t, s in itertools.product(TRANSFORMERS, SCORES) for trim, b in [(False, 1), (True, 4)]]
+    [
+        (t, s, trim, b)
+        for t, s in itertools.product(TRANSFORMERS, SCORES)
+        for trim, b in [(False, 1), (True, 4)]
+    ]
     + [("pre_ln", "per_slot", False, 4), ("pre_ln", "per_slot", True, 1)],
 )
 def test_same_history_padded_to_two_lengths_gives_the_same_output(transformer, score, trim, buckets):
@@ -342,3 +346,13 @@ def test_invalid_configs_and_batches_are_rejected():
         _model(schema)(repad(_batch(schema), 9))
     with pytest.raises(dataclasses.FrozenInstanceError):
         MIAN.Config().embed_dim = 8  # type: ignore[misc]
+
+
+def test_benchmark_helper_times_a_training_step():
+    from mian.benchmark import random_batch, time_training_step
+
+    schema = tiny_schema(max_len=6)
+    batches = [random_batch(schema, 16, full=False)]
+    res = time_training_step(batches, schema, "mian", {"gim_dim": 8}, steps=2, warmup=1)
+    assert res["wall_ms"] > 0 and res["cpu_ms"] >= 0
+    assert res["params"] == count_params(_model(schema, gim_dim=8))
