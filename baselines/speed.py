@@ -1,8 +1,10 @@
 """Forward+backward time per batch of each baseline at MovieLens-100K shapes (a report, not a test).
 
-Run: ``python -m baselines.speed [--threads 2] [--steps 30] [--batch 256] [--models din,dien]``.
+Run: ``python -m baselines.speed [--threads 2] [--steps 30] [--batch 256] [--models din,dien]
+[--dataset movielens-100k] [--threads 1 --cpu-time]``.
 Inputs are synthetic batches with the ml100k-ctr-v1 field vocabularies and full histories
-(T = 50 real behaviours, the worst case for DIN/DIEN). One step = forward, mean BCE (+ aux loss),
+(T = 50 real behaviours, the worst case for DIN/DIEN), or real shuffled training batches of a
+prepared dataset (``--dataset``). One step = forward, mean BCE (+ aux loss),
 backward, Adam update; the median (and min) over ``steps`` steps after ``warmup`` steps is
 reported with the parameter count. Models take turns step by step so that load from other
 processes affects all of them alike.
@@ -65,43 +67,55 @@ def item_table(schema: FeatureSchema, seed: int = 0) -> torch.Tensor:
 
 
 class _Stepper:
-    """One model with its Adam optimiser; ``step()`` = forward, loss, backward, update."""
+    """One model with its Adam optimiser; ``step()`` = forward, loss, backward, update on the
+    next of ``batches`` (cycled)."""
 
-    def __init__(self, name: str, schema: FeatureSchema, batch: Batch):
+    def __init__(self, name: str, schema: FeatureSchema, batches: list[Batch], table: torch.Tensor):
         torch.manual_seed(0)
-        self.model = build_model(name, schema, item_table=item_table(schema)).train()
+        self.model = build_model(name, schema, item_table=table).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.batch = batch
+        self.batches = batches
+        self.i = 0
         self.n_params = count_params(self.model)
 
-    def step(self) -> float:
-        t0 = time.perf_counter()
-        out = self.model(self.batch)
-        loss = F.binary_cross_entropy_with_logits(out.logits, self.batch.label)
+    def step(self, clock=time.perf_counter) -> float:
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        t0 = clock()
+        out = self.model(batch)
+        loss = F.binary_cross_entropy_with_logits(out.logits, batch.label)
         if out.aux_loss is not None:
             loss = loss + out.aux_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return time.perf_counter() - t0
+        return clock() - t0
 
 
 def step_times(
-    names: list[str], schema: FeatureSchema, batch: Batch, steps: int = 30, warmup: int = 5
+    names: list[str],
+    schema: FeatureSchema,
+    batches: list[Batch],
+    table: torch.Tensor,
+    steps: int = 30,
+    warmup: int = 5,
+    clock=time.perf_counter,
 ) -> dict[str, tuple[float, float, int]]:
     """{name: (median s, min s, parameter count)} of one training step per model.
 
     Models take turns step by step (round robin), so a change in machine load hits them alike
-    and the ratios stay meaningful on a shared machine.
+    and the ratios stay meaningful on a shared machine. ``clock`` is wall time by default;
+    ``time.process_time`` with one thread measures this process's CPU time, which other
+    processes on the machine barely disturb.
     """
-    steppers = {name: _Stepper(name, schema, batch) for name in names}
+    steppers = {name: _Stepper(name, schema, batches, table) for name in names}
     for s in steppers.values():
         for _ in range(warmup):
             s.step()
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(steps):
         for name, s in steppers.items():
-            times[name].append(s.step())
+            times[name].append(s.step(clock))
     return {n: (statistics.median(t), min(t), steppers[n].n_params) for n, t in times.items()}
 
 
@@ -113,12 +127,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--models", default=",".join(BASELINES))
     p.add_argument("--partial", action="store_true", help="history lengths U[0, 50] instead of full")
+    p.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time (needs --threads 1)")
+    p.add_argument("--dataset", default=None, help="time real shuffled training batches of this prepared dataset")
     args = p.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time measures one thread's work; use it with --threads 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    schema = ml100k_schema()
-    batch = synthetic_batch(schema, args.batch, full=not args.partial)
-    res = step_times(args.models.split(","), schema, batch, args.steps, args.warmup)
+    if args.dataset:
+        from bench.data import load_prepared
+
+        ds = load_prepared(args.dataset)
+        schema, table = ds.schema, torch.as_tensor(ds.item_table).long()
+        gen = torch.Generator().manual_seed(0)
+        batches = [b for _, b in zip(range(args.steps + args.warmup), ds.train.batches(args.batch, shuffle=True, generator=gen))]
+        what = f"{args.dataset} training batches"
+    else:
+        schema = ml100k_schema()
+        table = item_table(schema)
+        batches = [synthetic_batch(schema, args.batch, full=not args.partial)]
+        what = "synthetic, " + ("history lengths U[0, 50]" if args.partial else "full histories (50)")
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    res = step_times(args.models.split(","), schema, batches, table, args.steps, args.warmup, clock)
+    log.info("threads %d, %s, batch %d, %s", args.threads, "CPU time" if args.cpu_time else "wall time", args.batch, what)
     log.info("%-10s %10s %10s %10s %10s", "model", "median ms", "min ms", "samples/s", "params")
     for name, (med, low, n_params) in res.items():
         log.info("%-10s %10.2f %10.2f %10.0f %10d", name, med * 1e3, low * 1e3, args.batch / med, n_params)

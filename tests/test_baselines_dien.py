@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from bench.registry import build_model
 from bench.train import loss_fn
-from baselines.blocks import AUGRU, _GRUFunction, gru_sequence, left_align, right_align
+from baselines.blocks import AUGRU, _GRUFunction, active_counts, gru_sequence, left_align, right_align
 from baselines.dien import DIEN
 from conftest import make_split, repad, tiny_schema
 
@@ -72,25 +72,37 @@ def test_augru_matches_the_step_by_step_definition_and_its_gradients():
 @pytest.mark.parametrize("last_only", [True, False])
 def test_fused_recurrence_passes_gradcheck(with_att, last_only):
     torch.manual_seed(1)
-    T, B, H = 4, 3, 2
+    T, B, H = 4, 4, 2
     att = torch.rand(T, B, dtype=torch.double, requires_grad=True) if with_att else None
     args = (
         torch.randn(T, B, 3 * H, dtype=torch.double, requires_grad=True),
         att,
         torch.randn(3 * H, H, dtype=torch.double, requires_grad=True),
         torch.randn(H, dtype=torch.double, requires_grad=True),
+        active_counts(torch.tensor([4, 3, 1, 0]), T),  # [3, 2, 2, 1]: rows skip their padding steps
         last_only,
     )
+    assert args[4] == [3, 2, 2, 1]
     assert torch.autograd.gradcheck(_GRUFunction.apply, args)
 
 
-def test_fused_gru_equals_torch_gru_values_and_gradients():
+def _packed_gru_reference(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1), enforce_sorted=True)
+    out = nn.utils.rnn.pad_packed_sequence(gru(packed)[0], total_length=x.shape[0])[0]
+    return out * (torch.arange(x.shape[0])[:, None] < lengths[None]).unsqueeze(-1)
+
+
+@pytest.mark.parametrize("lengths", [[7, 7, 7, 7, 7], [7, 5, 5, 2, 0]])
+def test_fused_gru_equals_torch_gru_values_and_gradients(lengths):
     torch.manual_seed(2)
     T, B, I, H = 7, 5, 6, 4
+    lengths = torch.tensor(lengths)
     gru = nn.GRU(I, H)
-    x = torch.randn(T, B, I, requires_grad=True)
-    ours = gru_sequence(x, gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
-    ref = gru(x)[0]
+    x = torch.randn(T, B, I) * (torch.arange(T)[:, None] < lengths[None]).unsqueeze(-1)
+    x.requires_grad_(True)
+    counts = active_counts(lengths, T)
+    ours = gru_sequence(x, gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0, counts=counts)
+    ref = _packed_gru_reference(gru, x, lengths)
     assert torch.allclose(ours, ref, atol=1e-6)
     g = torch.randn(T, B, H)
     params = [x, *gru.parameters()]
@@ -98,12 +110,32 @@ def test_fused_gru_equals_torch_gru_values_and_gradients():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_augru_skipping_padding_steps_equals_running_them_with_zero_attention():
+    torch.manual_seed(3)
+    T, B, I, H = 6, 4, 3, 5
+    lengths = torch.tensor([6, 4, 1, 0])
+    real = torch.arange(T)[:, None] < lengths[None]
+    augru = AUGRU(I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    att = (torch.rand(T, B) * real).requires_grad_(True)
+    skipped = augru(x, att, active_counts(lengths, T))
+    full = augru(x, att)
+    assert torch.allclose(skipped, full, atol=1e-6)
+    g = torch.randn(B, H)
+    params = [x, att, *augru.parameters()]
+    ours, ref = torch.autograd.grad(skipped, params, g), torch.autograd.grad(full, params, g)
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        if i == 1:  # attention: skipped steps are constants (DIEN's softmax gives them weight 0 anyway)
+            a, b = a[real], b[real]
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_dien_fused_and_torch_extractors_agree():
     schema = tiny_schema()
     batch = make_split(schema, n=16, seed=8).take(slice(None))
-    fused = dien(schema, gru_impl="fused").train()
-    torch_gru = dien(schema).train()
-    assert torch_gru.cfg.gru_impl == "torch"
+    fused = dien(schema).train()
+    assert fused.cfg.gru_impl == "fused"  # the default
+    torch_gru = dien(schema, gru_impl="torch").train()
     torch_gru.load_state_dict(fused.state_dict())
     outs = []
     for model in (fused, torch_gru):
@@ -146,7 +178,7 @@ def reference_aux(model: DIEN, batch, neg_fields=(3, 4), next_offset: int = 1) -
         if L < 2:
             continue
         e = model.embedding.embed_items(real).flatten(1)  # [L, D]
-        h = model.extractor(e.unsqueeze(1))[0][:, 0]  # [L, H], torch's nn.GRU on the real steps
+        h = model.extractor(e.unsqueeze(1))[0][:, 0]  # [L, H], torch's nn.GRU on the real steps only
         score = (lambda x, y: (x * y).sum()) if model.aux_net is None else (lambda x, y: model.aux_net(torch.cat([x, y])))
         for t in range(L - 1):
             pos, neg = score(h[t], e[t + next_offset]), score(h[t], e_neg)
