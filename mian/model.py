@@ -216,7 +216,6 @@ class MIAN(nn.Module):
         if self.cfg.trim_padding:
             batch = _trim_left_padding(batch)
         emb = self.embedding(batch)
-        d = self.cfg.embed_dim
         T = emb.e_b.shape[1]
         e_i = emb.e_i.reshape(B, self.item_dim)  # [B, D_i]
         e_b = emb.e_b.reshape(B, T, self.item_dim)  # [B, T, D_i], 0 on padding

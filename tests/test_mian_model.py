@@ -126,8 +126,9 @@ def test_same_history_padded_to_two_lengths_gives_the_same_output(transformer, s
     model.eval()
     batch6 = _batch(data_schema, n=10, lengths=[6, 4, 1, 0, 6, 2, 3, 5, 6, 1])
     batch11 = repad(batch6, 11)
-    for grad in (False, True):  # torch's inference fast path, then the autograd path
-        with torch.set_grad_enabled(grad):
+    # torch's inference fast path (as the trainer's inference_mode evaluation), then autograd
+    for context in (torch.inference_mode, torch.no_grad, torch.enable_grad):
+        with context():
             o6, o11 = model(batch6), model(batch11)
         torch.testing.assert_close(o6.logits, o11.logits, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(o6.ibim_weights, o11.ibim_weights[:, 5:], atol=1e-6, rtol=1e-6)
