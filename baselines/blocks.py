@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Batch, FeatureSchema
-from baselines.layers import MLP, Embedded, FeatureEmbedding, make_activation, masked_mean
+from baselines.layers import MLP, Embedded, FeatureEmbedding, make_activation
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,8 +47,18 @@ def field_matrix(emb: Embedded) -> torch.Tensor:
     fields e_c. Source: the DIN paper's BaseModel (Sec. 4.2), whose behaviour features are pooled
     multi-hot fields.
     """
-    pooled = masked_mean(emb.e_b, emb.mask)  # [B, F_i, d]
-    return torch.cat([emb.e_i, pooled, emb.e_u, emb.e_c], dim=1)
+    return torch.cat([emb.e_i, pool_behaviours(emb.e_b, emb.mask), emb.e_u, emb.e_c], dim=1)
+
+
+def pool_behaviours(e_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of behaviour embeddings e_b [B, T, F, d] over the real slots of ``mask``
+    [B, T] -> [B, F, d]; 0 for an empty history. Same values as
+    :func:`baselines.layers.masked_mean`, computed as one [B, 1, T] x [B, T, F d] bmm (about a
+    third cheaper on CPU, backward included)."""
+    B, T, F_i, d = e_b.shape
+    m = mask.to(e_b.dtype)
+    w = m / m.sum(1, keepdim=True).clamp_min(1.0)  # [B, T]
+    return torch.bmm(w.unsqueeze(1), e_b.reshape(B, T, F_i * d)).view(B, F_i, d)
 
 
 class LinearPart(nn.Module):

@@ -19,7 +19,7 @@ from baselines.blocks import (
     masked_softmax,
     n_fields,
 )
-from baselines.layers import _GroupEmbedding
+from baselines.layers import _GroupEmbedding, masked_mean
 from conftest import make_split, repad, separable_split, tiny_schema
 
 BASELINES = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien")
@@ -127,6 +127,7 @@ def test_field_matrix_pools_real_behaviours_only():
     for b, L in enumerate([0, 1, 3, 8, 2, 5]):
         if L:
             assert torch.allclose(x[b, F_i : 2 * F_i], emb.e_b[b, -L:].mean(0), atol=1e-7)
+    assert torch.allclose(x[:, F_i : 2 * F_i], masked_mean(emb.e_b, emb.mask), atol=1e-7)
     assert torch.equal(x[:, 2 * F_i : 2 * F_i + J], emb.e_u)
     assert torch.equal(x[:, 2 * F_i + J :], emb.e_c)
 
