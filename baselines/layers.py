@@ -149,8 +149,14 @@ class Dice(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        p = torch.sigmoid(self.bn(flat)).reshape(shape)
-        return p * x + (1 - p) * self.alpha * x
+        if self.training and flat.shape[0] < 2:
+            # batch statistics need >= 2 rows (a last batch of one sample): use the running ones
+            normed = nn.functional.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
+        else:
+            normed = self.bn(flat)
+        p = torch.sigmoid(normed).reshape(shape)
+        # p * x + (1 - p) * alpha * x, in three element-wise ops
+        return x * (self.alpha + (1 - self.alpha) * p)
 
 
 def make_activation(name: str, dim: int) -> nn.Module:

@@ -203,3 +203,25 @@ def test_set_overrides_are_validated():
 def test_main_specs_cover_models_and_seeds():
     specs = main_specs("movielens-100k", ["lr", "mian"], range(3))
     assert {(s.model, s.seed) for s in specs} == {(m, s) for m in ("lr", "mian") for s in range(3)}
+
+
+def test_dice_matches_its_formula_and_accepts_a_single_row():
+    from baselines.layers import Dice
+
+    d = Dice(5)
+    with torch.no_grad():
+        d.alpha.copy_(torch.linspace(-0.5, 0.5, 5))
+    x = torch.randn(8, 5)
+    p = torch.sigmoid((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8))
+    torch.testing.assert_close(d(x), p * x + (1 - p) * d.alpha * x, atol=1e-5, rtol=1e-5)
+    out = d(torch.randn(1, 5))  # training mode, one row: running statistics, no error
+    assert out.shape == (1, 5) and torch.isfinite(out).all()
+
+
+def test_training_survives_a_last_batch_of_one_sample():
+    ds = fake_dataset()
+    ds.train = ds.train.take(slice(0, 129))  # 129 = 2 * 64 + 1
+    ds.train = Split(**{k: getattr(ds.train, k) for k in ("item", "hist", "hist_mask", "user", "context", "label", "user_index")})
+    cfg = {"train": config(max_epochs=1)["train"], "model": {}}
+    record, _ = train_mod.train_run(ds, "din", cfg, seed=0, progress=False)
+    assert record["steps"] == 3
