@@ -46,17 +46,33 @@ def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
     n = labels.size
     if n == 0:
         return float("nan")
-    # dense user codes, then sort by (user, score)
-    _, ucode = np.unique(users, return_inverse=True)
-    order = np.lexsort((scores, ucode))
-    u = ucode[order]
-    s = scores[order]
+    # sort by (user, score) with ONE integer argsort: key = user code * n_scores + dense score rank
+    # (a two-key lexsort and np.unique cost about twice as much on 10^6 samples)
+    by_score = np.argsort(scores)
+    s_sorted = scores[by_score]
+    new_score = np.empty(n, dtype=bool)
+    new_score[0] = True
+    np.not_equal(s_sorted[1:], s_sorted[:-1], out=new_score[1:])
+    srank = np.empty(n, dtype=np.int64)
+    srank[by_score] = np.cumsum(new_score) - 1
+    n_scores = int(srank[by_score[-1]]) + 1
+    ucode = None
+    if np.issubdtype(users.dtype, np.integer):
+        lo, hi = int(users.min()), int(users.max())
+        if (hi - lo + 1) * n_scores < 2**62:
+            ucode = users.astype(np.int64) - lo
+    if ucode is None:  # other key types, or too wide a key range: dense codes (< n each)
+        ucode = np.unique(users, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    order = np.argsort(ucode * n_scores + srank)
+    s = srank[order]  # equal ranks <=> equal scores
     y = labels[order]
+    uc = ucode[order]
     pos = np.arange(n, dtype=np.float64)
-    # start of each user's block
+    # start of each user's block; u = dense user index in sorted order
     new_user = np.empty(n, dtype=bool)
     new_user[0] = True
-    new_user[1:] = u[1:] != u[:-1]
+    np.not_equal(uc[1:], uc[:-1], out=new_user[1:])
+    u = np.cumsum(new_user) - 1
     user_start = np.maximum.accumulate(np.where(new_user, pos, 0.0))
     # runs of equal (user, score): average rank inside the user's block
     new_run = new_user.copy()
