@@ -181,8 +181,9 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
             out = results / ds
             if study == "ablation":
                 baselines = [m for m in MODEL_NAMES if m != "mian"]
-                base_recs = runner.run_all(main_specs(ds, baselines, range(seeds), extra), desc=f"{ds} baselines")
                 recs = runner.run_all(variant_specs(ds, ABLATION_VARIANTS, range(seeds), extra), desc=f"{ds} ablation")
+                # the best baseline comes from the main table's runs (reused when `reproduce` made them)
+                base_recs = runner.run_all(main_specs(ds, baselines, range(seeds), extra), desc=f"{ds} baselines")
                 base = best_baseline(base_recs, ds)
                 tab = variant_table(recs + base_recs, ds, ABLATION_VARIANTS, f"Table 3 reproduction (ablation): {ds}",
                                     PAPER_TABLE3, ("books_auc", "books_logloss", "electronics_auc", "electronics_logloss"),
