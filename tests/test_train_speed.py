@@ -1,0 +1,86 @@
+"""The trainer's speed changes keep its behaviour: same batches, same errors, allocator switch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from bench import perf
+from bench import train as train_mod
+from bench.contract import BATCH_FIELDS, FeatureSchema, ModelOutput
+from bench.registry import register
+from bench.train import TrainingError, shuffled_batches
+from conftest import make_split, tiny_schema
+from test_golden import golden_dataset
+
+
+def test_shuffled_batches_equal_split_batches():
+    split = make_split(tiny_schema(), n=203, seed=4)
+    ours = list(shuffled_batches(split, 64, torch.Generator().manual_seed(9)))
+    ref = list(split.batches(64, shuffle=True, generator=torch.Generator().manual_seed(9)))
+    assert [len(b) for b in ours] == [64, 64, 64, 11]
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        for k in BATCH_FIELDS:
+            assert torch.equal(getattr(a, k), getattr(b, k)), k
+            assert getattr(a, k).dtype == getattr(b, k).dtype
+
+
+class NanAtStep(nn.Module):
+    """Finite logits until the ``bad_step``-th forward in training mode, NaN from then on."""
+
+    @dataclass(frozen=True)
+    class Config:
+        bad_step: int = 3
+
+    def __init__(self, schema: FeatureSchema, cfg: "NanAtStep.Config", item_table=None):
+        super().__init__()
+        self.cfg = cfg
+        self.w = nn.Embedding(schema.item_fields[0].vocab_size, 1)
+        self.calls = 0
+
+    def forward(self, batch):
+        if self.training:
+            self.calls += 1
+        scale = float("nan") if self.training and self.calls >= self.cfg.bad_step else 1.0
+        return ModelOutput(logits=scale * self.w(batch.item[:, 0]).squeeze(-1))
+
+
+register("nan_at_step", NanAtStep)
+
+
+def _config(bad_step: int) -> dict:
+    return {"train": {"lr": 0.01, "batch_size": 32, "max_epochs": 3, "patience": 5, "eval_batch_size": 64,
+                      "eval_every_steps": 0, "weight_decay": 0.0}, "model": {"bad_step": bad_step}}
+
+
+@pytest.mark.parametrize("window", [1, 4, 64])
+def test_first_non_finite_step_is_named_whatever_the_check_window(window, monkeypatch):
+    # window > 1 is the accelerator path (fewer host synchronisations), exercised here on the CPU
+    monkeypatch.setattr(train_mod, "nonfinite_window", lambda device: window)
+    ds = golden_dataset()  # 320 training samples -> 10 steps per epoch
+    with pytest.raises(TrainingError, match=r"epoch 2, step 13\b"):
+        train_mod.train_run(ds, "nan_at_step", _config(13), seed=0, progress=False)
+    with pytest.raises(TrainingError, match=r"epoch 1, step 3\b"):
+        train_mod.train_run(ds, "nan_at_step", _config(3), seed=0, progress=False)
+
+
+def test_cpu_checks_every_step_accelerators_batch_the_check():
+    assert train_mod.nonfinite_window(torch.device("cpu")) == 1
+    assert train_mod.nonfinite_window(torch.device("cuda")) == train_mod.NONFINITE_WINDOW > 1
+
+
+def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
+    import platform
+
+    first = perf.tune_allocator()
+    assert perf.tune_allocator() is first
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first is True
+        assert "1 GiB" in perf.allocator_note()
+    monkeypatch.setattr(perf, "_state", {})
+    monkeypatch.setenv(perf.ENV_SWITCH, "0")
+    assert perf.tune_allocator() is False
+    assert perf.allocator_note() == "default allocator settings"
