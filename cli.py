@@ -301,6 +301,53 @@ def report(results_dir):
     click.echo(f"wrote {results / 'CLAIMS.md'}")
 
 
+# --------------------------------------------------------------------------- efficiency
+
+@cli.command()
+@click.option("--dataset", type=_dataset_choice(), default="movielens-100k", show_default=True)
+@click.option("--models", "models", type=_model_choice(), multiple=True,
+              help="Model(s) (repeatable; default all eight in the paper's order).")
+@click.option("--peer", type=click.Choice(["deepctr-torch"]), default=None,
+              help="Also measure DeepCTR-Torch's models on the same arrays (pip install -e '.[peer]').")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
+@click.option("--threads", type=click.IntRange(1, None), default=None,
+              help="torch intra-op threads in every measuring process (default: torch's, all cores).")
+@click.option("--steps", type=click.IntRange(1, None), default=30, show_default=True,
+              help="Timed full-batch training steps per model (median).")
+@click.option("--warmup", type=click.IntRange(0, None), default=5, show_default=True,
+              help="Untimed training steps before them.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Model seed (ours and the peer's).")
+@click.option("--accuracy/--no-accuracy", default=True, show_default=True,
+              help="Add test metrics: ours from the run records (trained if missing), the peer trained "
+                   "to early stopping.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where efficiency.{md,csv} (under <dataset>/) and run records go (default: ./results).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")
+@click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the raw dataset files (else they are downloaded).")
+def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy, results_dir, data_dir, raw_dir):
+    """Speed and memory of every model (issue 7); writes results/<dataset>/efficiency.{md,csv}."""
+    from bench.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
+    from bench.registry import MODEL_NAMES
+
+    if peer is not None and not peer_installed(peer):
+        raise click.ClickException(f"--peer {peer}: DeepCTR-Torch is not installed; install it with {PEER_INSTALL}")
+    models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
+    with _errors():
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, False)
+        ds = runner.dataset(dataset)
+        opts = BenchOptions(dataset=dataset, cache=str(ds.path), device=device, threads=threads, steps=steps,
+                            warmup=warmup, seed=seed, accuracy=accuracy)
+        try:
+            table, paths = run_bench(opts, models, ds, peer=peer, runner=runner if accuracy else None,
+                                     out_dir=results / dataset, progress=click.echo)
+        except PeerUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(table.markdown())
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 # --------------------------------------------------------------------------- data
 
 @cli.command()
