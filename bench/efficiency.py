@@ -683,9 +683,10 @@ def run_bench(
         f"{opts.infer_passes} scoring passes over the validation split. Peak RSS: ru_maxrss of the "
         "child: interpreter, libraries, the prepared dataset and the model (base_rss_mb in the CSV: the "
         "child's peak after its imports and loading the dataset, before building the model).",
-        "Test AUC: our run records (the main table's runs when they exist; else trained now by the "
-        "protocol: early stopping on validation AUC, patience and max epochs from the config, best "
-        "epoch restored, test scored once).",
+        ("Test AUC: our run records (the main table's runs when they exist; else trained now by the "
+         "protocol: early stopping on validation AUC, patience and max epochs from the config, best "
+         "epoch restored, test scored once)." if opts.accuracy and runner is not None else
+         "Test metrics not computed (--no-accuracy): speed and memory only."),
         f"bench.metrics.gauc on {g['n']:,} predictions from {g['users']:,} users: "
         f"{g['min_s']:.3f} s (min of 3; median {g['median_s']:.3f} s).",
     ]

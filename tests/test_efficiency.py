@@ -2,8 +2,6 @@
 measurement functions, the DeepCTR-Torch peer's input conversion and models, gAUC timing."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
