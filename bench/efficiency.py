@@ -384,7 +384,8 @@ def build_deepctr(name: str, schema, cfg: dict[str, Any], device: str, seed: int
             model.cin_linear = torch.nn.Linear(model.featuremap_num, 1, bias=False).to(device)
     elif name == "din":
         model = models.DIN(sparse + varlen[: len(items)], items, dnn_hidden_units=mlp,
-                           att_hidden_size=tuple(cfg.get("att_mlp", (80, 40))), att_activation="Dice",
+                           att_hidden_size=tuple(cfg.get("att_mlp", (80, 40))),
+                           att_activation="Dice" if cfg.get("att_activation", "dice") == "dice" else cfg["att_activation"],
                            att_weight_normalization=bool(cfg.get("softmax", False)), **common)
         dice = cfg.get("mlp_activation", "dice") == "dice"
     elif name == "dien":
