@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -86,6 +89,48 @@ class RunStore:
         path = self.path(record["run_id"])
         atomic_write_text(path, json.dumps(record, sort_keys=True, indent=1) + "\n")
         return path
+
+    def lock_path(self, rid: str) -> Path:
+        return self.root / f"{rid}.lock"
+
+    def claim(self, rid: str) -> bool:
+        """Take the lock of run ``rid`` so that parallel workers of a study never train the same
+        run twice. Returns False while another live process holds it; a lock left by a dead
+        process of this host is taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.lock_path(rid)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale(path):
+                    log.warning("taking over the stale lock %s", path)
+                    path.unlink(missing_ok=True)
+                    continue
+                return False
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
+            return True
+        return False
+
+    def release(self, rid: str) -> None:
+        self.lock_path(rid).unlink(missing_ok=True)
+
+    @staticmethod
+    def _stale(path: Path) -> bool:
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return True  # unreadable: its writer died before finishing it
+        if owner.get("host") != socket.gethostname():
+            return False  # cannot tell; another machine sharing the folder
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+        return False
 
     def records(self) -> Iterable[dict[str, Any]]:
         """Every readable record (corrupt ones are skipped with a warning)."""

@@ -6,6 +6,7 @@ started again runs only the missing runs (each record is saved as soon as its ru
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ class Runner:
     force: bool = False
     progress: bool = True
     log_dir: Path | None = None
+    poll_seconds: float = 10.0
     _datasets: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str):
@@ -114,28 +116,53 @@ class Runner:
         return model.to(self.device).eval()
 
     def run_all(self, specs: Sequence[RunSpec], desc: str = "runs") -> list[dict[str, Any]]:
-        """Records of all ``specs`` in order, running only the missing ones."""
-        records = []
-        todo = []
-        for spec in specs:
-            rid, _ = self.resolve(spec)
-            rec = None if self.force else self.store.load(rid)
-            records.append(rec)
-            if rec is None:
-                todo.append(len(records) - 1)
-        log.info("%s: %d runs, %d already done, %d to run", desc, len(specs), len(specs) - len(todo), len(todo))
-        bar = tqdm(todo, desc=desc, unit="run", disable=not self.progress or None)
-        for i in bar:
-            spec = specs[i]
-            bar.set_postfix_str(f"{spec.dataset}/{spec.model}/{spec.variant}/seed{spec.seed}")
-            records[i], _ = self.run(spec)
-            t = records[i]["test"]
-            log.info(
-                "%s %s %s seed %d: test AUC %.4f logloss %.4f gAUC %.4f (%.0f s)",
-                spec.dataset, spec.model, spec.variant, spec.seed, t["auc"], t["logloss"], t["gauc"],
-                sum(records[i]["wall_seconds"].values()),
-            )
-        return records
+        """Records of all ``specs`` in order, running only the missing ones.
+
+        Several processes may work on the same study at once (e.g. one per core with
+        ``--threads 1``): each run is claimed with a lock file before it is trained, a run claimed
+        by another worker is skipped and its record picked up when that worker saves it.
+        """
+        rids = [self.resolve(spec)[0] for spec in specs]
+        records: list[dict[str, Any] | None] = [None if self.force else self.store.load(r) for r in rids]
+        pending = [i for i, rec in enumerate(records) if rec is None]
+        log.info("%s: %d runs, %d already done, %d to run", desc, len(specs), len(specs) - len(pending), len(pending))
+        bar = tqdm(total=len(pending), desc=desc, unit="run", disable=not self.progress or None)
+        waiting_logged = False
+        while pending:
+            progressed = False
+            for i in list(pending):
+                spec, rid = specs[i], rids[i]
+                if not self.force:
+                    rec = self.store.load(rid)
+                    if rec is not None:  # finished meanwhile by another worker
+                        records[i] = rec
+                        pending.remove(i)
+                        bar.update(1)
+                        progressed = True
+                        continue
+                if not self.store.claim(rid):
+                    continue
+                try:
+                    bar.set_postfix_str(f"{spec.dataset}/{spec.model}/{spec.variant}/seed{spec.seed}")
+                    records[i], _ = self.run(spec)
+                finally:
+                    self.store.release(rid)
+                pending.remove(i)
+                bar.update(1)
+                progressed = True
+                t = records[i]["test"]
+                log.info(
+                    "%s %s %s seed %d: test AUC %.4f logloss %.4f gAUC %.4f (%.0f s)",
+                    spec.dataset, spec.model, spec.variant, spec.seed, t["auc"], t["logloss"], t["gauc"],
+                    sum(records[i]["wall_seconds"].values()),
+                )
+            if pending and not progressed:
+                if not waiting_logged:
+                    log.info("%s: waiting for %d run(s) claimed by another worker", desc, len(pending))
+                    waiting_logged = True
+                time.sleep(self.poll_seconds)
+        bar.close()
+        return records  # type: ignore[return-value]
 
 
 def main_specs(dataset: str, models: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> list[RunSpec]:

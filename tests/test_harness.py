@@ -225,3 +225,62 @@ def test_training_survives_a_last_batch_of_one_sample():
     cfg = {"train": config(max_epochs=1)["train"], "model": {}}
     record, _ = train_mod.train_run(ds, "din", cfg, seed=0, progress=False)
     assert record["steps"] == 3
+
+
+def test_parallel_workers_never_train_the_same_run(runner, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    specs = [RunSpec("toyset", "toy", s) for s in range(3)]
+    rid1 = runner.resolve(specs[1])[0]
+    assert runner.store.claim(rid1)  # another (live) worker holds seed 1
+    assert not runner.store.claim(rid1)
+    calls = []
+    real = train_mod.train_run
+
+    def counting(ds, model, cfg, seed, **kw):
+        calls.append(seed)
+        return real(ds, model, cfg, seed, **kw)
+
+    monkeypatch.setattr(train_mod, "train_run", counting)
+    runner.poll_seconds = 0.05
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("records", runner.run_all(specs)))
+    worker.start()
+    import time
+
+    deadline = time.time() + 20
+    while len(calls) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert sorted(calls) == [0, 2] and worker.is_alive()  # waits for the run held by the other worker
+    # the other worker finishes seed 1: its record appears, its lock goes
+    other = Runner(store=RunStore(runner.store.root), data_dir=runner.data_dir, progress=False)
+    other._datasets = runner._datasets
+    other.force = True
+    rec1, _ = other.run(specs[1])
+    runner.store.release(rid1)
+    worker.join(20)
+    assert not worker.is_alive()
+    assert [r["seed"] for r in out["records"]] == [0, 1, 2]
+    assert out["records"][1]["run_id"] == rec1["run_id"]
+    assert sorted(calls) == [0, 1, 2]  # seed 1 trained once, by the other worker
+    assert not list(runner.store.root.glob("*.lock"))
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(runner, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    spec = RunSpec("toyset", "toy", 0)
+    rid = runner.resolve(spec)[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    runner.store.root.mkdir(parents=True, exist_ok=True)
+    runner.store.lock_path(rid).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": 0}))
+    runner.poll_seconds = 0.05
+    records = runner.run_all([spec])
+    assert records[0]["seed"] == 0
+    assert not runner.store.lock_path(rid).exists()
