@@ -50,7 +50,9 @@ def _seed_metric(records, dataset, model, variant, metric) -> dict[int, float]:
     }
 
 
-def _compare(a: dict[int, float], b: dict[int, float], expected_sign: int) -> tuple[float, float, str, str]:
+def _compare(
+    a: dict[int, float], b: dict[int, float], expected_sign: int, digits: int = 4
+) -> tuple[float, float, str, str]:
     """(mean(a) - mean(b) over shared seeds, p, verdict, text)."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -58,7 +60,9 @@ def _compare(a: dict[int, float], b: dict[int, float], expected_sign: int) -> tu
     diff = float(np.mean([a[s] - b[s] for s in seeds]))
     p = paired_test(a, b)
     ma, mb = np.mean([a[s] for s in seeds]), np.mean([b[s] for s in seeds])
-    return diff, p, verdict(diff, p, expected_sign), f"{ma:.4f} vs {mb:.4f} (Δ {diff:+.4f}, p {fmt_p(p)}, n={len(seeds)})"
+    f = f"{{:.{digits}f}}".format
+    sign = "+" if diff >= 0 else ""
+    return diff, p, verdict(diff, p, expected_sign), f"{f(ma)} vs {f(mb)} (Δ {sign}{f(diff)}, p {fmt_p(p)}, n={len(seeds)})"
 
 
 def dataset_claims(
@@ -140,7 +144,7 @@ def dataset_claims(
         per = {v: dict(zip(g["seed"], g["steps"].astype(float))) for v, g in steps.groupby("variant")}
         for other, name in (("post_ln", "Post-LN"), ("no_transformer", "no Transformer")):
             if "default" in per and other in per:
-                _, _, v, text = _compare(per["default"], per[other], -1)
+                _, _, v, text = _compare(per["default"], per[other], -1, digits=0)
                 add(f"Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than {name}",
                     "Pre-LN rises fastest (about 0.765 by 500-700 steps; others slower)", f"steps {text}", v)
 
@@ -184,7 +188,7 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         parts.append(f"## {ds}")
         parts.append("")
         if not rows:
-            parts.append("No runs yet.")
+            parts.append("No claim can be checked yet (MIAN or the compared runs are missing).")
         else:
             counts = {k: sum(r["verdict"] == k for r in rows) for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
             parts.append(tabulate([[r["claim"], r["paper"], r["ours"], r["verdict"]] for r in rows],
