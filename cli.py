@@ -63,6 +63,8 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force):
     from bench.runs import DEFAULT_RESULTS_DIR, RunStore
     from bench.studies import Runner
 
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise click.BadParameter(f"expected cpu, cuda or cuda:N, got {device!r}", param_hint="--device")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise click.BadParameter(f"{device!r} requested but torch sees no CUDA device", param_hint="--device")
     try:
@@ -100,20 +102,49 @@ def _errors():
     return guard()
 
 
+def _overrides(items, models) -> dict:
+    """Parse ``--set`` items and refuse keys that no model of the command knows."""
+    from bench.config import check_overrides, parse_overrides
+
+    extra = parse_overrides(items)
+    check_overrides(extra, list(models))
+    return extra
+
+
+def _out_dir(results: Path, dataset: str, extra: dict) -> Path:
+    """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config;
+    with ``--set`` overrides a sub-folder named by them, so protocol tables are never replaced by
+    tables of another configuration."""
+    if not extra:
+        return results / dataset
+    import hashlib
+    import json
+
+    from bench.io import atomic_write_text
+
+    text = json.dumps(extra, sort_keys=True)
+    out = results / dataset / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    atomic_write_text(out / "overrides.json", text + "\n")
+    return out
+
+
 @cli.command()
 @click.option("--model", "model", type=_model_choice(), required=True)
 @click.option("--dataset", type=_dataset_choice(), default="movielens-100k", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @_run_options
 def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads, force, overrides):
     """Train one model on one dataset with one seed and print its metrics."""
-    from bench.config import parse_overrides
     from bench.train import RunSpec
 
     with _errors():
         runner, _ = _runner(data_dir, raw_dir, results_dir, device, threads, force)
-        spec = RunSpec(dataset, model, seed, overrides=parse_overrides(overrides))
+        spec = RunSpec(dataset, model, seed, overrides=_overrides(overrides, [model]))
+        rid, _ = runner.resolve(spec)
+        cached = not force and runner.store.load(rid) is not None
         record, _ = runner.run(spec)
+    if cached:
+        click.echo(f"run {rid} was already done: its record is shown (use --force to train it again)")
     rows = [["valid (best epoch)", *(f"{record['valid'][m]:.4f}" for m in ("auc", "logloss", "gauc"))],
             ["test", *(f"{record['test'][m]:.4f}" for m in ("auc", "logloss", "gauc"))]]
     from tabulate import tabulate
@@ -138,7 +169,6 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @_run_options
 def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
-    from bench.config import parse_overrides
     from bench.registry import MODEL_NAMES
     from bench.report import main_table
     from bench.studies import main_specs
@@ -147,11 +177,13 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
-        extra = parse_overrides(overrides)
+        extra = _overrides(overrides, models)
         for ds in datasets:
             records = runner.run_all(main_specs(ds, models, range(seeds), extra), desc=f"{ds} main table")
             tab = main_table(records, ds, models)
-            paths = tab.write(results / ds / "main_table")
+            if extra:
+                tab.notes.append(f"config overrides (--set): {extra}")
+            paths = tab.write(_out_dir(results, ds, extra) / "main_table")
             click.echo(tab.markdown())
             click.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -165,7 +197,6 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
 @_run_options
 def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threads, force, overrides):
     """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5)."""
-    from bench.config import parse_overrides
     from bench.figures import convergence_plot
     from bench.registry import MODEL_NAMES
     from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves,
@@ -176,9 +207,9 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
     datasets = datasets or ("movielens-100k",)
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
-        extra = parse_overrides(overrides)
+        extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
-            out = results / ds
+            out = _out_dir(results, ds, extra)
             if study == "ablation":
                 baselines = [m for m in MODEL_NAMES if m != "mian"]
                 recs = runner.run_all(variant_specs(ds, ABLATION_VARIANTS, range(seeds), extra), desc=f"{ds} ablation")
@@ -188,6 +219,8 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
                 tab = variant_table(recs + base_recs, ds, ABLATION_VARIANTS, f"Table 3 reproduction (ablation): {ds}",
                                     PAPER_TABLE3, ("books_auc", "books_logloss", "electronics_auc", "electronics_logloss"),
                                     baseline=base)
+                if extra:
+                    tab.notes.append(f"config overrides (--set): {extra}")
                 paths = tab.write(out / "ablation")
             else:
                 recs = runner.run_all(variant_specs(ds, TRANSFORMER_VARIANTS, range(seeds), extra), desc=f"{ds} transformer")
@@ -205,6 +238,8 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
                                  f"{recs[0]['config']['train']['batch_size']}) whose validation AUC reaches 99% of the run's "
                                  f"best; validation is evaluated every {recs[0]['config']['train']['eval_every_steps']} "
                                  "steps and at each epoch end; mean ± std over seeds.")
+                if extra:
+                    tab.notes.append(f"config overrides (--set): {extra}")
                 paths = tab.write(out / "transformer")
                 labels = {v: TRANSFORMER_VARIANTS[v][0] for v in CONVERGENCE_VARIANTS}
                 convergence_plot(curves[curves["variant"].isin(CONVERGENCE_VARIANTS)], labels, out / "convergence.png",
@@ -219,7 +254,7 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
 @click.option("--cases", type=click.IntRange(1, 200), default=14, show_default=True,
               help="Number of test cases (heatmap columns).")
 @click.option("--dataset", type=_dataset_choice(), default="movielens-100k", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Which seed's trained MIAN.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Which seed's trained MIAN.")
 @click.option("--case-seed", type=int, default=2021, show_default=True,
               help="Seed of the random draw of the cases among the test positives.")
 @_run_options
@@ -229,14 +264,14 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
 
     import pandas as pd
 
-    from bench.config import parse_overrides
     from bench.figures import FIGURE6_ROWS, GIM_INPUTS, gim_heatmap, gim_summary, select_cases
     from bench.io import atomic_write_text
     from bench.train import RunSpec, collect_output
 
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
-        spec = RunSpec(dataset, "mian", seed, overrides=parse_overrides(overrides))
+        extra = _overrides(overrides, ["mian"])
+        spec = RunSpec(dataset, "mian", seed, overrides=extra)
         record, model = runner.run(spec, keep_model=True)
         if model is None:  # record without checkpoint (e.g. a fresh clone): retrain, same seed -> same model
             click.echo(f"no checkpoint for run {record['run_id']}; retraining it (deterministic)")
@@ -249,7 +284,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
     frame.insert(0, "case", range(1, cases + 1))
     frame.insert(1, "test_index", idx)
-    out = results / dataset
+    out = _out_dir(results, dataset, extra)
     import io as _io
 
     buf = _io.StringIO()
@@ -287,15 +322,20 @@ def report(results_dir):
     from bench.runs import DEFAULT_RESULTS_DIR, RunStore
 
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
-    records = list(RunStore(results / "runs").records())
+    from bench.studies import protocol_records
+
+    records, left_out = protocol_records(list(RunStore(results / "runs").records(quarantine=False)))
     if not records:
         raise click.ClickException(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
     per = {}
     for ds in sorted({r["dataset"] for r in records}):
         gim_path = results / ds / "gim_summary.json"
         gim = json.loads(gim_path.read_text()) if gim_path.exists() else None
+        if gim is not None and gim.get("run_id") not in {r["run_id"] for r in records}:
+            left_out.append(f"{gim_path} left out: it comes from run {gim.get('run_id')}, not a protocol run.")
+            gim = None
         per[ds] = dataset_claims(records, ds, gim)
-    text = claims_markdown(per)
+    text = claims_markdown(per, notes=left_out)
     atomic_write_text(results / "CLAIMS.md", text)
     click.echo(text)
     click.echo(f"wrote {results / 'CLAIMS.md'}")

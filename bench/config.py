@@ -55,6 +55,17 @@ class TrainConfig:
     eval_every_steps: int = 0
     weight_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every_steps < 0:
+            raise ValueError(f"train.eval_every_steps must be >= 0 (0 = epoch ends only), got {self.eval_every_steps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+
 
 def config_path(dataset: str) -> Path:
     return CONFIG_DIR / f"{dataset}.toml"
@@ -106,11 +117,14 @@ def resolve_config(
     model: str,
     variant_overrides: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    skip_foreign: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The full resolved config {"train": {...}, "model": {...}} of one run.
 
-    ``overrides`` keys are ``train.<key>``, ``model.<key>`` or a bare key that exists in exactly
-    one of the two. Raises ConfigError naming any key that exists in neither.
+    ``overrides`` keys are ``train.<key>``, ``model.<key>`` or a bare key. Raises ConfigError
+    naming any key that exists neither in the train config nor in this model's config, unless
+    ``skip_foreign`` (studies over several models: a model key applies to the models that have it;
+    :func:`check_overrides` has checked that at least one does).
     """
     data = load_dataset_config(dataset)
     model_cls = config_class(model)
@@ -140,20 +154,43 @@ def resolve_config(
             name, target, known = key, train, train_keys
         elif key in model_keys:
             name, target, known = key, params, model_keys
+        elif skip_foreign:
+            continue
         else:
             raise ConfigError(
-                f"--set {key}: no such key in the train config or in model {model!r}'s config "
+                f"--set {key}: no such key in the train config or in the {model} config "
                 f"(train keys: {', '.join(sorted(train_keys))}; model keys: {', '.join(sorted(model_keys))})"
             )
         if name not in known:
+            if skip_foreign and known is model_keys:
+                continue
             raise ConfigError(f"--set {key}: unknown key {name!r}; known: {', '.join(sorted(known))}")
         target[name] = value
     try:
-        train_cfg = TrainConfig(**train)
-        model_cfg = make_config(model_cls, params, where=f"model {model!r}")
+        train_cfg = make_config(TrainConfig, train, where="train config")
+        model_cfg = make_config(model_cls, params, where=f"{model} config")
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return {"train": _plain(dataclasses.asdict(train_cfg)), "model": _plain(dataclasses.asdict(model_cfg))}
+
+
+def check_overrides(overrides: dict[str, Any], models: list[str] | tuple[str, ...]) -> None:
+    """Refuse any ``--set`` key that is neither a train key nor a parameter of at least one of
+    ``models`` (ConfigError naming it and the known keys)."""
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_keys = set().union(*({f.name for f in dataclasses.fields(config_class(m))} for m in models)) if models else set()
+    for key in overrides:
+        if key.startswith("train."):
+            ok, name = key[6:] in train_keys, key[6:]
+        elif key.startswith("model."):
+            ok, name = key[6:] in model_keys, key[6:]
+        else:
+            ok, name = key in train_keys or key in model_keys, key
+        if not ok:
+            raise ConfigError(
+                f"--set {key}: {name!r} is not a train key nor a parameter of {', '.join(models)} "
+                f"(train keys: {', '.join(sorted(train_keys))}; model keys: {', '.join(sorted(model_keys)) or '(none)'})"
+            )
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

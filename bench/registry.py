@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
+import typing
 from typing import Any
 
 import torch
@@ -81,17 +83,58 @@ def build_model(
 
 
 def make_config(config_cls: type, params: dict[str, Any], where: str = "config") -> Any:
-    """Instantiate a frozen config dataclass from ``params``; list/tuple values become tuples.
+    """Instantiate a frozen config dataclass from ``params``, each value checked against the
+    field's annotated type (bool, int, float, str, tuple of ints, Optional); lists become tuples.
 
-    Raises ValueError naming any key the dataclass does not define."""
+    Raises ValueError naming any key the dataclass does not define and any value of the wrong
+    type (e.g. ``use_gim='False'``: a string is not a bool)."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(params) - names)
     if unknown:
         raise ValueError(
             f"{where}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    hints = typing.get_type_hints(config_cls)
+    clean = {k: coerce_value(hints[k], v, f"{where}: {k}") for k, v in params.items()}
     return config_cls(**clean)
+
+
+def coerce_value(annotation: Any, value: Any, what: str) -> Any:
+    """``value`` as the type ``annotation`` asks for; ValueError saying what was expected.
+
+    bool: true/false (TOML), also the strings true/false/yes/no in any case. int: an integer
+    (an integral float such as 2.0 is refused). float: any number. str: a string. tuple[int, ...]:
+    a list of integers. ``X | None``: also None or the string "none"."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce_value(inner[0], value, what)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "false", "no"):
+            return value.lower() in ("true", "yes")
+        raise ValueError(f"{what} expects true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{what} expects an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if isinstance(value, int) else value
+        raise ValueError(f"{what} expects a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{what} expects a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise ValueError(f"{what} expects a list of integers such as [200, 80], got {value!r}")
+    return tuple(value) if isinstance(value, list) else value
 
 
 def count_params(model: nn.Module) -> int:

@@ -68,9 +68,9 @@ class RunStore:
     def path(self, rid: str) -> Path:
         return self.root / f"{rid}.json"
 
-    def load(self, rid: str) -> dict[str, Any] | None:
-        """The record ``rid``, or None when missing or corrupt (a corrupt file is logged and
-        renamed to ``<rid>.json.corrupt`` so that it is recomputed)."""
+    def load(self, rid: str, quarantine: bool = True) -> dict[str, Any] | None:
+        """The record ``rid``, or None when missing or corrupt (a corrupt file is logged and, with
+        ``quarantine``, renamed to ``<rid>.json.corrupt`` so that it is recomputed)."""
         path = self.path(rid)
         if not path.exists():
             return None
@@ -81,8 +81,11 @@ class RunStore:
                 raise ValueError(f"missing keys {missing}" if missing else "run_id does not match file name")
             return record
         except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("run record %s is corrupt (%s); moving it aside and recomputing", path, exc)
-            path.replace(path.with_suffix(".json.corrupt"))
+            if quarantine:
+                log.warning("run record %s is corrupt (%s); moving it aside and recomputing", path, exc)
+                path.replace(path.with_suffix(".json.corrupt"))
+            else:
+                log.warning("run record %s is corrupt (%s); skipped", path, exc)
             return None
 
     def save(self, record: dict[str, Any]) -> Path:
@@ -132,11 +135,11 @@ class RunStore:
             return False
         return False
 
-    def records(self) -> Iterable[dict[str, Any]]:
+    def records(self, quarantine: bool = True) -> Iterable[dict[str, Any]]:
         """Every readable record (corrupt ones are skipped with a warning)."""
         if not self.root.exists():
             return
         for path in sorted(self.root.glob("*.json")):
-            rec = self.load(path.stem)
+            rec = self.load(path.stem, quarantine=quarantine)
             if rec is not None:
                 yield rec

@@ -91,11 +91,21 @@ def render_tables(metas: list[dict]) -> str:
 
 
 def write_csv_atomic(rows: list[dict], path: Path) -> Path:
-    """Write ``rows`` (CSV_COLUMNS, floats to 6 decimals) to ``path`` via a temp file + rename."""
+    """Write ``rows`` (CSV_COLUMNS, floats to 6 decimals) to ``path`` via a temp file + rename.
+
+    Rows already in ``path`` for datasets that ``rows`` does not cover are kept (a machine that
+    has prepared only some datasets does not erase the statistics of the others)."""
+    covered = {r["dataset"] for r in rows}
+    kept: list[dict] = []
+    if Path(path).exists():
+        with open(path, newline="") as fh:
+            kept = [r for r in csv.DictReader(fh) if r.get("dataset") not in covered]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    for r in kept:
+        writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
     atomic_write_text(path, buf.getvalue())
     return path

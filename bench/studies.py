@@ -59,7 +59,7 @@ class Runner:
     def resolve(self, spec: RunSpec) -> tuple[str, dict[str, Any]]:
         """(run id, resolved config) of ``spec``."""
         ds = self.dataset(spec.dataset)
-        config = resolve_config(spec.dataset, spec.model, spec.variant_overrides, spec.overrides)
+        config = resolve_config(spec.dataset, spec.model, spec.variant_overrides, spec.overrides, skip_foreign=True)
         key = run_key(
             protocol=ds.protocol,
             dataset=ds.name,
@@ -212,3 +212,39 @@ def variant_specs(
         for s in seeds
         for v, (_, o) in variants.items()
     ]
+
+
+def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records made with the protocol's own config: for each record, its config must equal
+    the dataset config resolved for its model and study variant with no ``--set`` overrides, and
+    its dataset fingerprint must be the one most records of that dataset share. Returns the kept
+    records and one note per kind of record left out (for the report)."""
+    from collections import Counter
+
+    variants = {**ABLATION_VARIANTS, **TRANSFORMER_VARIANTS}
+    kept, dropped = [], Counter()
+    cache: dict[tuple[str, str, str], Any] = {}
+    for r in records:
+        if r["model"] == "mian" and r["variant"] not in variants or r["model"] != "mian" and r["variant"] != "default":
+            dropped["unknown study variant"] += 1
+            continue
+        key = (r["dataset"], r["model"], r["variant"])
+        if key not in cache:
+            try:
+                overrides = variants[r["variant"]][1] if r["model"] == "mian" else {}
+                cache[key] = resolve_config(r["dataset"], r["model"], overrides, {})
+            except Exception:  # noqa: BLE001 - a model or dataset this version no longer knows
+                cache[key] = None
+        if cache[key] != r["config"]:
+            dropped["made with --set overrides or an older config"] += 1
+            continue
+        kept.append(r)
+    by_ds = Counter((r["dataset"], r["fingerprint"]) for r in kept)
+    main_fp = {}
+    for (ds, fp), n in sorted(by_ds.items(), key=lambda kv: -kv[1]):
+        main_fp.setdefault(ds, fp)
+    out = [r for r in kept if r["fingerprint"] == main_fp[r["dataset"]]]
+    if len(out) < len(kept):
+        dropped["made on another version of the prepared data (fingerprint)"] += len(kept) - len(out)
+    notes = [f"{n} run record(s) left out: {why}." for why, n in dropped.items()]
+    return out, notes

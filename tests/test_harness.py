@@ -139,7 +139,7 @@ def test_non_finite_loss_names_epoch_and_step():
 
 def test_interrupted_study_runs_only_missing(runner, monkeypatch):
     specs = [RunSpec("toyset", "toy", s, overrides={"train.max_epochs": 2, "train.batch_size": 128}) for s in range(4)]
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=2))
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=2))
     calls = []
     real = train_mod.train_run
 
@@ -167,7 +167,7 @@ def test_interrupted_study_runs_only_missing(runner, monkeypatch):
 
 
 def test_corrupt_record_is_reported_and_recomputed(runner, monkeypatch, caplog):
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     spec = RunSpec("toyset", "toy", 0)
     rec, _ = runner.run(spec)
     path = runner.store.path(rec["run_id"])
@@ -181,7 +181,7 @@ def test_corrupt_record_is_reported_and_recomputed(runner, monkeypatch, caplog):
 
 
 def test_checkpoint_reload_gives_the_same_predictions(runner, monkeypatch):
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     rec, model = runner.run(RunSpec("toyset", "toy", 0))
     again, reloaded = runner.run(RunSpec("toyset", "toy", 0), keep_model=True)
     assert again["run_id"] == rec["run_id"]
@@ -230,7 +230,7 @@ def test_training_survives_a_last_batch_of_one_sample():
 def test_parallel_workers_never_train_the_same_run(runner, monkeypatch):
     import threading
 
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     specs = [RunSpec("toyset", "toy", s) for s in range(3)]
     rid1 = runner.resolve(specs[1])[0]
     assert runner.store.claim(rid1)  # another (live) worker holds seed 1
@@ -272,7 +272,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(runner, monkeypatch):
     import subprocess
     import sys
 
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o: config(max_epochs=1))
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     spec = RunSpec("toyset", "toy", 0)
     rid = runner.resolve(spec)[0]
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

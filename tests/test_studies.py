@@ -138,3 +138,49 @@ def test_ablation_table_rows_deltas_and_pvalues(tmp_path):
     tab.write(tmp_path / "ablation")
     back = pd.read_csv(tmp_path / "ablation.csv")
     assert list(back.columns[:7]) == ["variant", "label", "n_seeds", "auc_mean", "auc_std", "logloss_mean", "logloss_std"]
+
+
+def test_protocol_records_leave_out_overridden_configs_and_other_fingerprints():
+    from bench.config import resolve_config
+    from bench.studies import protocol_records
+
+    proto = resolve_config("movielens-100k", "mian", {"use_gim": False}, {})
+    good = _rec("no_gim", 0, 0.7, dataset="movielens-100k")
+    good["config"] = proto
+    debug = _rec("no_gim", 1, 0.6, dataset="movielens-100k")
+    debug["config"] = resolve_config("movielens-100k", "mian", {"use_gim": False}, {"train.max_epochs": 1})
+    stale = dict(good, seed=2, fingerprint="0" * 64)
+    odd = dict(good, variant="my_experiment")
+    kept, notes = protocol_records([good, debug, stale, dict(good, seed=3), odd])
+    assert [r["seed"] for r in kept] == [0, 3]
+    text = " ".join(notes)
+    assert "overrides" in text and "fingerprint" in text and "variant" in text
+
+
+def test_set_values_are_type_checked():
+    from bench.config import ConfigError, check_overrides, resolve_config
+
+    assert resolve_config("movielens-100k", "mian", None, {"use_gim": "False"})["model"]["use_gim"] is False
+    for bad in ({"use_gim": "maybe"}, {"n_heads": 2.0}, {"mlp": "200,80"}, {"train.lr": "abc"}, {"train.max_epochs": 0}):
+        with pytest.raises(ConfigError):
+            resolve_config("movielens-100k", "mian", None, bad)
+    check_overrides({"n_heads": 4, "model.embed_dim": 8}, ["lr", "mian"])  # known to one model: fine
+    with pytest.raises(ConfigError, match="n_heads"):
+        check_overrides({"n_heads": 4}, ["lr", "dcn"])
+    # a study-wide model key applies to the models that have it
+    assert "n_heads" not in resolve_config("movielens-100k", "dcn", None, {"n_heads": 4}, skip_foreign=True)["model"]
+
+
+def test_datasets_csv_keeps_rows_of_datasets_not_prepared_here(tmp_path):
+    import csv
+
+    from bench.stats import CSV_COLUMNS, write_csv_atomic
+
+    row = {c: "" for c in CSV_COLUMNS}
+    a = dict(row, dataset="a", split="train", samples=10)
+    b = dict(row, dataset="b", split="train", samples=20)
+    path = tmp_path / "datasets.csv"
+    write_csv_atomic([a, b], path)
+    write_csv_atomic([dict(a, samples=11)], path)  # only "a" prepared on this machine
+    rows = list(csv.DictReader(open(path)))
+    assert {(r["dataset"], r["samples"]) for r in rows} == {("a", "11"), ("b", "20")}
