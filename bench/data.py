@@ -238,8 +238,17 @@ def load_cache(path: Path) -> PreparedDataset:
         except (OSError, ValueError, EOFError) as e:
             raise DataError(f"{file}: damaged cache file ({e}); rerun prepare with --force.") from e
 
+    # every array, in the order of _arrays(); the fingerprint is checked before anything is used
+    raw = {f"{s}.{f}": array(f"{s}.{f}") for s in samples.SPLITS for f in BATCH_FIELDS}
+    raw["item_table"] = array("item_table")
+    raw.update({f"vocab.{k}": array(f"vocab.{k}") for k in sorted(meta["vocabs"])})
+    schema = FeatureSchema.from_dict(meta["schema"])
+    if fingerprint(schema, raw) != meta["fingerprint"]:
+        raise DataError(f"{path}: the prepared arrays do not match the fingerprint in meta.json "
+                        "(modified or damaged cache); rerun prepare with --force.")
+
     def tensor(name: str) -> torch.Tensor:
-        a = array(name)
+        a = raw[name]
         if a.dtype.kind in "iu":
             return torch.from_numpy(a.astype(np.int64, copy=False))
         return torch.from_numpy(a)
@@ -251,9 +260,9 @@ def load_cache(path: Path) -> PreparedDataset:
                             "rerun prepare with --force.")
     return PreparedDataset(
         name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],
-        schema=FeatureSchema.from_dict(meta["schema"]), **splits,
+        schema=schema, **splits,
         item_table=tensor("item_table"), path=path, stats=meta["stats"],
-        vocabs={k: array(f"vocab.{k}") for k in meta["vocabs"]},
+        vocabs={k: raw[f"vocab.{k}"] for k in meta["vocabs"]},
     )
 
 

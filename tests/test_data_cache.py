@@ -156,6 +156,17 @@ def test_damaged_cache_file_is_a_clear_error(beauty_dir, tmp_path):
         data.load_prepared("amazon-beauty", tmp_path)
 
 
+def test_modified_cache_array_fails_the_fingerprint_check(beauty_dir, tmp_path):
+    import numpy as np
+
+    info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
+    labels = np.load(info.path / "train.label.npy")
+    labels[:10] = 1 - labels[:10]  # a valid .npy with other content
+    np.save(info.path / "train.label.npy", labels)
+    with pytest.raises(DataError, match="do not match the fingerprint.*--force"):
+        data.load_prepared("amazon-beauty", tmp_path)
+
+
 def test_default_data_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MIAN_DATA_DIR", str(tmp_path))
     assert data.default_data_dir() == tmp_path
