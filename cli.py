@@ -199,7 +199,7 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
     """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5)."""
     from bench.figures import convergence_plot
     from bench.registry import MODEL_NAMES
-    from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves,
+    from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves, fmt_pm,
                               steps_to_fraction, variant_table)
     from bench.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
                                variant_specs)
@@ -230,7 +230,7 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
                 steps = steps_to_fraction(curves)
                 agg = steps.groupby("variant")["steps"].agg(["mean", "std"])
                 tab.frame["Steps to 99% best valid AUC"] = [
-                    (f"{agg.loc[v, 'mean']:.0f} ± {agg.loc[v, 'std']:.0f}" if v in agg.index else "")
+                    (fmt_pm(agg.loc[v, "mean"], agg.loc[v, "std"], 0) if v in agg.index else "")
                     for v in tab.csv["variant"]]
                 tab.csv["steps_to_99pct_mean"] = [agg["mean"].get(v, float("nan")) for v in tab.csv["variant"]]
                 tab.csv["steps_to_99pct_std"] = [agg["std"].get(v, float("nan")) for v in tab.csv["variant"]]
