@@ -8,7 +8,10 @@ import torch
 
 from bench.contract import Batch, FeatureSchema, Field, Split
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+import os
+
+# the team's shared folder (read-only real data for tests); ../shared beside the checkout by default
+SHARED = Path(os.environ.get("MIAN_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 AMAZON_BEAUTY_DIR = SHARED / "datasets" / "amazon-beauty"
 
 
