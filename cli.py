@@ -244,7 +244,7 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
                 labels = {v: TRANSFORMER_VARIANTS[v][0] for v in CONVERGENCE_VARIANTS}
                 convergence_plot(curves[curves["variant"].isin(CONVERGENCE_VARIANTS)], labels, out / "convergence.png",
                                  f"Figure 5 reproduction on {ds}: validation metrics against training steps "
-                                 f"(mean ± std over {seeds} seeds)")
+                                 f"(mean ± std over {seeds} seeds; drawn while at least half the seeds still train)")
                 paths.append(out / "convergence.png")
             click.echo(tab.markdown())
             click.echo("wrote " + ", ".join(str(p) for p in paths))

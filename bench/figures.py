@@ -61,7 +61,8 @@ def gim_heatmap(weights: pd.DataFrame, path: Path, title: str) -> None:
 
 def convergence_plot(curves: pd.DataFrame, labels: dict[str, str], path: Path, title: str) -> None:
     """Figure 5: validation AUC and logloss against optimiser steps, one line per variant (mean
-    over seeds at each evaluated step) with a band of ± one sample std.
+    over seeds at each evaluated step) with a band of ± one sample std; a step is drawn while at
+    least half of the variant's seeds are still training (runs stop early at different steps).
 
     Args:
         curves: columns variant, seed, step, auc, logloss (``bench.report.convergence_curves``).
@@ -75,6 +76,8 @@ def convergence_plot(curves: pd.DataFrame, labels: dict[str, str], path: Path, t
             continue
         stats = g.groupby("step").agg(auc=("auc", "mean"), auc_sd=("auc", "std"), ll=("logloss", "mean"),
                                       ll_sd=("logloss", "std"), n=("seed", "nunique")).reset_index()
+        # runs stop early at different steps: draw a step only while at least half the seeds run
+        stats = stats[stats["n"] >= -(-g["seed"].nunique() // 2)]
         for ax, m, sd in ((axes[0], "auc", "auc_sd"), (axes[1], "ll", "ll_sd")):
             ax.plot(stats["step"], stats[m], color=colour, label=f"{label} (n={g['seed'].nunique()})", lw=1.6)
             band = stats[sd].fillna(0.0)
