@@ -367,7 +367,7 @@ def report(results_dir):
 @click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding the raw dataset files (else they are downloaded).")
 def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy, results_dir, data_dir, raw_dir):
-    """Speed and memory of every model (issue 7); writes results/<dataset>/efficiency.{md,csv}."""
+    """Speed and memory of every model (optionally beside DeepCTR-Torch); writes results/<dataset>/efficiency.{md,csv}."""
     from bench.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
     from bench.registry import MODEL_NAMES
 

@@ -1,4 +1,4 @@
-"""Efficiency benchmark (issue 7): parameters, training and inference throughput, epoch time split,
+"""Efficiency benchmark: parameters, training and inference throughput, epoch time split,
 peak memory of every model, optionally against DeepCTR-Torch on the same prepared arrays.
 
     python cli.py bench --dataset movielens-100k [--peer deepctr-torch] [--threads 1]

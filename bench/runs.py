@@ -1,5 +1,5 @@
 """Run records: one JSON file per run under ``results/runs/``, named by a hash of canonical JSON of
-everything that determines the result (PROTOCOL section 3; issue 5).
+everything that determines the result (the reproduction protocol, section 3).
 
 A record's id covers: protocol, dataset, dataset fingerprint, model, variant, seed, resolved config
 and ``RESULTS_VERSION`` (bumped whenever a code change alters results). Writes are atomic; a
