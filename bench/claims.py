@@ -181,7 +181,7 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         "Verdict rule: paired over seeds with a two-sided paired t-test, alpha = 0.05: *reproduced* when the "
         "difference has the paper's sign and p < 0.05, *not reproduced* when it has the opposite sign and p < 0.05, "
         "*inconclusive* otherwise. 'Removing IBIM hurts most': reproduced when its AUC drop is the largest single-"
-        "module drop and significant, not reproduced when another drop is larger. Figure 6: reproduced when the "
+        "module drop and significant, not reproduced when another drop is larger (inconclusive with fewer than two paired seeds). Figure 6: reproduced when the "
         "interactive representation has the larger mean GIM weight and is larger in most test samples, not "
         "reproduced when neither holds. The paper's figures come from other datasets (Amazon Books / "
         "Electronics, a commercial set); they show the direction claimed, not a value to match.",
