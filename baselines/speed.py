@@ -43,7 +43,8 @@ def synthetic_batch(schema: FeatureSchema, batch_size: int, seed: int = 0, full:
     T = schema.max_len
 
     def ids(fields, *shape):
-        return torch.stack([torch.randint(2, f.vocab_size, shape, generator=g) for f in fields], -1)
+        cols = [torch.randint(2, f.vocab_size, (*shape, 1), generator=g) for f in fields]
+        return torch.cat(cols, -1) if cols else torch.zeros(*shape, 0, dtype=torch.long)
 
     lengths = torch.full((batch_size,), T) if full else torch.randint(0, T + 1, (batch_size,), generator=g)
     mask = torch.arange(T).unsqueeze(0) >= (T - lengths).unsqueeze(1)

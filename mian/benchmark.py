@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from bench.contract import Batch, FeatureSchema, Field
+from baselines.speed import synthetic_batch
 from bench.registry import build_model, count_params
 
 log = logging.getLogger(__name__)
@@ -44,26 +45,8 @@ ML100K_SCHEMA = FeatureSchema(
 
 
 def random_batch(schema: FeatureSchema, batch_size: int, full: bool = True, seed: int = 0) -> Batch:
-    """A synthetic batch on ``schema``; ``full`` fills every history slot, else lengths are
-    uniform in [0, T]."""
-    g = torch.Generator().manual_seed(seed)
-    T = schema.max_len
-
-    def ids(fields, *shape):
-        cols = [torch.randint(2, f.vocab_size, (*shape, 1), generator=g) for f in fields]
-        return torch.cat(cols, -1) if cols else torch.zeros(*shape, 0, dtype=torch.long)
-
-    lengths = torch.full((batch_size,), T) if full else torch.randint(0, T + 1, (batch_size,), generator=g)
-    mask = torch.arange(T).unsqueeze(0) >= (T - lengths).unsqueeze(1)
-    return Batch(
-        item=ids(schema.item_fields, batch_size),
-        hist=ids(schema.item_fields, batch_size, T) * mask.unsqueeze(-1),
-        hist_mask=mask,
-        user=ids(schema.user_fields, batch_size),
-        context=ids(schema.context_fields, batch_size),
-        label=torch.randint(0, 2, (batch_size,), generator=g).float(),
-        user_index=torch.zeros(batch_size, dtype=torch.long),
-    )
+    """A random batch on ``schema`` (``baselines.speed.synthetic_batch``)."""
+    return synthetic_batch(schema, batch_size, seed=seed, full=full)
 
 
 def time_training_step(

@@ -12,7 +12,6 @@ instruction sets; the values were recorded on the project's x86-64 CI machine wi
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.contract import FeatureSchema, Split  # noqa: E402
+from bench.data import PreparedDataset  # noqa: E402
 from bench.registry import MODEL_NAMES  # noqa: E402
 from bench.train import train_run  # noqa: E402
 from conftest import make_split, tiny_schema  # noqa: E402
@@ -29,21 +29,7 @@ from conftest import make_split, tiny_schema  # noqa: E402
 TOL = 1e-9
 
 
-@dataclass
-class GoldenDataset:
-    """The attributes of ``bench.data.PreparedDataset`` that the trainer reads."""
-
-    name: str
-    protocol: str
-    fingerprint: str
-    schema: FeatureSchema
-    train: Split
-    valid: Split
-    test: Split
-    item_table: torch.Tensor
-
-
-def golden_dataset() -> GoldenDataset:
+def golden_dataset() -> PreparedDataset:
     """320 / 160 / 160 samples on ``tiny_schema()``; label = item-id parity with 15% noise."""
     schema = tiny_schema()
     splits = []
@@ -57,7 +43,7 @@ def golden_dataset() -> GoldenDataset:
     cols = [torch.arange(V)] + [torch.randint(2, f.vocab_size, (V,), generator=g) for f in schema.item_fields[1:]]
     table = torch.stack(cols, -1)
     table[0] = 0
-    return GoldenDataset("golden", "golden-v1", "0" * 64, schema, *splits, item_table=table)
+    return PreparedDataset("golden", "golden-v1", "0" * 64, schema, *splits, item_table=table, path=Path("golden"))
 
 
 def golden_config() -> dict:

@@ -13,6 +13,7 @@ from bench import studies as studies_mod
 from bench import train as train_mod
 from bench.config import ConfigError, resolve_config
 from bench.contract import FeatureSchema, ModelOutput, Split
+from bench.data import PreparedDataset
 from bench.registry import register
 from bench.runs import RunStore
 from bench.studies import Runner, main_specs
@@ -41,19 +42,7 @@ class Toy(nn.Module):
 register("toy", Toy)
 
 
-@dataclass
-class FakeDataset:
-    name: str
-    protocol: str
-    fingerprint: str
-    schema: FeatureSchema
-    train: Split
-    valid: Split
-    test: Split
-    item_table: torch.Tensor | None = None
-
-
-def fake_dataset(name="toyset") -> FakeDataset:
+def fake_dataset(name="toyset") -> PreparedDataset:
     schema = tiny_schema()
     splits = []
     for seed, n in ((0, 600), (1, 200), (2, 200)):
@@ -62,7 +51,7 @@ def fake_dataset(name="toyset") -> FakeDataset:
         noise = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.1
         s.label = ((s.item[:, 0] % 2 == 0) ^ noise).float()
         splits.append(s)
-    return FakeDataset(name, "toy-v1", "f" * 64, schema, *splits)
+    return PreparedDataset(name, "toy-v1", "f" * 64, schema, *splits, item_table=None, path=Path(name))
 
 
 @pytest.fixture
