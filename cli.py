@@ -50,14 +50,47 @@ def _run_options(f):
     f = click.option("--device", default="cpu", show_default=True,
                      help="torch device: cpu, cuda, cuda:1, ...")(f)
     f = click.option("--threads", type=click.IntRange(1, None), default=None,
-                     help="torch intra-op threads (default: all cores).")(f)
+                     help="torch intra-op threads of each training process (default on the CPU: 1, which "
+                          "the committed run records were made with; some models' metrics differ in the last "
+                          "bits with it, and every run record stores it).")(f)
     f = click.option("--force", is_flag=True, help="Recompute runs that already have a record.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key (train.lr=0.01, model.embed_dim=8, or a bare key).")(f)
     return f
 
 
-def _runner(data_dir, raw_dir, results_dir, device, threads, force):
+def _workers_option(f):
+    return click.option(
+        "--workers", type=click.IntRange(1, None), default=None,
+        help="Processes training runs in parallel (default on the CPU: usable cores / --threads, at most 8; "
+             "on a GPU: 1). The split of the work does not change any result.")(f)
+
+
+def _usable_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parallelism(device: str, threads: int | None, workers: int | None) -> tuple[int, int | None]:
+    """(workers, threads per worker) for ``--workers`` / ``--threads`` as given (None = default).
+
+    On the CPU the default is ONE intra-op thread per worker and one worker per core: float
+    reductions of some models (DIN, DIEN, MIAN) change in the last bits with the thread count, and
+    one thread is what the committed run records were made with, so the default reproduces them
+    bit for bit on any machine."""
+    if device != "cpu":
+        return workers or 1, threads
+    threads = threads or 1
+    if workers is None:
+        workers = max(1, min(8, _usable_cores() // threads))
+    return workers, threads
+
+
+def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1):
     import torch
 
     from bench.runs import DEFAULT_RESULTS_DIR, RunStore
@@ -81,6 +114,8 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force):
         device=device,
         force=force,
         log_dir=results / "logs",
+        workers=workers,
+        threads=threads,
     ), results
 
 
@@ -138,7 +173,7 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
     from bench.train import RunSpec
 
     with _errors():
-        runner, _ = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        runner, _ = _runner(data_dir, raw_dir, results_dir, device, _parallelism(device, threads, 1)[1], force)
         spec = RunSpec(dataset, model, seed, overrides=_overrides(overrides, [model]))
         rid, _ = runner.resolve(spec)
         cached = not force and runner.store.load(rid) is not None
@@ -167,7 +202,8 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @click.option("--models", "models", type=_model_choice(), multiple=True,
               help="Model(s) (repeatable; default all eight in the paper's order).")
 @_run_options
-def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides):
+@_workers_option
+def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
     from bench.registry import MODEL_NAMES
     from bench.report import main_table
@@ -176,7 +212,8 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        workers, threads = _parallelism(device, threads, workers)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
         extra = _overrides(overrides, models)
         for ds in datasets:
             records = runner.run_all(main_specs(ds, models, range(seeds), extra), desc=f"{ds} main table")
@@ -195,7 +232,8 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
               help="Dataset(s) (repeatable; default movielens-100k).")
 @click.option("--seeds", type=click.IntRange(1, None), default=5, show_default=True, help="Seeds 0..N-1.")
 @_run_options
-def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threads, force, overrides):
+@_workers_option
+def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
     """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5)."""
     from bench.figures import convergence_plot
     from bench.registry import MODEL_NAMES
@@ -206,7 +244,8 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
 
     datasets = datasets or ("movielens-100k",)
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        workers, threads = _parallelism(device, threads, workers)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
             out = _out_dir(results, ds, extra)
@@ -269,7 +308,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     from bench.train import RunSpec, collect_output
 
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, _parallelism(device, threads, 1)[1], force)
         extra = _overrides(overrides, ["mian"])
         spec = RunSpec(dataset, "mian", seed, overrides=extra)
         record, model = runner.run(spec, keep_model=True)

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 class Runner:
     """Runs specs against prepared datasets, loading finished runs from ``store``.
 
+    workers: processes that train the missing runs of one ``run_all`` in parallel (this one and
+    ``workers - 1`` spawned helpers, sharing the work through the store's lock files); threads:
+    torch intra-op threads of each helper (None: torch's default).
+
     checkpoint_dir: where best-epoch weights are kept (``<run_id>.pt``; default
     ``<data_dir>/checkpoints``), so that figures needing a trained model (the GIM heatmap) can
     reload it instead of retraining.
@@ -38,7 +42,9 @@ class Runner:
     force: bool = False
     progress: bool = True
     log_dir: Path | None = None
-    poll_seconds: float = 10.0
+    poll_seconds: float = 2.0
+    workers: int = 1
+    threads: int | None = None
     _datasets: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str):
@@ -122,25 +128,78 @@ class Runner:
         ``--threads 1``): each run is claimed with a lock file before it is trained, a run claimed
         by another worker is skipped and its record picked up when that worker saves it.
         """
+        return self._run_all(specs, desc, since=time.time() if self.force else None)
+
+    def _run_all(self, specs: Sequence[RunSpec], desc: str, since: float | None) -> list[dict[str, Any]]:
+        """``run_all``; with ``since`` (``force``), a record counts as done only when it was written
+        after that time (by this study's workers), so forced runs are still trained once."""
         rids = [self.resolve(spec)[0] for spec in specs]
-        records: list[dict[str, Any] | None] = [None if self.force else self.store.load(r) for r in rids]
+        records: list[dict[str, Any] | None] = [self._done(r, since) for r in rids]
         pending = [i for i, rec in enumerate(records) if rec is None]
         log.info("%s: %d runs, %d already done, %d to run", desc, len(specs), len(specs) - len(pending), len(pending))
+        helpers = self._start_helpers(specs, since, min(self.workers, len(pending)) - 1)
         bar = tqdm(total=len(pending), desc=desc, unit="run", disable=not self.progress or None)
+        try:
+            self._work(specs, rids, records, pending, bar, since)
+        finally:
+            bar.close()
+            for proc in helpers:  # they stop by themselves once every record exists
+                proc.join(self.poll_seconds + 30 if not pending else 5)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
+        failed = [p.exitcode for p in helpers if p.exitcode != 0]
+        if failed:
+            log.warning("%s: %d helper worker(s) ended with exit codes %s; their runs were finished here",
+                        desc, len(failed), failed)
+        return records  # type: ignore[return-value]
+
+    def _done(self, rid: str, since: float | None) -> dict[str, Any] | None:
+        rec = self.store.load(rid)
+        if rec is not None and since is not None:
+            try:
+                if self.store.path(rid).stat().st_mtime < since:
+                    return None
+            except FileNotFoundError:
+                return None
+        return rec
+
+    def _start_helpers(self, specs: Sequence[RunSpec], since: float | None, n: int) -> list:
+        if n <= 0:
+            return []
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        settings = dict(store_root=str(self.store.root), data_dir=self.data_dir, raw_dir=self.raw_dir,
+                        device=self.device, log_dir=self.log_dir, poll_seconds=self.poll_seconds,
+                        threads=self.threads, level=logging.getLogger().level)
+        procs = []
+        for k in range(n):
+            proc = ctx.Process(target=_helper_main, args=(settings, list(specs), since), name=f"mian-worker-{k + 1}",
+                               daemon=True)
+            proc.start()
+            procs.append(proc)
+        log.info("started %d helper worker process(es) (%s threads each)", n, self.threads or "default")
+        return procs
+
+    def _work(self, specs, rids, records, pending, bar, since) -> None:
         waiting_logged = False
         while pending:
             progressed = False
             for i in list(pending):
                 spec, rid = specs[i], rids[i]
-                if not self.force:
-                    rec = self.store.load(rid)
-                    if rec is not None:  # finished meanwhile by another worker
-                        records[i] = rec
-                        pending.remove(i)
-                        bar.update(1)
-                        progressed = True
-                        continue
-                if not self.store.claim(rid):
+                rec = self._done(rid, since)
+                if rec is None and self.store.claim(rid):
+                    rec = self._done(rid, since)  # saved by a worker between the check and the claim
+                    if rec is not None:
+                        self.store.release(rid)
+                elif rec is None:
+                    continue  # claimed by another worker
+                if rec is not None:  # finished meanwhile by another worker
+                    records[i] = rec
+                    pending.remove(i)
+                    bar.update(1)
+                    progressed = True
                     continue
                 try:
                     bar.set_postfix_str(f"{spec.dataset}/{spec.model}/{spec.variant}/seed{spec.seed}")
@@ -158,11 +217,21 @@ class Runner:
                 )
             if pending and not progressed:
                 if not waiting_logged:
-                    log.info("%s: waiting for %d run(s) claimed by another worker", desc, len(pending))
+                    log.info("waiting for %d run(s) claimed by another worker", len(pending))
                     waiting_logged = True
                 time.sleep(self.poll_seconds)
-        bar.close()
-        return records  # type: ignore[return-value]
+
+
+def _helper_main(settings: dict[str, Any], specs: list[RunSpec], since: float | None) -> None:
+    """Entry point of a spawned helper worker of :meth:`Runner.run_all` (no progress bar)."""
+    logging.basicConfig(level=settings["level"], format="%(asctime)s %(levelname)s %(processName)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if settings["threads"]:
+        torch.set_num_threads(settings["threads"])
+    runner = Runner(store=RunStore(Path(settings["store_root"])), data_dir=settings["data_dir"],
+                    raw_dir=settings["raw_dir"], device=settings["device"], force=since is not None,
+                    progress=False, log_dir=settings["log_dir"], poll_seconds=settings["poll_seconds"])
+    runner._run_all(specs, "helper", since)
 
 
 def main_specs(dataset: str, models: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> list[RunSpec]:

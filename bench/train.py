@@ -203,7 +203,7 @@ def train_run(
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(Path(log_dir) / f"{rid}.log", mode="w")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(processName)s] %(message)s"))
         log.addHandler(handler)
     old_level = log.level
     if log.getEffectiveLevel() > logging.INFO:

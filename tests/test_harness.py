@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,3 +274,85 @@ def test_stale_lock_of_a_dead_process_is_taken_over(runner, monkeypatch):
     records = runner.run_all([spec])
     assert records[0]["seed"] == 0
     assert not runner.store.lock_path(rid).exists()
+
+
+# --------------------------------------------------------------------------- parallel workers
+
+@pytest.fixture(scope="module")
+def tiny_ml100k(tmp_path_factory):
+    """A tiny movielens-100k prepared from synthetic raw files in its own data dir."""
+    from bench import data
+    from bench.datasets import movielens
+    from datagen import ml100k_frames, ml100k_spec, write_ml100k_files
+
+    root = tmp_path_factory.mktemp("workers")
+    frames = ml100k_frames(n_users=30, n_items=40, per_user=20)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
+        data.prepare("movielens-100k", root / "data", write_ml100k_files(root / "raw", frames))
+    return root / "data"
+
+
+def _reproduce(data_dir, results_dir, *extra):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    # enough work (12 runs of ~0.5 s) that the spawned helper starts before the main process is done
+    args = ["reproduce", "--table", "main", "--models", "din", "--models", "dien", "--seeds", "6", "--threads", "1",
+            "--data-dir", str(data_dir), "--results-dir", str(results_dir), "--set", "train.max_epochs=3",
+            "--set", "train.patience=5", *extra]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return {(r["model"], r["seed"]): r for r in RunStore(Path(results_dir) / "runs").records()}
+
+
+def test_workers_share_a_study_and_give_the_same_results(tiny_ml100k, tmp_path):
+    """--workers 2 spawns a helper process; both train runs, each run once, and every metric equals
+    the single-process study's (the work split does not change any result)."""
+    one = _reproduce(tiny_ml100k, tmp_path / "one", "--workers", "1")
+    two = _reproduce(tiny_ml100k, tmp_path / "two", "--workers", "2")
+    assert set(one) == set(two) == {(m, s) for m in ("din", "dien") for s in range(6)}
+    for k in one:
+        assert two[k]["run_id"] == one[k]["run_id"]
+        assert two[k]["test"] == one[k]["test"]
+        assert two[k]["valid_history"] == one[k]["valid_history"]
+    logs = sorted((tmp_path / "two" / "logs").glob("*.log"))
+    assert len(logs) == 12
+    trainers = [re.search(r"\[([\w-]+)\] run ", p.read_text()).group(1) for p in logs]
+    assert set(trainers) == {"MainProcess", "mian-worker-1"}
+    assert not list((tmp_path / "two" / "runs").glob("*.lock"))
+    # --force with two workers retrains every run exactly once more (none skipped, none twice)
+    before = {k: (tmp_path / "two" / "runs" / f"{r['run_id']}.json").stat().st_mtime_ns for k, r in two.items()}
+    again = _reproduce(tiny_ml100k, tmp_path / "two", "--workers", "2", "--force")
+    for k, r in again.items():
+        assert (tmp_path / "two" / "runs" / f"{r['run_id']}.json").stat().st_mtime_ns > before[k]
+        assert r["test"] == one[k]["test"]
+
+
+def test_default_parallelism_is_one_thread_per_core(monkeypatch):
+    import cli
+
+    monkeypatch.setattr(cli, "_usable_cores", lambda: 6)
+    assert cli._parallelism("cpu", None, None) == (6, 1)
+    assert cli._parallelism("cpu", 2, None) == (3, 2)
+    assert cli._parallelism("cpu", None, 2) == (2, 1)
+    monkeypatch.setattr(cli, "_usable_cores", lambda: 64)
+    assert cli._parallelism("cpu", None, None) == (8, 1)
+    assert cli._parallelism("cuda", None, None) == (1, None)
+
+
+def test_train_defaults_to_one_thread_and_records_it(tiny_ml100k, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    n = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(cli, ["train", "--model", "lr", "--data-dir", str(tiny_ml100k), "--results-dir",
+                                       str(tmp_path), "--set", "train.max_epochs=1"], catch_exceptions=False)
+    finally:
+        torch.set_num_threads(n)
+    assert res.exit_code == 0, res.output
+    [record] = list(RunStore(tmp_path / "runs").records())
+    assert record["threads"] == 1
