@@ -88,6 +88,21 @@ def ml100k_spec(frames) -> movielens.MovieLensSpec:
     return movielens.MovieLensSpec(len(ratings), len(users), len(items), movielens.ratings_checksum(ratings))
 
 
+def prepare_tiny_ml100k(root: Path, n_users: int = 30, n_items: int = 40, per_user: int = 20) -> Path:
+    """A tiny movielens-100k prepared from synthetic raw files written under ``root/raw`` (its
+    spec pinned only while preparing); returns the data dir ``root/data``."""
+    import pytest
+
+    from bench import data
+
+    root = Path(root)
+    frames = ml100k_frames(n_users=n_users, n_items=n_items, per_user=per_user)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
+        data.prepare("movielens-100k", root / "data", write_ml100k_files(root / "raw", frames))
+    return root / "data"
+
+
 def widedeep_parquet_bytes(frames) -> dict[str, bytes]:
     """The three wheel members (parquet, brotli) with the wheel's column names."""
     ratings, users, items = frames

@@ -9,24 +9,17 @@ import torch
 from click.testing import CliRunner
 
 from bench import data, efficiency
-from bench.datasets import movielens
 from bench.efficiency import BenchOptions, CSV_COLUMNS
 from bench.metrics import gauc
 from bench.registry import build_model, count_params
-from datagen import ml100k_frames, ml100k_spec, write_ml100k_files
+from datagen import prepare_tiny_ml100k
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny movielens-100k prepared from synthetic raw files: (data_dir, PreparedDataset)."""
-    root = tmp_path_factory.mktemp("bench")
-    frames = ml100k_frames(n_users=30, n_items=40, per_user=20)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
-        folder = write_ml100k_files(root / "raw", frames)
-        data.prepare("movielens-100k", root / "data", folder)
-    ds = data.load_prepared("movielens-100k", root / "data")
-    return root / "data", ds
+    data_dir = prepare_tiny_ml100k(tmp_path_factory.mktemp("bench"))
+    return data_dir, data.load_prepared("movielens-100k", data_dir)
 
 
 def options(ds, **kw) -> BenchOptions:
@@ -257,3 +250,63 @@ def test_gauc_same_value_for_every_user_key_encoding():
     assert gauc(labels, scores, users.astype(str)) == ref  # np.unique fallback
     assert gauc(labels, scores, users * (2**50) - 7) == ref  # key range too wide for the packed sort key
     assert gauc(labels, scores, users.astype(np.int32) - 100) == ref  # negative, narrow keys
+
+
+# --------------------------------------------------------------------------- developer step timing (bench.stepbench)
+
+
+def _finite_positive(res, names):
+    import math
+
+    assert list(res) == list(names)
+    for name, r in res.items():
+        for v in (r.median_ms, r.min_ms, r.samples_per_s):
+            assert v > 0 and math.isfinite(v), (name, r)
+        assert r.min_ms <= r.median_ms and r.n_params > 0
+
+
+def test_stepbench_times_baselines_and_mian_on_synthetic_batches(one_thread, caplog):
+    import logging
+
+    from bench import stepbench
+
+    caplog.set_level(logging.INFO, logger="bench.stepbench")
+    names = ("lr", "din", "dien", "mian")
+    res = stepbench.main(["--models", ",".join(names), "--steps", "2", "--warmup", "1", "--batch", "8",
+                          "--threads", "1", "--cpu-time", "--set", "model.transformer=none", "gim_dim=8"])
+    _finite_positive(res, names)
+    schema = stepbench.ml100k_schema()
+    assert res["mian"].params == {"transformer": "none", "gim_dim": 8} and res["din"].params == {}
+    assert res["mian"].n_params == count_params(build_model("mian", schema, {"transformer": "none", "gim_dim": 8}))
+    assert res["dien"].n_params == count_params(build_model("dien", schema, item_table=stepbench.item_table(schema)))
+    text = caplog.text
+    assert "DIEN/DIN step-time ratio" in text and "CPU time" in text
+    for name, r in res.items():
+        assert f"{name} " in text and f"{r.median_ms:.2f}" in text
+
+
+def test_stepbench_on_prepared_training_batches(prepared, one_thread):
+    from bench import stepbench
+
+    data_dir, ds = prepared
+    res = stepbench.main(["--models", "din,dien", "--dataset", "movielens-100k", "--data-dir", str(data_dir),
+                          "--steps", "2", "--warmup", "1", "--batch", "32", "--threads", "1"])
+    _finite_positive(res, ("din", "dien"))
+    assert res["din"].n_params == count_params(build_model("din", ds.schema, item_table=ds.item_table))
+    assert res["din"].samples_per_s == pytest.approx(32 / (res["din"].median_ms / 1e3))
+
+
+def test_stepbench_refuses_unknown_models_and_keys(one_thread, capsys):
+    from bench import stepbench
+
+    for argv, words in ((["--models", "din,nosuchmodel"], ["nosuchmodel", "expected one of"]),
+                        (["--models", "din", "--set", "transformer=none"], ["transformer", "din"]),
+                        (["--models", "din", "--set", "train.lr=0.1"], ["train.lr"])):
+        with pytest.raises(SystemExit) as exc:
+            stepbench.main([*argv, "--steps", "1", "--warmup", "0", "--threads", "1"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
+    schema = stepbench.ml100k_schema(max_len=4)
+    with pytest.raises(KeyError, match="nosuchmodel"):
+        stepbench.step_times(["nosuchmodel"], schema, [stepbench.synthetic_batch(schema, 4)], steps=1)

@@ -281,16 +281,9 @@ def test_stale_lock_of_a_dead_process_is_taken_over(runner, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_ml100k(tmp_path_factory):
     """A tiny movielens-100k prepared from synthetic raw files in its own data dir."""
-    from bench import data
-    from bench.datasets import movielens
-    from datagen import ml100k_frames, ml100k_spec, write_ml100k_files
+    from datagen import prepare_tiny_ml100k
 
-    root = tmp_path_factory.mktemp("workers")
-    frames = ml100k_frames(n_users=30, n_items=40, per_user=20)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
-        data.prepare("movielens-100k", root / "data", write_ml100k_files(root / "raw", frames))
-    return root / "data"
+    return prepare_tiny_ml100k(tmp_path_factory.mktemp("workers"))
 
 
 def _reproduce(data_dir, results_dir, *extra):

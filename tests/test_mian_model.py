@@ -349,11 +349,11 @@ def test_invalid_configs_and_batches_are_rejected():
         MIAN.Config().embed_dim = 8  # type: ignore[misc]
 
 
-def test_benchmark_helper_times_a_training_step():
-    from mian.benchmark import random_batch, time_training_step
+def test_step_benchmark_times_a_training_step():
+    from bench.stepbench import step_times, synthetic_batch
 
     schema = tiny_schema(max_len=6)
-    batches = [random_batch(schema, 16, full=False)]
-    res = time_training_step(batches, schema, "mian", {"gim_dim": 8}, steps=2, warmup=1)
-    assert res["wall_ms"] > 0 and res["cpu_ms"] >= 0
-    assert res["params"] == count_params(_model(schema, gim_dim=8))
+    batches = [synthetic_batch(schema, 16, full=False)]
+    res = step_times(["mian"], schema, batches, overrides={"model.gim_dim": 8}, steps=2, warmup=1)["mian"]
+    assert 0 < res.min_ms <= res.median_ms and res.samples_per_s > 0
+    assert res.n_params == count_params(_model(schema, gim_dim=8))
