@@ -84,3 +84,33 @@ def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(perf.ENV_SWITCH, "0")
     assert perf.tune_allocator() is False
     assert perf.allocator_note() == "default allocator settings"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_embedding_backward_is_bitwise_embedding_dense_backward(threads):
+    """The CPU lookup's scatter_add_ backward gives exactly torch's embedding gradient (heavy
+    collisions, odd sizes, 1 and 2 threads), and _GroupEmbedding's padding rows get none."""
+    from baselines.layers import _CPULookup, _GroupEmbedding
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for trial in range(12):
+            g0 = torch.Generator().manual_seed(trial)
+            V, d, N = (int(torch.randint(lo, hi, (1,), generator=g0)) for lo, hi in ((2, 5000), (1, 33), (1, 40000)))
+            ids = torch.randint(0, V if trial % 3 else min(V, 4), (N,), generator=g0).reshape(-1, 1) if N % 2 else \
+                torch.randint(0, V, (N,), generator=g0)
+            grad = torch.randn(*ids.shape, d, generator=g0) * 10
+            w = torch.randn(V, d, generator=g0, requires_grad=True)
+            out = _CPULookup.apply(w, ids)
+            assert torch.equal(out, torch.nn.functional.embedding(ids, w))
+            out.backward(grad)
+            ref = torch.ops.aten.embedding_dense_backward(grad, ids, V, -1, False)
+            assert torch.equal(w.grad, ref), trial
+        emb = _GroupEmbedding([5, 7], 3)
+        ids = torch.tensor([[0, 0], [1, 6], [4, 0]])
+        emb(ids).sum().backward()
+        assert emb.weight.grad[emb.offsets].abs().sum() == 0
+        assert emb.weight.grad[1].sum() != 0 and emb.weight.grad[5 + 6].sum() != 0
+    finally:
+        torch.set_num_threads(n)
