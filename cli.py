@@ -146,21 +146,40 @@ def _overrides(items, models) -> dict:
     return extra
 
 
-def _out_dir(results: Path, dataset: str, extra: dict) -> Path:
-    """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config;
-    with ``--set`` overrides a sub-folder named by them, so protocol tables are never replaced by
-    tables of another configuration."""
-    if not extra:
-        return results / dataset
+#: tables of the protocol use this many seeds (PROTOCOL section 3)
+PROTOCOL_SEEDS = 5
+
+
+def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None) -> Path:
+    """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config,
+    models and seeds. With ``--set`` overrides, a sub-folder named by them; for a subset of the
+    models or another number of seeds, ``subsets/<tag>`` below that. So the protocol's tables are
+    never replaced by a partial or differently configured study."""
     import hashlib
     import json
 
     from bench.io import atomic_write_text
 
-    text = json.dumps(extra, sort_keys=True)
-    out = results / dataset / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    atomic_write_text(out / "overrides.json", text + "\n")
+    out = results / dataset
+    if extra:
+        text = json.dumps(extra, sort_keys=True)
+        out = out / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        atomic_write_text(out / "overrides.json", text + "\n")
+    if subset:
+        out = out / "subsets" / subset
     return out
+
+
+def _subset(models: list[str] | None, seeds: int) -> str | None:
+    """Tag of a study that is not the protocol's full one (None when it is)."""
+    from bench.registry import MODEL_NAMES
+
+    parts = []
+    if models is not None and list(models) != list(MODEL_NAMES):
+        parts.append("+".join(models))
+    if seeds != PROTOCOL_SEEDS:
+        parts.append(f"seeds{seeds}")
+    return "_".join(parts) or None
 
 
 @cli.command()
@@ -220,7 +239,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
             tab = main_table(records, ds, models)
             if extra:
                 tab.notes.append(f"config overrides (--set): {extra}")
-            paths = tab.write(_out_dir(results, ds, extra) / "main_table")
+            paths = tab.write(_out_dir(results, ds, extra, _subset(models, seeds)) / "main_table")
             click.echo(tab.markdown())
             click.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -248,7 +267,7 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
-            out = _out_dir(results, ds, extra)
+            out = _out_dir(results, ds, extra, _subset(None, seeds))
             if study == "ablation":
                 baselines = [m for m in MODEL_NAMES if m != "mian"]
                 recs = runner.run_all(variant_specs(ds, ABLATION_VARIANTS, range(seeds), extra), desc=f"{ds} ablation")
@@ -313,9 +332,8 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
         spec = RunSpec(dataset, "mian", seed, overrides=extra)
         record, model = runner.run(spec, keep_model=True)
         if model is None:  # record without checkpoint (e.g. a fresh clone): retrain, same seed -> same model
-            click.echo(f"no checkpoint for run {record['run_id']}; retraining it (deterministic)")
-            runner.force = True
-            record, model = runner.run(spec)
+            click.echo(f"no checkpoint for run {record['run_id']}; retraining it (deterministic; the record is kept)")
+            model = runner.retrain_model(spec, record)
         ds = runner.dataset(dataset)
         weights = collect_output(model, ds.test.to(device), 4096, "gim_weights")
     labels = ds.test.label.cpu().numpy()
@@ -323,7 +341,9 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
     frame.insert(0, "case", range(1, cases + 1))
     frame.insert(1, "test_index", idx)
-    out = _out_dir(results, dataset, extra)
+    tag = "_".join(p for p, default in ((f"seed{seed}", seed == 0), (f"cases{cases}", cases == 14),
+                                         (f"caseseed{case_seed}", case_seed == 2021)) if not default)
+    out = _out_dir(results, dataset, extra, tag or None)
     import io as _io
 
     buf = _io.StringIO()

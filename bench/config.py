@@ -27,13 +27,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from bench.registry import config_class, make_config
+from bench.registry import check_model_ranges, config_class, make_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
-    """A configuration key or value that does not exist or does not parse."""
+from bench.registry import ConfigError  # noqa: E402,F401  (defined there; re-exported for the CLI)
 
 
 @dataclass(frozen=True)
@@ -169,6 +168,7 @@ def resolve_config(
     try:
         train_cfg = make_config(TrainConfig, train, where="train config")
         model_cfg = make_config(model_cls, params, where=f"{model} config")
+        check_model_ranges(model_cfg, where=f"{model} config")
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return {"train": _plain(dataclasses.asdict(train_cfg)), "model": _plain(dataclasses.asdict(model_cfg))}

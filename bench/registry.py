@@ -68,6 +68,31 @@ def config_class(name: str) -> type:
     return model_class(name).Config
 
 
+class ConfigError(ValueError):
+    """A configuration key or value that does not exist, does not parse or is out of range."""
+
+
+def check_model_ranges(cfg: Any, where: str = "model config") -> None:
+    """Range rules shared by every model Config: integers (sizes, counts) >= 1, each entry of an
+    integer tuple (layer sizes) >= 1, floats finite and >= 0, dropouts < 1. Raises ConfigError
+    naming the key and the value."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        bad = None
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        if isinstance(v, int) and v < 1:
+            bad = "an integer >= 1"
+        elif isinstance(v, tuple) and any(isinstance(x, int) and x < 1 for x in v):
+            bad = "sizes >= 1"
+        elif isinstance(v, float) and (not math.isfinite(v) or v < 0 or ("dropout" in f.name and v >= 1)):
+            bad = "a number in [0, 1)" if "dropout" in f.name else "a finite number >= 0"
+        if bad:
+            raise ConfigError(f"{where}: {f.name} expects {bad}, got {v!r}")
+
+
 def build_model(
     name: str,
     schema: FeatureSchema,
@@ -76,10 +101,16 @@ def build_model(
 ) -> nn.Module:
     """Build model ``name`` with its Config defaults overridden by ``params``.
 
-    Raises KeyError for an unknown model and ValueError for a parameter the Config lacks."""
+    Raises KeyError for an unknown model, ValueError for a parameter the Config lacks or of the
+    wrong type, ConfigError (a ValueError) for a value out of range or one the model refuses
+    (e.g. MIAN's n_heads not dividing its width)."""
     cls = model_class(name)
     cfg = make_config(cls.Config, params or {}, where=f"model {name!r}")
-    return cls(schema, cfg, item_table=item_table)
+    check_model_ranges(cfg, where=f"model {name!r}")
+    try:
+        return cls(schema, cfg, item_table=item_table)
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise ConfigError(f"model {name!r} cannot be built with {params or {}}: {exc}") from None
 
 
 def make_config(config_cls: type, params: dict[str, Any], where: str = "config") -> Any:

@@ -156,6 +156,23 @@ def best_index(values: Sequence[float], higher: bool) -> int | None:
     return int(np.nanargmax(arr) if higher else np.nanargmin(arr))
 
 
+def capped_notes(recs: Sequence[dict[str, Any]]) -> list[str]:
+    """One note per model whose best epoch was the last allowed epoch (``max_epochs``) in some run:
+    its row is limited by the cap, not selected by early stopping."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in recs):
+        runs = [r for r in recs if r["model"] == model]
+        cap = [r.get("config", {}).get("train", {}).get("max_epochs") for r in runs]
+        capped = [c for r, c in zip(runs, cap) if c is not None and r.get("best_epoch") == c]
+        if capped:
+            out.append(
+                f"{MODEL_LABELS.get(model, model)}: the best epoch was the last allowed one (max_epochs = "
+                f"{capped[0]}) in {len(capped)} of {len(runs)} runs: still improving "
+                "when training stopped, so this row is limited by the epoch cap, not chosen by early stopping."
+            )
+    return out
+
+
 def main_table(
     records: Sequence[dict[str, Any]],
     dataset: str,
@@ -239,8 +256,9 @@ def main_table(
         "paper * AUC: the MIAN paper's Table 2 on its own datasets and protocol, for orientation only (not comparable).",
         f"protocol: {', '.join(protocols)}; seeds: {', '.join(map(str, seeds))}; dataset fingerprint: {', '.join(f[:16] for f in fingerprints)}",
         f"total wall time of these runs: {wall / 60:.1f} min (train + eval, summed over runs); "
-        f"runs: {len(recs)} records under results/runs/",
+        f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (results/runs/<run_id>.json)",
     ]
+    notes += capped_notes(recs)
     return Table(
         title=f"Table 2 reproduction: {dataset}",
         frame=frame,

@@ -99,32 +99,53 @@ class RunStore:
     def claim(self, rid: str) -> bool:
         """Take the lock of run ``rid`` so that parallel workers of a study never train the same
         run twice. Returns False while another live process holds it; a lock left by a dead
-        process of this host is taken over."""
+        process of this host is taken over.
+
+        The lock appears with its content in one step (written to a temporary file, then
+        ``os.link``ed to ``<rid>.lock``, which fails if the lock exists), so another worker never
+        sees an empty lock and mistakes it for a dead one."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(rid)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._stale(path):
-                    log.warning("taking over the stale lock %s", path)
-                    path.unlink(missing_ok=True)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
-            return True
-        return False
+        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+        tmp = self.root / f".{rid}.lock.{os.getpid()}.tmp"
+        tmp.write_text(owner)
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    if self._stale(path):
+                        log.warning("taking over the stale lock %s", path)
+                        path.unlink(missing_ok=True)
+                        continue
+                    return False
+                return True
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def release(self, rid: str) -> None:
-        self.lock_path(rid).unlink(missing_ok=True)
+        """Remove the lock of ``rid`` if this process holds it."""
+        path = self.lock_path(rid)
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def _stale(path: Path) -> bool:
         try:
             owner = json.loads(path.read_text())
+        except FileNotFoundError:
+            return True
         except (OSError, ValueError):
-            return True  # unreadable: its writer died before finishing it
+            # unreadable: not one of ours (ours appear complete); stale once it is a minute old
+            try:
+                return time.time() - path.stat().st_mtime > 60
+            except FileNotFoundError:
+                return True
         if owner.get("host") != socket.gethostname():
             return False  # cannot tell; another machine sharing the folder
         try:

@@ -84,6 +84,10 @@ class Runner:
         if not self.force:
             record = self.store.load(rid)
             if record is not None:
+                if self.device == "cpu" and record.get("threads") not in (None, torch.get_num_threads()):
+                    log.info("run %s: using its record, made with %s thread(s) (now %d; DIN/DIEN/MIAN metrics can "
+                             "differ in the last digits with the thread count; --force to retrain)",
+                             rid, record.get("threads"), torch.get_num_threads())
                 model = self.load_model(record) if keep_model else None
                 return record, model
         ds = self.dataset(spec.dataset)
@@ -100,6 +104,22 @@ class Runner:
         self.save_checkpoint(rid, model)
         self.store.save(record)
         return record, model
+
+    def retrain_model(self, spec: RunSpec, record: dict[str, Any]) -> torch.nn.Module:
+        """Train ``spec`` again to get its model when ``record`` has no checkpoint (e.g. a fresh
+        clone): saves the checkpoint, keeps the committed record as it is (its commit, date and
+        timings), and warns if the retrained test metrics differ from it (another thread count or
+        platform)."""
+        rid, config = self.resolve(spec)
+        new, model = train_mod.train_run(self.dataset(spec.dataset), spec.model, config, spec.seed,
+                                         variant=spec.variant, device=self.device, log_dir=self.log_dir,
+                                         progress=self.progress)
+        self.save_checkpoint(rid, model)
+        if new["test"] != record["test"]:
+            log.warning("run %s retrained with test metrics %s, the record has %s (record made with %s thread(s) "
+                        "on %s; now %s on %s); the figures use the retrained model", rid, new["test"], record["test"],
+                        record.get("threads"), record.get("device"), new.get("threads"), new.get("device"))
+        return model
 
     def save_checkpoint(self, rid: str, model: torch.nn.Module) -> None:
         from bench.io import atomic_write_bytes
@@ -231,7 +251,10 @@ def _helper_main(settings: dict[str, Any], specs: list[RunSpec], since: float | 
     runner = Runner(store=RunStore(Path(settings["store_root"])), data_dir=settings["data_dir"],
                     raw_dir=settings["raw_dir"], device=settings["device"], force=since is not None,
                     progress=False, log_dir=settings["log_dir"], poll_seconds=settings["poll_seconds"])
-    runner._run_all(specs, "helper", since)
+    try:
+        runner._run_all(specs, "helper", since)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the main process reports it
+        raise SystemExit(130) from None
 
 
 def main_specs(dataset: str, models: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> list[RunSpec]:

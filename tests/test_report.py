@@ -67,3 +67,15 @@ def test_main_table_rows_stats_marks_and_pvalue(records, tmp_path):
 def test_main_table_without_records_is_an_error(records):
     with pytest.raises(ValueError, match="no run records"):
         main_table(records[0], "nope", ["lr"])
+
+
+def test_capped_runs_are_named_under_the_table():
+    from bench.report import capped_notes
+
+    def rec(model, best, cap=20):
+        return {"model": model, "best_epoch": best, "config": {"train": {"max_epochs": cap}}}
+
+    notes = capped_notes([rec("lr", 20), rec("lr", 19), rec("lr", 20), rec("dcn", 3), rec("din", 5, cap=5)])
+    assert len(notes) == 2
+    assert notes[0].startswith("LR: ") and "in 2 of 3 runs" in notes[0] and "max_epochs = 20" in notes[0]
+    assert notes[1].startswith("DIN: ") and "in 1 of 1 runs" in notes[1]
