@@ -133,7 +133,7 @@ def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
             try:
                 download(src.url, path, timeout=DOWNLOAD_TIMEOUT_S, sha256=src.sha256)
             except DownloadUnavailable as e:
-                raise DataError(f"{e} Pass --raw-dir with the files listed in SOURCES.md.") from e
+                raise DataError(f"{e} Pass --raw-dir with the files listed in docs/DATA.md (Beauty.txt, Beauty_item2attributes.json, Beauty_time_intervals.txt).") from e
             downloaded = True
         else:
             check_sha256(path, src.sha256)
