@@ -22,6 +22,7 @@ from bench.report import (
     PAPER_TABLE4,
     best_baseline,
     convergence_curves,
+    fmt_delta,
     fmt_p,
     paired_test,
     steps_to_fraction,
@@ -61,8 +62,7 @@ def _compare(
     p = paired_test(a, b)
     ma, mb = np.mean([a[s] for s in seeds]), np.mean([b[s] for s in seeds])
     f = f"{{:.{digits}f}}".format
-    sign = "+" if diff >= 0 else ""
-    return diff, p, verdict(diff, p, expected_sign), f"{f(ma)} vs {f(mb)} (Δ {sign}{f(diff)}, p {fmt_p(p)}, n={len(seeds)})"
+    return diff, p, verdict(diff, p, expected_sign), f"{f(ma)} vs {f(mb)} (Δ {fmt_delta(diff, digits)}, p {fmt_p(p)}, n={len(seeds)})"
 
 
 def dataset_claims(
@@ -121,7 +121,7 @@ def dataset_claims(
             v = INCONCLUSIVE
         add("Table 3: removing IBIM hurts most", "Books drop 0.0055 (largest), Electronics 0.0070 (largest)",
             "AUC drop when removed (MIAN - variant): "
-            + ", ".join(f"{k} {d:+.4f}" for k, (d, _) in sorted(singles.items(), key=lambda kv: -kv[1][0])), v)
+            + ", ".join(f"{k} {fmt_delta(d)}" for k, (d, _) in sorted(singles.items(), key=lambda kv: -kv[1][0])), v)
     both = _seed_metric(records, dataset, "mian", "no_iuim_icim", "auc")
     if both and base:
         _, _, v, text = _compare(both, _seed_metric(records, dataset, base, "default", "auc"), +1)

@@ -83,6 +83,13 @@ def paired_test(a: dict[int, float], b: dict[int, float]) -> float:
     return float(stats.ttest_rel(x, y).pvalue)
 
 
+def fmt_delta(x: float, digits: int = 4) -> str:
+    """Signed difference with ``digits`` decimals; a value that rounds to zero prints as +0.0000
+    (never -0.0000)."""
+    r = round(float(x), digits)
+    return f"{(r if r != 0 else 0.0):+.{digits}f}"
+
+
 def fmt_pm(mean: float, std: float, digits: int = 4) -> str:
     if math.isnan(std):
         return f"{mean:.{digits}f}"
@@ -345,7 +352,7 @@ def variant_table(
         })
         out.append([
             label, str(len(recs)), fmt_pm(auc_v.mean(), sd(auc_v)), fmt_pm(ll_v.mean(), sd(ll_v)),
-            "" if key == "default" else f"{d_auc:+.4f}", "" if key == "default" else f"{d_ll:+.4f}",
+            "" if key == "default" else fmt_delta(d_auc), "" if key == "default" else fmt_delta(d_ll),
             "" if key == "default" else fmt_p(p), f"{csv_rows[-1]['n_params']:,}",
             *[(f"{paper[key][j]:.4f}" if key in paper else "") for j in range(len(paper_columns))],
         ])

@@ -79,3 +79,12 @@ def test_capped_runs_are_named_under_the_table():
     assert len(notes) == 2
     assert notes[0].startswith("LR: ") and "in 2 of 3 runs" in notes[0] and "max_epochs = 20" in notes[0]
     assert notes[1].startswith("DIN: ") and "in 1 of 1 runs" in notes[1]
+
+
+def test_deltas_never_print_minus_zero():
+    from bench.report import fmt_delta
+
+    assert fmt_delta(-0.00001) == "+0.0000"
+    assert fmt_delta(-0.00006) == "-0.0001"
+    assert fmt_delta(0.0123) == "+0.0123"
+    assert fmt_delta(-3.4, 0) == "-3"
