@@ -233,7 +233,9 @@ def main_table(
         notes.append(
             f"Impr / RelaImpr / p: {MODEL_LABELS.get(proposed, proposed)} against the best baseline by mean test AUC, "
             f"{MODEL_LABELS.get(base, base)}; Impr = (a - b) / b (the paper's Table 2 figure), RelaImpr = "
-            f"((AUC - 0.5) / (AUC_base - 0.5) - 1) (DIN Eq. 11), p = two-sided paired t-test of test AUC over seeds."
+            f"((AUC - 0.5) / (AUC_base - 0.5) - 1) (DIN Eq. 11), p = two-sided paired t-test of test AUC over seeds. "
+            f"Impr Logloss uses the same baseline and formula: negative = lower (better) logloss, as the paper's "
+            f"Table 2 signs (results/CLAIMS.md compares logloss with the best baseline BY LOGLOSS instead)."
         )
     frame["Impr AUC"] = impr_auc
     frame["Impr Logloss"] = impr_ll
