@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from bench import data, efficiency
+from bench.config import resolve_config
 from bench.efficiency import BenchOptions, CSV_COLUMNS
 from bench.metrics import gauc
 from bench.registry import build_model, count_params
@@ -176,7 +177,10 @@ def test_every_peer_model_trains_by_the_protocol_on_tiny_data(prepared, deepctr,
         out = efficiency.measure_peer(opts, name)
         assert out["peer_train_samples_per_s"] > 0 and out["peer_infer_samples_per_s"] > 0, name
         assert 0 <= out["peer_test_auc"] <= 1 and 0 < out["peer_test_logloss"] < 5, name
-        assert 1 <= out["peer_best_epoch"] <= out["peer_epochs_run"] <= 20, name
+        # early stopping as the protocol's: stop `patience` epochs after the best one, or at max_epochs
+        train = resolve_config("movielens-100k", name)["train"]
+        stop = min(out["peer_best_epoch"] + train["patience"], train["max_epochs"])
+        assert 1 <= out["peer_best_epoch"] <= out["peer_epochs_run"] == stop, name
         assert out["peer_epochs_run"] == 20 or out["peer_epochs_run"] == out["peer_best_epoch"] + 2, name
         assert out["peer_version"] == efficiency.PEER_VERSION
 
