@@ -91,6 +91,8 @@ def _parallelism(device: str, threads: int | None, workers: int | None) -> tuple
 
 
 def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1):
+    """The study runner of a training command; ``threads`` / ``workers`` as given on the command line
+    (None = the defaults of :func:`_parallelism`)."""
     import torch
 
     from bench.runs import DEFAULT_RESULTS_DIR, RunStore
@@ -104,6 +106,7 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1):
         torch.device(device)
     except RuntimeError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
+    workers, threads = _parallelism(device, threads, workers)
     if threads:
         torch.set_num_threads(threads)
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
@@ -192,7 +195,7 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
     from bench.train import RunSpec
 
     with _errors():
-        runner, _ = _runner(data_dir, raw_dir, results_dir, device, _parallelism(device, threads, 1)[1], force)
+        runner, _ = _runner(data_dir, raw_dir, results_dir, device, threads, force)
         spec = RunSpec(dataset, model, seed, overrides=_overrides(overrides, [model]))
         rid, _ = runner.resolve(spec)
         cached = not force and runner.store.load(rid) is not None
@@ -231,7 +234,6 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
-        workers, threads = _parallelism(device, threads, workers)
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
         extra = _overrides(overrides, models)
         for ds in datasets:
@@ -263,7 +265,6 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
 
     datasets = datasets or ("movielens-100k",)
     with _errors():
-        workers, threads = _parallelism(device, threads, workers)
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
@@ -327,7 +328,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     from bench.train import RunSpec, collect_output
 
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, _parallelism(device, threads, 1)[1], force)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
         extra = _overrides(overrides, ["mian"])
         spec = RunSpec(dataset, "mian", seed, overrides=extra)
         record, model = runner.run(spec, keep_model=True)

@@ -5,6 +5,7 @@ started again runs only the missing runs (each record is saved as soon as its ru
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -90,19 +91,16 @@ class Runner:
                              rid, record.get("threads"), torch.get_num_threads())
                 model = self.load_model(record) if keep_model else None
                 return record, model
-        ds = self.dataset(spec.dataset)
-        record, model = train_mod.train_run(
-            ds,
-            spec.model,
-            config,
-            spec.seed,
-            variant=spec.variant,
-            device=self.device,
-            log_dir=self.log_dir,
-            progress=self.progress,
-        )
-        self.save_checkpoint(rid, model)
+        record, model = self._train(spec, rid, config)
         self.store.save(record)
+        return record, model
+
+    def _train(self, spec: RunSpec, rid: str, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+        """Train ``spec`` and keep its best-epoch weights as ``<rid>.pt`` (the record is not saved)."""
+        record, model = train_mod.train_run(self.dataset(spec.dataset), spec.model, config, spec.seed,
+                                            variant=spec.variant, device=self.device, log_dir=self.log_dir,
+                                            progress=self.progress)
+        self.save_checkpoint(rid, model)
         return record, model
 
     def retrain_model(self, spec: RunSpec, record: dict[str, Any]) -> torch.nn.Module:
@@ -111,10 +109,7 @@ class Runner:
         timings), and warns if the retrained test metrics differ from it (another thread count or
         platform)."""
         rid, config = self.resolve(spec)
-        new, model = train_mod.train_run(self.dataset(spec.dataset), spec.model, config, spec.seed,
-                                         variant=spec.variant, device=self.device, log_dir=self.log_dir,
-                                         progress=self.progress)
-        self.save_checkpoint(rid, model)
+        new, model = self._train(spec, rid, config)
         if new["test"] != record["test"]:
             log.warning("run %s retrained with test metrics %s, the record has %s (record made with %s thread(s) "
                         "on %s; now %s on %s); the figures use the retrained model", rid, new["test"], record["test"],
@@ -190,13 +185,11 @@ class Runner:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        settings = dict(store_root=str(self.store.root), data_dir=self.data_dir, raw_dir=self.raw_dir,
-                        device=self.device, log_dir=self.log_dir, poll_seconds=self.poll_seconds,
-                        threads=self.threads, level=logging.getLogger().level)
+        helper = dataclasses.replace(self, progress=False, workers=1, force=since is not None, _datasets={})
         procs = []
         for k in range(n):
-            proc = ctx.Process(target=_helper_main, args=(settings, list(specs), since), name=f"mian-worker-{k + 1}",
-                               daemon=True)
+            proc = ctx.Process(target=_helper_main, args=(helper, list(specs), since, logging.getLogger().level),
+                               name=f"mian-worker-{k + 1}", daemon=True)
             proc.start()
             procs.append(proc)
         log.info("started %d helper worker process(es) (%s threads each)", n, self.threads or "default")
@@ -209,12 +202,12 @@ class Runner:
             for i in list(pending):
                 spec, rid = specs[i], rids[i]
                 rec = self._done(rid, since)
-                if rec is None and self.store.claim(rid):
+                if rec is None:
+                    if not self.store.claim(rid):
+                        continue  # claimed by another worker
                     rec = self._done(rid, since)  # saved by a worker between the check and the claim
                     if rec is not None:
                         self.store.release(rid)
-                elif rec is None:
-                    continue  # claimed by another worker
                 if rec is not None:  # finished meanwhile by another worker
                     records[i] = rec
                     pending.remove(i)
@@ -242,15 +235,12 @@ class Runner:
                 time.sleep(self.poll_seconds)
 
 
-def _helper_main(settings: dict[str, Any], specs: list[RunSpec], since: float | None) -> None:
-    """Entry point of a spawned helper worker of :meth:`Runner.run_all` (no progress bar)."""
-    logging.basicConfig(level=settings["level"], format="%(asctime)s %(levelname)s %(processName)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if settings["threads"]:
-        torch.set_num_threads(settings["threads"])
-    runner = Runner(store=RunStore(Path(settings["store_root"])), data_dir=settings["data_dir"],
-                    raw_dir=settings["raw_dir"], device=settings["device"], force=since is not None,
-                    progress=False, log_dir=settings["log_dir"], poll_seconds=settings["poll_seconds"])
+def _helper_main(runner: Runner, specs: list[RunSpec], since: float | None, level: int) -> None:
+    """Entry point of a spawned helper worker of :meth:`Runner.run_all`: ``runner`` is a copy of
+    the main process's (no progress bar, one worker)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s: %(message)s", datefmt="%H:%M:%S")
+    if runner.threads:
+        torch.set_num_threads(runner.threads)
     try:
         runner._run_all(specs, "helper", since)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the main process reports it

@@ -398,10 +398,10 @@ def test_a_helper_worker_trains_the_runs_it_claims(tiny_ml100k, tmp_path):
     from bench.config import parse_overrides
 
     specs = main_specs("movielens-100k", ["lr", "dcn"], range(2), parse_overrides(["train.max_epochs=1"]))
-    settings = dict(store_root=str(tmp_path / "runs"), data_dir=tiny_ml100k, raw_dir=None, device="cpu",
-                    log_dir=tmp_path / "logs", poll_seconds=0.2, threads=1, level=logging.INFO)
-    proc = mp.get_context("spawn").Process(target=studies_mod._helper_main, args=(settings, specs, None),
-                                           name="mian-worker-7")
+    helper = Runner(store=RunStore(tmp_path / "runs"), data_dir=tiny_ml100k, log_dir=tmp_path / "logs",
+                    progress=False, poll_seconds=0.2, threads=1)
+    proc = mp.get_context("spawn").Process(target=studies_mod._helper_main,
+                                           args=(helper, specs, None, logging.INFO), name="mian-worker-7")
     proc.start()
     proc.join(300)
     assert proc.exitcode == 0
