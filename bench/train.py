@@ -145,6 +145,29 @@ def library_versions() -> dict[str, str]:
     }
 
 
+_SIMD_FLAGS = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni"}
+
+
+def machine_info() -> dict[str, str]:
+    """What the float results of a run depend on besides the seed, the code and ``library_versions``:
+    the CPU model, the instruction set torch's kernels dispatch to (``ATEN_CPU_CAPABILITY`` can lower
+    it) and the architecture. Informational: not part of the run id (PROTOCOL section 3)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    simd = sorted(f for f in flags if f in _SIMD_FLAGS or f.startswith(("avx512", "amx")))
+    return {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "arch": platform.machine(),
+            "simd": " ".join(simd)}
+
+
 def git_commit() -> str:
     """HEAD's commit, suffixed ``-dirty`` when tracked code differs from it; "unknown" outside git."""
     try:
@@ -328,6 +351,7 @@ def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progre
             "wall_seconds": {"train": round(t_train, 3), "eval": round(t_eval, 3)},
             "n_params": n_params,
             "versions": library_versions(),
+            "machine": machine_info(),
             "git_commit": git_commit(),
             "device": str(dev),
             "threads": torch.get_num_threads(),

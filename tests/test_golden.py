@@ -3,14 +3,26 @@
 Every registered model is trained for a few steps (two epochs of five batches, validation after
 each) on a tiny synthetic dataset built here with fixed seeds, one intra-op thread; the
 best-epoch validation metrics, the test metrics and the per-epoch training losses are compared
-with the values the code produced when this test was written (tolerance 1e-9).
+with the values the code produced when this test was written.
+
+Two checks, because float results are exact only on one CPU instruction set:
+- on this machine, the same seed gives bit-identical figures: trained twice in this process, and
+  once more in a fresh interpreter (exact equality; the test compares two runs of the same machine);
+- against the recorded values, within ``TOL``. Measured spread of these figures across CPU kernels
+  (``python tests/test_golden.py --spread``: AVX-512, AVX2, no-SIMD and MKL's conditional-numerical-
+  reproducibility paths of torch 2.13 on one Xeon, plus the recording machine): at most 1.4e-7, and
+  1.9e-7 reported from an AMD EPYC (AVX2). ``TOL`` = 1e-6 is 5x that, and 150x below the smallest
+  change a real edit makes (a 0.1 % learning-rate change moves these figures by >= 1.6e-4).
+  docs/REPRODUCIBILITY.md has the figures.
 
 If a change is MEANT to alter results (a bug fix, a new model default), regenerate the table with
-``python tests/test_golden.py`` and say so in the commit. Float results can differ across CPU
-instruction sets; the values were recorded on the project's x86-64 CI machine with torch 2.13.
+``python tests/test_golden.py`` and say so in the commit.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +38,7 @@ from bench.registry import MODEL_NAMES  # noqa: E402
 from bench.train import train_run  # noqa: E402
 from conftest import make_split, tiny_schema  # noqa: E402
 
-TOL = 1e-9
+TOL = 1e-6  # cross-CPU spread measured at <= 1.9e-7 (module docstring)
 
 
 def golden_dataset() -> PreparedDataset:
@@ -196,19 +208,63 @@ def test_training_results_are_unchanged(model):
     want = EXPECTED[model]
     assert set(got) == set(want)
     bad = {k: (got[k], want[k]) for k in want if abs(got[k] - want[k]) > TOL}
-    assert not bad, f"{model}: results changed (got, expected): {bad}"
+    assert not bad, f"{model}: results changed by more than {TOL} (got, expected): {bad}"
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_same_seed_is_bit_identical_on_this_machine(model):
+    first, second = golden_figures(model), golden_figures(model)
+    assert first == second, {k: (first[k], second[k]) for k in first if first[k] != second[k]}
+
+
+def test_same_seed_is_bit_identical_in_a_fresh_process():
+    """A fresh interpreter (nothing cached, other hash seed) gives exactly this process's figures."""
+    out = subprocess.run([sys.executable, __file__, "--json"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345"}, timeout=600)
+    fresh = json.loads(out.stdout)
+    here = {m: golden_figures(m) for m in MODEL_NAMES}
+    assert fresh == here
 
 
 def test_every_registered_model_has_golden_values():
     assert set(EXPECTED) == set(MODEL_NAMES)
 
 
-if __name__ == "__main__":  # prints the EXPECTED table for the current code
-    print("EXPECTED: dict[str, dict[str, float]] = {")
-    for name in MODEL_NAMES:
-        figures = golden_figures(name)
-        print(f"    {name!r}: {{")
-        for k, v in figures.items():
-            print(f"        {k!r}: {v!r},")
-        print("    },")
-    print("}")
+#: CPU kernel settings of ``--spread``: torch's dispatch level, MKL's and oneDNN's instruction sets
+KERNEL_SETTINGS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "no-simd": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "mkl-cbwr": {"MKL_CBWR": "COMPATIBLE"},
+}
+
+
+def spread() -> None:
+    """Print the largest difference of the golden figures between CPU kernel settings (each in a
+    fresh interpreter, since the settings are read when torch loads) and against ``EXPECTED``."""
+    import itertools
+
+    runs = {"recorded": EXPECTED}
+    for name, env in KERNEL_SETTINGS.items():
+        out = subprocess.run([sys.executable, __file__, "--json"], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env})
+        runs[name] = json.loads(out.stdout)
+    for a, b in itertools.combinations(runs, 2):
+        diff, where = max((abs(runs[a][m][k] - runs[b][m][k]), (m, k)) for m in EXPECTED for k in EXPECTED[m])
+        print(f"{a:>9s} vs {b:<9s} max |difference| {diff:.3g} ({where[0]} {where[1]})")
+
+
+if __name__ == "__main__":
+    if "--json" in sys.argv:  # the figures of every model, for the fresh-process test and --spread
+        print(json.dumps({m: golden_figures(m) for m in MODEL_NAMES}))
+    elif "--spread" in sys.argv:
+        spread()
+    else:  # prints the EXPECTED table for the current code
+        print("EXPECTED: dict[str, dict[str, float]] = {")
+        for name in MODEL_NAMES:
+            figures = golden_figures(name)
+            print(f"    {name!r}: {{")
+            for k, v in figures.items():
+                print(f"        {k!r}: {v!r},")
+            print("    },")
+        print("}")
