@@ -81,7 +81,8 @@ def _parallelism(device: str, threads: int | None, workers: int | None) -> tuple
     On the CPU the default is ONE intra-op thread per worker and one worker per core: float
     reductions of some models (DIN, DIEN, MIAN) change in the last bits with the thread count, and
     one thread is what the committed run records were made with, so the default reproduces them
-    bit for bit on any machine."""
+    bit for bit on a machine with the same CPU instruction set and library versions (on another CPU
+    the last bits differ, and attention models may follow another trajectory: docs/REPRODUCIBILITY.md)."""
     if device != "cpu":
         return workers or 1, threads
     threads = threads or 1
@@ -399,6 +400,50 @@ def report(results_dir):
     atomic_write_text(results / "CLAIMS.md", text)
     click.echo(text)
     click.echo(f"wrote {results / 'CLAIMS.md'}")
+
+
+@cli.command()
+@click.option("--other", "other_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Results folder (or its runs/ folder) of the same runs trained on another machine, e.g. made "
+                   "there with `reproduce --force --results-dir DIR`.")
+@click.option("--name", "tag", default=None, metavar="TAG",
+              help="Short name of the other machine (default: from its records' CPU and kernel ISA).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Our records and where the tables go (default: ./results).")
+def crosscheck(other_dir, tag, results_dir):
+    """Compare runs trained on another machine with ours, run id by run id; writes
+    results/<dataset>/cross_machine/<TAG>.{md,csv,tex} and keeps their records in results/machines/<TAG>/runs/."""
+    import re
+
+    from bench.crosscheck import crosscheck_table, machine_label, pair_frame
+    from bench.runs import DEFAULT_RESULTS_DIR, RunStore
+
+    results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
+    other_runs = other_dir / "runs" if (other_dir / "runs").is_dir() else other_dir
+    theirs = list(RunStore(other_runs).records(quarantine=False))
+    ours_store = RunStore(results / "runs")
+    ours = [r for r in (ours_store.load(t["run_id"], quarantine=False) for t in theirs) if r is not None]
+    pairs = pair_frame(ours, theirs)
+    if pairs.empty:
+        raise click.ClickException(f"--other {other_dir}: none of its {len(theirs)} run records has a record of the "
+                                   f"same run id under {results / 'runs'}")
+    by_id = {r["run_id"]: r for r in theirs}
+    if tag is None:
+        m = next((r["machine"] for r in theirs if r.get("machine")), {})
+        tag = f"{m.get('cpu', 'unknown')}-{m.get('isa', '')}"
+    tag = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-") or "other"
+    keep = RunStore(results / "machines" / tag / "runs")
+    if keep.root.resolve() != other_runs.resolve():
+        for rid in pairs["run_id"]:
+            keep.save(by_id[rid])
+    source = f"python cli.py crosscheck --other {keep.root.parent.relative_to(results.parent) if results.parent in keep.root.parents else keep.root.parent} --name {tag}"
+    for ds in sorted(pairs["dataset"].unique()):
+        ids = set(pairs.loc[pairs["dataset"] == ds, "run_id"])
+        tab = crosscheck_table(pairs, ds, machine_label([r for r in ours if r["run_id"] in ids]),
+                               machine_label([by_id[i] for i in ids]), source)
+        paths = tab.write(results / ds / "cross_machine" / tag)
+        click.echo(tab.markdown())
+        click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 # --------------------------------------------------------------------------- efficiency

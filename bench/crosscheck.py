@@ -1,0 +1,106 @@
+"""Cross-machine check: the same runs (same run ids) trained on another machine, against our records.
+
+A run id fixes everything that determines a result except the machine (PROTOCOL section 3: the same
+seed gives bit-identical metrics only on the same CPU instruction set and library versions). This
+module compares two run stores run by run and says, per dataset and model, how far the other
+machine's test metrics lie from ours, next to the spread the seeds themselves give, so a reader can
+tell whether a table's differences are larger than what a change of machine alone produces.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.report import MODEL_LABELS, Table
+
+
+def machine_label(records: Sequence[dict[str, Any]]) -> str:
+    """One line naming the machine(s) a set of records was made on (from each record's ``machine``)."""
+    seen = sorted({(m.get("cpu", "?"), m.get("isa", "?")) for m in (r.get("machine") for r in records) if m})
+    missing = sum(1 for r in records if not r.get("machine"))
+    parts = [f"{cpu} (torch kernels {isa})" for cpu, isa in seen]
+    if missing:
+        parts.append(f"{missing} record(s) made before records named their machine")
+    return "; ".join(parts) or "unknown"
+
+
+def _history_key(rec: dict[str, Any]) -> list[tuple]:
+    return [(h["epoch"], h.get("step"), h["valid"]["auc"], h["valid"]["logloss"], h.get("train_loss"))
+            for h in rec["valid_history"]]
+
+
+def pair_frame(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run id present in both: dataset, model, variant, seed, our and their test metrics,
+    whether the whole validation history is bit-identical and whether the best epoch is the same."""
+    by_id = {r["run_id"]: r for r in ours}
+    rows = []
+    for t in theirs:
+        o = by_id.get(t["run_id"])
+        if o is None:
+            continue
+        row = {"dataset": o["dataset"], "model": o["model"], "variant": o["variant"], "seed": o["seed"],
+               "run_id": o["run_id"], "identical": _history_key(o) == _history_key(t) and o["test"] == t["test"],
+               "same_best_epoch": o["best_epoch"] == t["best_epoch"]}
+        for m in ("auc", "logloss", "gauc"):
+            row[f"ours_{m}"], row[f"theirs_{m}"] = float(o["test"][m]), float(t["test"][m])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_label: str,
+                     source: str) -> Table:
+    """Per model (and variant): runs compared, bit-identical runs, same best epoch, max and mean
+    |delta test AUC|, |delta of the seed-mean AUC|, the seed std of our test AUC and the ratio of the
+    machine's max |delta| to that std (< 1: a change of machine moves a run less than a change of
+    seed does).
+
+    Raises:
+        ValueError: when ``pairs`` holds no run of ``dataset``.
+    """
+    sub = pairs[pairs["dataset"] == dataset]
+    if sub.empty:
+        raise ValueError(f"no run of {dataset} in both stores")
+    rows, cells = [], []
+    order = {m: i for i, m in enumerate(MODEL_LABELS)}
+    for (model, variant), g in sorted(sub.groupby(["model", "variant"]), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        d_auc = (g["theirs_auc"] - g["ours_auc"]).abs()
+        d_ll = (g["theirs_logloss"] - g["ours_logloss"]).abs()
+        std = float(g["ours_auc"].std(ddof=1)) if len(g) > 1 else float("nan")
+        row = {
+            "model": model, "variant": variant, "runs": len(g), "bit_identical": int(g["identical"].sum()),
+            "same_best_epoch": int(g["same_best_epoch"].sum()),
+            "max_abs_delta_auc": float(d_auc.max()), "mean_abs_delta_auc": float(d_auc.mean()),
+            "abs_delta_mean_auc": float(abs(g["theirs_auc"].mean() - g["ours_auc"].mean())),
+            "max_abs_delta_logloss": float(d_ll.max()), "seed_std_auc": std,
+            "ratio_max_delta_to_seed_std": float(d_auc.max() / std) if std > 0 else float("nan"),
+        }
+        rows.append(row)
+        label = MODEL_LABELS.get(model, model) + ("" if variant == "default" else f" ({variant})")
+        cells.append({
+            "Model": label, "Runs": str(row["runs"]), "Bit-identical": str(row["bit_identical"]),
+            "Same best epoch": str(row["same_best_epoch"]),
+            "max |Δ AUC|": f"{row['max_abs_delta_auc']:.2e}", "mean |Δ AUC|": f"{row['mean_abs_delta_auc']:.2e}",
+            "|Δ mean AUC|": f"{row['abs_delta_mean_auc']:.2e}", "max |Δ logloss|": f"{row['max_abs_delta_logloss']:.2e}",
+            "seed std AUC": "" if np.isnan(std) else f"{std:.4f}",
+            "max |Δ| / seed std": "" if np.isnan(row["ratio_max_delta_to_seed_std"]) else f"{row['ratio_max_delta_to_seed_std']:.2f}",
+        })
+    csv = pd.DataFrame(rows)
+    frame = pd.DataFrame(cells)
+    over = csv[csv["ratio_max_delta_to_seed_std"] >= 1]
+    verdict = ("for every model a change of machine moved test AUC less than the seed std"
+               if over.empty else
+               "for " + ", ".join(MODEL_LABELS.get(m, m) for m in over["model"]) +
+               " a change of machine moved test AUC by at least the seed std: their differences in the tables "
+               "below that size are within what the machine alone changes")
+    notes = [
+        f"ours: {ours_label}; theirs: {theirs_label}.",
+        "Same run ids on both sides: same protocol, data fingerprint, model, config, seed and code version, "
+        "one torch thread; only the machine differs. Δ = theirs - ours on the test split; seed std = sample std "
+        "of our test AUC over the seeds compared.",
+        f"Verdict: {verdict}.",
+        f"Made by `{source}`.",
+    ]
+    return Table(title=f"Cross-machine check: {dataset}", frame=frame, csv=csv, bold=set(), underline=set(),
+                 notes=notes)
