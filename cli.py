@@ -39,6 +39,65 @@ def _model_choice() -> click.Choice:
     return click.Choice(list(MODEL_NAMES))
 
 
+class NameList(click.ParamType):
+    """Names from ``choices``, comma-separated (``lr,dcn``); the option may also be repeated
+    (``multiple=True`` with :func:`_join_names` as callback). ``none``: a word that stands for the
+    empty list (``--models none``). An unknown name is one click error listing the valid ones."""
+
+    name = "names"
+
+    def __init__(self, choices, what: str, none: str | None = None):
+        self.choices, self.what, self.none = list(choices), what, none
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "NAME[,NAME...]" + (f"|{self.none}" if self.none else "")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",")]
+        if self.none is not None and items == [self.none]:
+            return []
+        bad = [v for v in items if v not in self.choices]
+        if bad:
+            self.fail(f"unknown {self.what} {', '.join(repr(b) for b in bad)}; expected one or more of "
+                      f"{', '.join(self.choices)} (comma-separated or repeated)"
+                      + (f", or {self.none} for no {self.what}" if self.none else ""), param, ctx)
+        return items
+
+
+def _join_names(ctx, param, value):
+    """Callback of a repeatable :class:`NameList` option: the names in the order given, each once;
+    None when the option was not given, ``[]`` for its ``none`` word (which takes no other names)."""
+    if not value:
+        return None
+    if any(v == [] for v in value) and any(v for v in value):
+        raise click.BadParameter(f"{param.type.none} cannot be given together with names", ctx, param)
+    return list(dict.fromkeys(name for names in value for name in names))
+
+
+def _models_option(help_text: str, none: str | None = None, baselines_only: bool = False):
+    from bench.registry import MODEL_NAMES
+
+    names = [m for m in MODEL_NAMES if not (baselines_only and m == "mian")]
+    return click.option("--models", "models", type=NameList(names, "baseline" if baselines_only else "model", none),
+                        multiple=True, callback=_join_names, help=f"{help_text} Names: {', '.join(names)}.")
+
+
+def _variant_names() -> list[str]:
+    from bench.studies import ABLATION_VARIANTS, TRANSFORMER_VARIANTS
+
+    return list(dict.fromkeys([*ABLATION_VARIANTS, *TRANSFORMER_VARIANTS]))
+
+
+def _datasets_option(f):
+    from bench.data import DATASETS
+
+    return click.option("--dataset", "datasets", type=NameList(sorted(DATASETS), "dataset"), multiple=True,
+                        callback=_join_names,
+                        help="Dataset(s) (comma-separated or repeated; default movielens-100k).")(f)
+
+
 def _run_options(f):
     """Options shared by every command that trains."""
     f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -218,12 +277,10 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @cli.command()
 @click.option("--table", type=click.Choice(["main"]), default="main", show_default=True,
               help="Which of the paper's tables: main = Table 2.")
-@click.option("--dataset", "datasets", type=_dataset_choice(), multiple=True,
-              help="Dataset(s) (repeatable; default movielens-100k).")
+@_datasets_option
 @click.option("--seeds", type=click.IntRange(1, None), default=5, show_default=True,
               help="Seeds 0..N-1 per model.")
-@click.option("--models", "models", type=_model_choice(), multiple=True,
-              help="Model(s) (repeatable; default all eight in the paper's order).")
+@_models_option("Model(s) (comma-separated or repeated; default all eight; the table keeps the paper's order).")
 @_run_options
 @_workers_option
 def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
@@ -250,13 +307,24 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
 @cli.command()
 @click.option("--study", type=click.Choice(["ablation", "transformer"]), default="ablation", show_default=True,
               help="ablation = Table 3; transformer = Table 4 + Figure 5.")
-@click.option("--dataset", "datasets", type=_dataset_choice(), multiple=True,
-              help="Dataset(s) (repeatable; default movielens-100k).")
+@_datasets_option
 @click.option("--seeds", type=click.IntRange(1, None), default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--variants", "variants", multiple=True, callback=_join_names,
+              type=NameList(_variant_names(), "variant"),
+              help="MIAN variants of the study to run (comma-separated or repeated; default all of the study's; "
+                   "the full MIAN, 'default', is always run: the table compares every row with it). Ablation: "
+                   "no_iuim, no_icim, no_ibim, no_gim, no_iuim_icim; transformer: post_ln, no_transformer, "
+                   "shared_score.")
+@_models_option("Baseline pool of --study ablation's best-baseline row (comma-separated or repeated; default the "
+                "seven baselines; 'none': no baseline row, no baseline trained).", none="none", baselines_only=True)
 @_run_options
 @_workers_option
-def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
-    """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5)."""
+def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_dir, device, threads, force, overrides,
+           workers):
+    """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5).
+
+    With --variants, --models or another number of seeds than 5 the tables go to
+    results/<dataset>/subsets/<tag>/, never over the full study's."""
     from bench.figures import convergence_plot
     from bench.registry import MODEL_NAMES
     from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves, fmt_pm,
@@ -264,29 +332,35 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
     from bench.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
                                variant_specs)
 
-    datasets = datasets or ("movielens-100k",)
+    datasets = datasets or ["movielens-100k"]
+    study_variants = ABLATION_VARIANTS if study == "ablation" else TRANSFORMER_VARIANTS
+    chosen, tag = _study_selection(study, study_variants, variants, models, seeds)
+    baselines = [m for m in MODEL_NAMES if m != "mian" and (models is None or m in models)]
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
-            out = _out_dir(results, ds, extra, _subset(None, seeds))
+            out = _out_dir(results, ds, extra, tag)
             if study == "ablation":
-                baselines = [m for m in MODEL_NAMES if m != "mian"]
-                recs = runner.run_all(variant_specs(ds, ABLATION_VARIANTS, range(seeds), extra), desc=f"{ds} ablation")
+                recs = runner.run_all(variant_specs(ds, chosen, range(seeds), extra), desc=f"{ds} ablation")
                 # the best baseline comes from the main table's runs (reused when `reproduce` made them)
-                base_recs = runner.run_all(main_specs(ds, baselines, range(seeds), extra), desc=f"{ds} baselines")
+                base_recs = (runner.run_all(main_specs(ds, baselines, range(seeds), extra), desc=f"{ds} baselines")
+                             if baselines else [])
                 base = best_baseline(base_recs, ds)
-                tab = variant_table(recs + base_recs, ds, ABLATION_VARIANTS, f"Table 3 reproduction (ablation): {ds}",
+                tab = variant_table(recs + base_recs, ds, chosen, f"Table 3 reproduction (ablation): {ds}",
                                     PAPER_TABLE3, ("books_auc", "books_logloss", "electronics_auc", "electronics_logloss"),
                                     baseline=base)
+                if models is not None:
+                    tab.notes.append("Best baseline chosen among " + (", ".join(baselines) if baselines else
+                                     "no model (--models none): no baseline row") + " (--models).")
                 if extra:
                     tab.notes.append(f"config overrides (--set): {extra}")
                 paths = tab.write(out / "ablation")
             else:
-                recs = runner.run_all(variant_specs(ds, TRANSFORMER_VARIANTS, range(seeds), extra), desc=f"{ds} transformer")
-                tab = variant_table(recs, ds, TRANSFORMER_VARIANTS, f"Table 4 reproduction (Transformer variants): {ds}",
+                recs = runner.run_all(variant_specs(ds, chosen, range(seeds), extra), desc=f"{ds} transformer")
+                tab = variant_table(recs, ds, chosen, f"Table 4 reproduction (Transformer variants): {ds}",
                                     PAPER_TABLE4, ("commercial_auc", "commercial_logloss"))
-                curves = convergence_curves(recs, ds, list(TRANSFORMER_VARIANTS))
+                curves = convergence_curves(recs, ds, list(chosen))
                 steps = steps_to_fraction(curves)
                 agg = steps.groupby("variant")["steps"].agg(["mean", "std"])
                 tab.frame["Steps to 99% best valid AUC"] = [
@@ -301,8 +375,9 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
                 if extra:
                     tab.notes.append(f"config overrides (--set): {extra}")
                 paths = tab.write(out / "transformer")
-                labels = {v: TRANSFORMER_VARIANTS[v][0] for v in CONVERGENCE_VARIANTS}
-                convergence_plot(curves[curves["variant"].isin(CONVERGENCE_VARIANTS)], labels, out / "convergence.png",
+                shown = [v for v in CONVERGENCE_VARIANTS if v in chosen]
+                labels = {v: TRANSFORMER_VARIANTS[v][0] for v in shown}
+                convergence_plot(curves[curves["variant"].isin(shown)], labels, out / "convergence.png",
                                  f"Figure 5 reproduction on {ds}: validation metrics against training steps "
                                  f"(mean ± std over {seeds} seeds; drawn while at least half the seeds still train)")
                 paths.append(out / "convergence.png")
@@ -310,16 +385,49 @@ def ablate(study, datasets, seeds, data_dir, raw_dir, results_dir, device, threa
             click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+def _study_selection(study: str, study_variants: dict, variants: list[str] | None, models: list[str] | None,
+                     seeds: int) -> tuple[dict, str | None]:
+    """(the variants to run, in the study's order, the full MIAN always included; the subsets/ tag
+    of the selection, None for the full study). Refuses variants of the other study and --models
+    with --study transformer (click errors)."""
+    from bench.registry import MODEL_NAMES
+
+    if variants is not None:
+        foreign = [v for v in variants if v not in study_variants]
+        if foreign:
+            raise click.BadParameter(
+                f"{', '.join(foreign)} {'is not a variant' if len(foreign) == 1 else 'are not variants'} of "
+                f"--study {study}; its variants: {', '.join(study_variants)}", param_hint="'--variants'")
+    if models is not None and study != "ablation":
+        raise click.BadParameter("the baseline pool only applies to --study ablation (the Transformer study has "
+                                 "no baseline row)", param_hint="'--models'")
+    chosen = {v: study_variants[v] for v in study_variants if variants is None or v == "default" or v in variants}
+    parts = []
+    if len(chosen) != len(study_variants):
+        parts.append("+".join(chosen))
+    pool = [m for m in MODEL_NAMES if m != "mian"]
+    if models is not None and [m for m in pool if m in models] != pool:
+        parts.append("base-" + "+".join(m for m in pool if m in models) if models else "nobase")
+    if seeds != PROTOCOL_SEEDS:
+        parts.append(f"seeds{seeds}")
+    return chosen, "_".join(parts) or None
+
+
 @cli.command("visualize-attention")
 @click.option("--cases", type=click.IntRange(1, 200), default=14, show_default=True,
               help="Number of test cases (heatmap columns).")
 @click.option("--dataset", type=_dataset_choice(), default="movielens-100k", show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Which seed's trained MIAN.")
-@click.option("--case-seed", type=int, default=2021, show_default=True,
+@click.option("--case-seed", type=click.IntRange(0, None), default=2021, show_default=True,
               help="Seed of the random draw of the cases among the test positives.")
 @_run_options
 def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, results_dir, device, threads, force, overrides):
-    """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics."""
+    """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics.
+
+    The model is the run's best-epoch checkpoint (data/checkpoints/), else it is retrained. A
+    model that is not exactly the run record's (another machine's retrain: other validation or test
+    metrics) never writes over the figure: its files go to <folder>/local/ beside it. --force
+    retrains the run and replaces its record and the figure."""
     import json
 
     import pandas as pd
@@ -333,31 +441,49 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
         extra = _overrides(overrides, ["mian"])
         spec = RunSpec(dataset, "mian", seed, overrides=extra)
         record, model = runner.run(spec, keep_model=True)
-        if model is None:  # record without checkpoint (e.g. a fresh clone): retrain, same seed -> same model
-            click.echo(f"no checkpoint for run {record['run_id']}; retraining it (deterministic; the record is kept)")
-            model = runner.retrain_model(spec, record)
+        rid = record["run_id"]
+        if model is None:  # record without checkpoint (e.g. a fresh clone): retrain it
+            click.echo(f"no checkpoint for run {rid}; retraining it (the record is kept)")
+            model, diffs = runner.retrain_model(spec, record)
+            source = f"retrained MIAN seed {seed}"
+        else:
+            diffs = runner.checkpoint_differences(record) or []
+            source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
         ds = runner.dataset(dataset)
         weights = collect_output(model, ds.test.to(device), 4096, "gim_weights")
     labels = ds.test.label.cpu().numpy()
-    idx = select_cases(labels, cases, case_seed)
+    try:
+        idx = select_cases(labels, cases, case_seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cases") from None
     frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
     frame.insert(0, "case", range(1, cases + 1))
     frame.insert(1, "test_index", idx)
     tag = "_".join(p for p, default in ((f"seed{seed}", seed == 0), (f"cases{cases}", cases == 14),
                                          (f"caseseed{case_seed}", case_seed == 2021)) if not default)
     out = _out_dir(results, dataset, extra, tag or None)
+    title = (f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
+             f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
+    if diffs:
+        # another model than the record's: beside the figure, never over it
+        committed, out = out, out / "local"
+        title += "\nretrained on this machine: not the model of the run record"
+        shown = "; ".join(diffs[:2]) + (f"; {len(diffs) - 2} more difference(s)" if len(diffs) > 2 else "")
+        click.echo(f"{source} differs from record {rid} ({shown}): this machine gives another model; writing the "
+                   f"figure to {out}/; the figure in {committed}/ is unchanged (use --force to retrain the run and "
+                   "replace its record and the figure)")
     import io as _io
 
     buf = _io.StringIO()
     frame[["case", "test_index", *FIGURE6_ROWS]].to_csv(buf, index=False, float_format="%.6f")
     atomic_write_text(out / "gim_weights.csv", buf.getvalue())
-    gim_heatmap(frame, out / "gim_heatmap.png",
-                f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
-                f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
+    gim_heatmap(frame, out / "gim_heatmap.png", title)
     summary = gim_summary(weights)
-    summary.update({"dataset": dataset, "run_id": record["run_id"], "seed": seed, "n_samples": int(len(weights)),
+    summary.update({"dataset": dataset, "run_id": rid, "seed": seed, "n_samples": int(len(weights)),
                     "cases": cases, "case_seed": case_seed, "case_rule":
                     "uniform draw without replacement among test positives, numpy default_rng(case_seed), sorted by index"})
+    if diffs:
+        summary["model_differs_from_record"] = diffs
     atomic_write_text(out / "gim_summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     from tabulate import tabulate
 
@@ -394,6 +520,9 @@ def report(results_dir):
         gim = json.loads(gim_path.read_text()) if gim_path.exists() else None
         if gim is not None and gim.get("run_id") not in {r["run_id"] for r in records}:
             left_out.append(f"{gim_path} left out: it comes from run {gim.get('run_id')}, not a protocol run.")
+            gim = None
+        elif gim is not None and gim.get("model_differs_from_record"):
+            left_out.append(f"{gim_path} left out: its model is not the one of run {gim.get('run_id')}'s record.")
             gim = None
         per[ds] = dataset_claims(records, ds, gim)
     text = claims_markdown(per, notes=left_out)
@@ -450,8 +579,7 @@ def crosscheck(other_dir, tag, results_dir):
 
 @cli.command()
 @click.option("--dataset", type=_dataset_choice(), default="movielens-100k", show_default=True)
-@click.option("--models", "models", type=_model_choice(), multiple=True,
-              help="Model(s) (repeatable; default all eight in the paper's order).")
+@_models_option("Model(s) (comma-separated or repeated; default all eight; the table keeps the paper's order).")
 @click.option("--peer", type=click.Choice(["deepctr-torch"]), default=None,
               help="Also measure DeepCTR-Torch's models on the same arrays (pip install -e '.[peer]').")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
@@ -461,7 +589,8 @@ def crosscheck(other_dir, tag, results_dir):
               help="Timed full-batch training steps per model (median).")
 @click.option("--warmup", type=click.IntRange(0, None), default=5, show_default=True,
               help="Untimed training steps before them.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Model seed (ours and the peer's).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+              help="Model seed (ours and the peer's).")
 @click.option("--accuracy/--no-accuracy", default=True, show_default=True,
               help="Add test metrics: ours from the run records (trained if missing), the peer trained "
                    "to early stopping.")
@@ -472,7 +601,10 @@ def crosscheck(other_dir, tag, results_dir):
 @click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding the raw dataset files (else they are downloaded).")
 def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy, results_dir, data_dir, raw_dir):
-    """Speed and memory of every model (optionally beside DeepCTR-Torch); writes results/<dataset>/efficiency.{md,csv}."""
+    """Speed and memory of every model (optionally beside DeepCTR-Torch); writes results/<dataset>/efficiency.{md,csv}.
+
+    Only the full measurement (all eight models, --peer deepctr-torch, the default --steps,
+    --warmup, --seed and --accuracy) writes there; any other goes to results/<dataset>/subsets/<tag>/."""
     from bench.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
     from bench.registry import MODEL_NAMES
 
@@ -486,11 +618,28 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
                             warmup=warmup, seed=seed, accuracy=accuracy)
         try:
             table, paths = run_bench(opts, models, ds, peer=peer, runner=runner if accuracy else None,
-                                     out_dir=results / dataset, progress=click.echo)
+                                     out_dir=_out_dir(results, dataset, {}, _bench_subset(opts, models, peer)),
+                                     progress=click.echo)
         except PeerUnavailable as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(table.markdown())
     click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _bench_subset(opts, models: list[str], peer: str | None) -> str | None:
+    """Tag of a ``bench`` that is not the full one of results/<dataset>/efficiency.* (None when it
+    is): all eight models, the peer, the default steps, warm-up, seed and test metrics."""
+    from bench.efficiency import BenchOptions
+
+    ref = BenchOptions(dataset=opts.dataset, cache=opts.cache)
+    parts = [_subset(models, PROTOCOL_SEEDS)] if _subset(models, PROTOCOL_SEEDS) else []
+    if peer is None:
+        parts.append("nopeer")
+    parts += [f"{name}{getattr(opts, name)}" for name in ("steps", "warmup", "seed")
+              if getattr(opts, name) != getattr(ref, name)]
+    if not opts.accuracy:
+        parts.append("noaccuracy")
+    return "_".join(parts) or None
 
 
 # --------------------------------------------------------------------------- data

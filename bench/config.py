@@ -101,14 +101,51 @@ def parse_value(text: str) -> Any:
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``["train.lr=0.01", "n_heads=4"]`` -> {"train.lr": 0.01, "n_heads": 4}.
 
-    Raises ConfigError for an item without ``=``."""
+    Raises ConfigError for an item without ``=`` or with an empty key, and for a key given twice
+    (``--set a=1 --set a=2``: which one was meant is not guessed). Two spellings of one key
+    (``lr`` and ``train.lr``) are refused by :func:`check_overrides` / :func:`resolve_config`,
+    which know the models."""
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value.strip())
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, the key is empty")
+        if key in given:
+            raise ConfigError(f"--set {key}: given twice ({given[key]} and {item.strip()}); give each key once")
+        given[key] = item.strip()
+        out[key] = parse_value(value.strip())
     return out
+
+
+def _route(key: str, train_keys: set[str], model_keys: set[str]) -> tuple[str, str] | None:
+    """Where an override key goes for a model with ``model_keys``: ("train" | "model", name), or
+    None when it names neither a train key nor one of the model's (the name is not checked for
+    ``train.`` / ``model.`` keys: the callers report it)."""
+    if key.startswith("train."):
+        return "train", key[6:]
+    if key.startswith("model."):
+        return "model", key[6:]
+    if key in train_keys and key not in model_keys:
+        return "train", key
+    if key in model_keys:
+        return "model", key
+    return None
+
+
+def _check_same_key_once(overrides: dict[str, Any], train_keys: set[str], model_keys: set[str]) -> None:
+    """ConfigError when two override keys (``lr`` and ``train.lr``) set the same config key."""
+    seen: dict[tuple[str, str], str] = {}
+    for key in overrides:
+        target = _route(key, train_keys, model_keys)
+        if target is None:
+            continue
+        if target in seen:
+            raise ConfigError(f"--set {seen[target]} and --set {key} both set {target[0]}.{target[1]}; give it once")
+        seen[target] = key
 
 
 def resolve_config(
@@ -144,15 +181,12 @@ def resolve_config(
         if key not in model_keys:
             raise ConfigError(f"variant override {key!r} is not a parameter of model {model!r}")
         params[key] = value
+    _check_same_key_once(overrides or {}, train_keys, model_keys)
     for key, value in (overrides or {}).items():
-        if key.startswith("train."):
-            name, target, known = key[6:], train, train_keys
-        elif key.startswith("model."):
-            name, target, known = key[6:], params, model_keys
-        elif key in train_keys and key not in model_keys:
-            name, target, known = key, train, train_keys
-        elif key in model_keys:
-            name, target, known = key, params, model_keys
+        route = _route(key, train_keys, model_keys)
+        if route is not None:
+            name = route[1]
+            target, known = (train, train_keys) if route[0] == "train" else (params, model_keys)
         elif skip_foreign:
             continue
         else:
@@ -176,9 +210,13 @@ def resolve_config(
 
 def check_overrides(overrides: dict[str, Any], models: list[str] | tuple[str, ...]) -> None:
     """Refuse any ``--set`` key that is neither a train key nor a parameter of at least one of
-    ``models`` (ConfigError naming it and the known keys)."""
+    ``models`` (ConfigError naming it and the known keys), and two keys that set the same config
+    key of one of the models (``lr`` and ``train.lr``)."""
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    model_keys = set().union(*({f.name for f in dataclasses.fields(config_class(m))} for m in models)) if models else set()
+    per_model = [{f.name for f in dataclasses.fields(config_class(m))} for m in models]
+    model_keys = set().union(*per_model) if models else set()
+    for keys in per_model or [set()]:
+        _check_same_key_once(overrides, train_keys, keys)
     for key in overrides:
         if key.startswith("train."):
             ok, name = key[6:] in train_keys, key[6:]

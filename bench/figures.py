@@ -25,6 +25,8 @@ GIM_INPUTS = ("e_i", "e_c", "e_b", "e_u", "R_ibim", "R_iuim", "R_icim")
 FIGURE6_ROWS = ("e_c", "R_icim", "e_u", "R_iuim", "e_i", "R_ibim", "e_b")
 # interactive representation -> the original one it is compared with
 PAIRS = (("R_ibim", "e_b"), ("R_iuim", "e_u"), ("R_icim", "e_c"))
+#: colormap of the Figure 6 heatmap (sequential: GIM weights are all positive)
+HEATMAP_CMAP = "rocket_r"
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -35,7 +37,8 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def gim_heatmap(weights: pd.DataFrame, path: Path, title: str) -> None:
-    """Figure 6: rows = FIGURE6_ROWS, columns = cases, annotated cells, 0 blue .. max red.
+    """Figure 6: rows = FIGURE6_ROWS (horizontal labels), columns = cases, annotated cells, on the
+    sequential colormap HEATMAP_CMAP from 0 (light) to the largest weight (at least 0.3; dark).
 
     Args:
         weights: one row per case, one column per GIM input (names of GIM_INPUTS), rows sum to 1.
@@ -51,8 +54,10 @@ def gim_heatmap(weights: pd.DataFrame, path: Path, title: str) -> None:
     mat = weights[list(FIGURE6_ROWS)].T
     mat.columns = [str(i + 1) for i in range(mat.shape[1])]
     fig, ax = plt.subplots(figsize=(1.0 + 0.62 * mat.shape[1], 4.2))
-    sns.heatmap(mat, annot=True, fmt=".2f", cmap="coolwarm", vmin=0.0, vmax=max(0.3, float(mat.values.max())),
+    # the weights are all positive (a softmax): a sequential colormap, light = 0 .. dark = the largest
+    sns.heatmap(mat, annot=True, fmt=".2f", cmap=HEATMAP_CMAP, vmin=0.0, vmax=max(0.3, float(mat.values.max())),
                 cbar_kws={"label": "GIM weight (Eq. 15 softmax)"}, ax=ax, annot_kws={"size": 8})
+    ax.tick_params(axis="y", labelrotation=0)
     ax.set_xlabel("case")
     ax.set_ylabel("")
     ax.set_title(title, fontsize=10)

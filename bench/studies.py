@@ -100,41 +100,71 @@ class Runner:
         record, model = train_mod.train_run(self.dataset(spec.dataset), spec.model, config, spec.seed,
                                             variant=spec.variant, device=self.device, log_dir=self.log_dir,
                                             progress=self.progress)
-        self.save_checkpoint(rid, model)
+        self.save_checkpoint(rid, model, record)
         return record, model
 
-    def retrain_model(self, spec: RunSpec, record: dict[str, Any]) -> torch.nn.Module:
+    def retrain_model(self, spec: RunSpec, record: dict[str, Any]) -> tuple[torch.nn.Module, list[str]]:
         """Train ``spec`` again to get its model when ``record`` has no checkpoint (e.g. a fresh
-        clone): saves the checkpoint, keeps the committed record as it is (its commit, date and
-        timings), and warns if the retrained test metrics differ from it (another thread count or
-        platform)."""
+        clone). Keeps the committed record as it is (its commit, date and timings) and saves the
+        checkpoint with the retrained model's own metrics, so that a later :meth:`checkpoint_differences`
+        still tells it apart from the record.
+
+        Returns (model, differences): ``differences`` is :func:`model_differences` of the record
+        and the retrain, empty when the retrain is exactly the recorded model (same validation
+        history, best epoch, validation and test metrics); another CPU or thread count can give
+        another model (float reductions differ in the last bits, and attention models then follow
+        another trajectory)."""
         rid, config = self.resolve(spec)
         new, model = self._train(spec, rid, config)
-        if new["test"] != record["test"]:
-            log.warning("run %s retrained with test metrics %s, the record has %s (record made with %s thread(s) "
-                        "on %s; now %s on %s); the figures use the retrained model", rid, new["test"], record["test"],
-                        record.get("threads"), record.get("device"), new.get("threads"), new.get("device"))
-        return model
+        diffs = model_differences(record, new)
+        if diffs:
+            log.warning("run %s retrained here differs from its record (%s; record made with %s thread(s) on %s, "
+                        "now %s on %s)", rid, "; ".join(diffs), record.get("threads"), record.get("device"),
+                        new.get("threads"), new.get("device"))
+        return model, diffs
 
-    def save_checkpoint(self, rid: str, model: torch.nn.Module) -> None:
+    def save_checkpoint(self, rid: str, model: torch.nn.Module, record: dict[str, Any] | None = None) -> None:
+        """Write ``<checkpoint_dir>/<rid>.pt`` atomically: the model's state dict and the
+        :data:`MODEL_IDENTITY` fields of the training's ``record`` (what the weights scored)."""
         from bench.io import atomic_write_bytes
         import io
 
         buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
+        torch.save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(),
+                    "trained": _identity(record) if record is not None else None}, buf)
         atomic_write_bytes(self.checkpoint_dir / f"{rid}.pt", buf.getvalue())
+
+    def _load_checkpoint(self, rid: str) -> dict[str, Any] | None:
+        path = self.checkpoint_dir / f"{rid}.pt"
+        if not path.exists():
+            return None
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            return obj
+        return {"format": None, "state_dict": obj, "trained": None}  # older checkpoints: the bare state dict
 
     def load_model(self, record: dict[str, Any]) -> torch.nn.Module | None:
         """The trained model of ``record`` from its checkpoint, or None when there is none."""
         from bench.registry import build_model
 
-        path = self.checkpoint_dir / f"{record['run_id']}.pt"
-        if not path.exists():
+        ckpt = self._load_checkpoint(record["run_id"])
+        if ckpt is None:
             return None
         ds = self.dataset(record["dataset"])
         model = build_model(record["model"], ds.schema, record["config"]["model"], item_table=ds.item_table)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(ckpt["state_dict"])
         return model.to(self.device).eval()
+
+    def checkpoint_differences(self, record: dict[str, Any]) -> list[str] | None:
+        """How the model in ``record``'s checkpoint differs from the record (:func:`model_differences`;
+        empty when it is the recorded model), or None when there is no checkpoint. A checkpoint
+        written before checkpoints carried their metrics is taken to be the recorded model."""
+        ckpt = self._load_checkpoint(record["run_id"])
+        if ckpt is None:
+            return None
+        if ckpt["trained"] is None:
+            return []
+        return model_differences(record, ckpt["trained"])
 
     def run_all(self, specs: Sequence[RunSpec], desc: str = "runs") -> list[dict[str, Any]]:
         """Records of all ``specs`` in order, running only the missing ones.
@@ -233,6 +263,62 @@ class Runner:
                     log.info("waiting for %d run(s) claimed by another worker", len(pending))
                     waiting_logged = True
                 time.sleep(self.poll_seconds)
+
+
+#: format tag of the checkpoints written by :meth:`Runner.save_checkpoint`
+CHECKPOINT_FORMAT = "mian-checkpoint-v1"
+#: the fields of a run record that identify the trained model (what its weights scored)
+MODEL_IDENTITY = ("best_epoch", "epochs_run", "steps", "valid_history", "valid", "test")
+
+
+def _identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`MODEL_IDENTITY` fields of ``record`` as plain JSON values."""
+    import json
+
+    return json.loads(json.dumps({k: record.get(k) for k in MODEL_IDENTITY}))
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Exact equality of JSON values (NaN equals NaN; floats compared bit for bit via repr)."""
+    import json
+
+    return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+
+_METRIC_NAMES = {"auc": "AUC", "logloss": "logloss", "gauc": "gAUC"}
+
+
+def _pair(a: float, b: float) -> str:
+    """``a vs b`` with just enough digits (4 at least) that the two differ."""
+    for digits in range(4, 18):
+        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if sa != sb:
+            return f"{sa} vs {sb}"
+    return f"{a!r} vs {b!r}"
+
+
+def model_differences(record: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """What differs between the trained models of two run records of the same run (``other``
+    against ``record``), compared exactly: best epoch, epochs run, steps, validation and test
+    metrics of the best epoch, the validation history. Empty when they are the same model.
+
+    Example item: ``"test AUC 0.7125 vs 0.7107"`` (``other``'s value first)."""
+    a, b = _identity(record), _identity(other)
+    out = []
+    for split in ("test", "valid"):
+        for m in ("auc", "logloss", "gauc"):
+            x, y = (a.get(split) or {}).get(m), (b.get(split) or {}).get(m)
+            if not _same(x, y):
+                name = f"{'test' if split == 'test' else 'best-epoch validation'} {_METRIC_NAMES[m]}"
+                out.append(f"{name} {_pair(y, x)}" if isinstance(x, float) and isinstance(y, float) else f"{name} {y} vs {x}")
+    for key, name in (("best_epoch", "best epoch"), ("epochs_run", "epochs run"), ("steps", "steps")):
+        if not _same(a.get(key), b.get(key)):
+            out.append(f"{name} {b.get(key)} vs {a.get(key)}")
+    if not _same(a.get("valid_history"), b.get("valid_history")):
+        ha, hb = a.get("valid_history") or [], b.get("valid_history") or []
+        first = next((i for i, (x, y) in enumerate(zip(ha, hb)) if not _same(x, y)), min(len(ha), len(hb)))
+        out.append(f"validation history from evaluation {first + 1} on ({len(hb)} vs {len(ha)} evaluations)")
+    return out
 
 
 def _helper_main(runner: Runner, specs: list[RunSpec], since: float | None, level: int) -> None:

@@ -44,11 +44,18 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
     from cli import cli
 
     data_dir, ds = prepared
+    committed = tmp_path / "movielens-100k" / "efficiency.md"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("the committed 8-model table\n")
     res = CliRunner().invoke(cli, ["bench", "--data-dir", str(data_dir), "--results-dir", str(tmp_path),
                                    "--models", "lr", "--models", "din", "--steps", "2", "--warmup", "1",
                                    "--threads", "1"])
     assert res.exit_code == 0, res.output
-    csv = pd.read_csv(tmp_path / "movielens-100k" / "efficiency.csv")
+    # a subset (2 models, no peer, other steps): under subsets/, never over the full table
+    out = tmp_path / "movielens-100k" / "subsets" / "lr+din_nopeer_steps2_warmup1"
+    assert committed.read_text() == "the committed 8-model table\n"
+    assert not (tmp_path / "movielens-100k" / "efficiency.csv").exists()
+    csv = pd.read_csv(out / "efficiency.csv")
     assert list(csv.columns) == list(CSV_COLUMNS)
     assert list(csv["model"]) == ["lr", "din"]
     for name, row in zip(("lr", "din"), csv.itertuples()):
@@ -63,7 +70,7 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
     # test metrics come from the run records the Runner saved (a second bench reuses them)
     records = list((tmp_path / "runs").glob("*.json"))
     assert len(records) == 2
-    md = (tmp_path / "movielens-100k" / "efficiency.md").read_text()
+    md = (out / "efficiency.md").read_text()
     for needle in ("CPUs available", "torch " + torch.__version__, ds.fingerprint[:16], "measured 20",
                    "gauc on 1,000,000 predictions from 10,000 users"):
         assert needle in md, needle
@@ -220,7 +227,8 @@ def test_cli_bench_with_peer(prepared, deepctr, tmp_path):
                                    "--models", "din", "--peer", "deepctr-torch", "--steps", "2", "--warmup", "1",
                                    "--threads", "1", "--no-accuracy"])
     assert res.exit_code == 0, res.output
-    row = pd.read_csv(tmp_path / "movielens-100k" / "efficiency.csv").iloc[0]
+    out = tmp_path / "movielens-100k" / "subsets" / "din_steps2_warmup1_noaccuracy"
+    row = pd.read_csv(out / "efficiency.csv").iloc[0]
     assert row["peer_status"] == "ok" and row["peer_model"] == "DeepCTR-Torch 0.3.0 DIN"
     assert row["ratio"] == pytest.approx(row["epoch_train_samples_per_s"] / row["peer_train_samples_per_s"], rel=1e-4)
     assert row["infer_ratio"] == pytest.approx(row["infer_samples_per_s"] / row["peer_infer_samples_per_s"], rel=1e-4)
@@ -228,7 +236,7 @@ def test_cli_bench_with_peer(prepared, deepctr, tmp_path):
     # --no-accuracy: speed only, no training to early stopping, no run records
     assert np.isnan(row["test_auc"]) and np.isnan(row["peer_test_auc"])
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
-    md = (tmp_path / "movielens-100k" / "efficiency.md").read_text()
+    md = (out / "efficiency.md").read_text()
     assert "Workarounds for DeepCTR-Torch" in md and "epoch-based" in md
 
 
