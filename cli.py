@@ -286,6 +286,7 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
     from bench.registry import MODEL_NAMES
+    from bench.crosscheck import cross_machine_notes
     from bench.report import main_table
     from bench.studies import main_specs
 
@@ -299,6 +300,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
             tab = main_table(records, ds, models)
             if extra:
                 tab.notes.append(f"config overrides (--set): {extra}")
+            tab.notes.extend(cross_machine_notes(results / ds))
             paths = tab.write(_out_dir(results, ds, extra, _subset(models, seeds)) / "main_table")
             click.echo(tab.markdown())
             click.echo("wrote " + ", ".join(str(p) for p in paths))
@@ -327,6 +329,7 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
     results/<dataset>/subsets/<tag>/, never over the full study's."""
     from bench.figures import convergence_plot
     from bench.registry import MODEL_NAMES
+    from bench.crosscheck import cross_machine_notes
     from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves, fmt_pm,
                               steps_to_fraction, variant_table)
     from bench.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
@@ -355,6 +358,7 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
                                      "no model (--models none): no baseline row") + " (--models).")
                 if extra:
                     tab.notes.append(f"config overrides (--set): {extra}")
+                tab.notes.extend(cross_machine_notes(results / ds))
                 paths = tab.write(out / "ablation")
             else:
                 recs = runner.run_all(variant_specs(ds, chosen, range(seeds), extra), desc=f"{ds} transformer")
@@ -374,6 +378,7 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
                                  "steps and at each epoch end; mean ± std over seeds.")
                 if extra:
                     tab.notes.append(f"config overrides (--set): {extra}")
+                tab.notes.extend(cross_machine_notes(results / ds))
                 paths = tab.write(out / "transformer")
                 shown = [v for v in CONVERGENCE_VARIANTS if v in chosen]
                 labels = {v: TRANSFORMER_VARIANTS[v][0] for v in shown}

@@ -104,3 +104,30 @@ def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_
     ]
     return Table(title=f"Cross-machine check: {dataset}", frame=frame, csv=csv, bold=set(), underline=set(),
                  notes=notes)
+
+
+def cross_machine_notes(dataset_dir) -> list[str]:
+    """Notes for a dataset's tables, one per committed cross-machine check in
+    ``<dataset_dir>/cross_machine/*.csv``: the largest change of a run's test AUC across machines
+    next to the seed std, and the models whose machine spread reaches their seed std."""
+    from pathlib import Path
+
+    notes = []
+    for path in sorted(Path(dataset_dir).glob("cross_machine/*.csv")):
+        try:
+            frame = pd.read_csv(path)
+            worst = frame.loc[frame["max_abs_delta_auc"].idxmax()]
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            continue
+        over = frame[frame["ratio_max_delta_to_seed_std"] >= 1]
+        label = MODEL_LABELS.get(worst["model"], worst["model"])
+        text = (f"Another machine (cross_machine/{path.stem}.md, {int(frame['runs'].sum())} runs retrained): test AUC of "
+                f"a run moves by up to {worst['max_abs_delta_auc']:.1e} ({label}), mean "
+                f"{float((frame['mean_abs_delta_auc'] * frame['runs']).sum() / frame['runs'].sum()):.1e}; ")
+        if over.empty:
+            text += "below the seed std for every model."
+        else:
+            text += ("at or above the seed std for " + ", ".join(MODEL_LABELS.get(m, m) for m in over["model"])
+                     + ": differences of that size are within what a change of machine alone produces.")
+        notes.append(text)
+    return notes
