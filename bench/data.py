@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from bench import samples, stats
-from bench.contract import BATCH_FIELDS, FeatureSchema, Split
+from bench.contract import BATCH_FIELDS, FeatureSchema, Split, check_ids
 from bench.datasets import amazon, movielens
 from bench.datasets.common import DataError, RawFiles, sha256_file
 from bench.io import atomic_write_text
@@ -254,14 +254,17 @@ def load_cache(path: Path) -> PreparedDataset:
         return torch.from_numpy(a)
 
     splits = {s: Split(**{f: tensor(f"{s}.{f}") for f in BATCH_FIELDS}) for s in samples.SPLITS}
+    item_table = tensor("item_table")
     for s, sp in splits.items():
         if len(sp) != meta["counts"][s]:
             raise DataError(f"{path}: {s} has {len(sp)} samples, meta.json says {meta['counts'][s]}; "
                             "rerun prepare with --force.")
+        # every id below its own field's vocabulary size (once per split; see bench.contract.check_ids)
+        check_ids(schema, sp, f"{meta['name']} {s} split ({path})", item_table=item_table if s == "train" else None)
     return PreparedDataset(
         name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],
         schema=schema, **splits,
-        item_table=tensor("item_table"), path=path, stats=meta["stats"],
+        item_table=item_table, path=path, stats=meta["stats"],
         vocabs={k: raw[f"vocab.{k}"] for k in meta["vocabs"]},
     )
 
