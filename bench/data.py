@@ -42,14 +42,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The protocol the three Amazon datasets are prepared with: ``amazon-ctr-v1`` (the committed run
+#: records were made with it; one train and one validation sample of Beauty are copies of test
+#: samples) or ``amazon-ctr-v2`` (those negatives redrawn, the splits share no sample; a
+#: different fingerprint, so every Amazon run is trained again). docs/DATA.md, "Amazon".
+AMAZON_PROTOCOL = amazon.PROTOCOL_V1
+
 #: dataset name -> protocol name (written into every run record)
 DATASETS: dict[str, str] = {
     "movielens-100k": "ml100k-ctr-v1",
     "movielens-1m": "ml1m-ctr-v1",
-    "amazon-beauty": "amazon-ctr-v1",
-    "amazon-books": "amazon-ctr-v1",
-    "amazon-electronics": "amazon-ctr-v1",
+    "amazon-beauty": AMAZON_PROTOCOL,
+    "amazon-books": AMAZON_PROTOCOL,
+    "amazon-electronics": AMAZON_PROTOCOL,
 }
+#: protocols under which a sample found in two splits is a DataError (older ones: a warning)
+DISJOINT_PROTOCOLS = frozenset({amazon.PROTOCOL_V2})
 DEFAULT_DATASET = "movielens-100k"
 #: bump when preparation code changes what is written (invalidates every cache)
 PREP_VERSION = 1
@@ -127,7 +135,7 @@ def _cache_id(dataset: str, raw: RawFiles) -> tuple[str, dict]:
     """Cache key (16 hex) and the description it hashes: protocol, parameters, raw content."""
     desc = {
         "dataset": dataset,
-        "protocol": DATASETS[dataset],
+        "protocol": _protocol(dataset),
         "prep_version": PREP_VERSION,
         "params": dataclasses.asdict(PARAMS),
         "raw_kind": raw.kind,
@@ -179,8 +187,9 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
             _set_latest(root, final.name)
             log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
             return _info(meta, final, cache_hit=True)
-        table = family.sample_table(dataset, raw, PARAMS)
+        table = family.sample_table(dataset, raw, PARAMS, protocol=protocol)
         built = samples.build(table, PARAMS)
+        check_disjoint(dataset, protocol, built.splits)
     except DataError:
         if raw.downloaded:  # a download that does not load is not kept
             for p in raw.paths.values():
@@ -205,6 +214,24 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
     log.info("%s: prepared %s in %.1f s (fingerprint %s)", dataset, final,
              time.perf_counter() - t0, meta["fingerprint"][:12])
     return _info(meta, final, cache_hit=False)
+
+
+def check_disjoint(dataset: str, protocol: str, splits: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
+    """Count the samples that are exact copies of a sample of another split
+    (:func:`bench.samples.cross_split_duplicates`) and return the counts.
+
+    Under a protocol of :data:`DISJOINT_PROTOCOLS` any copy is a :class:`DataError`; under the
+    others (v1 protocols, kept so that their run records stay valid) one warning gives the counts.
+    """
+    counts = samples.cross_split_duplicates(splits)
+    if any(counts.values()):
+        text = ", ".join(f"{n} {pair}" for pair, n in counts.items() if n)
+        what = (f"{dataset} ({protocol}): samples of one split are exact copies of samples of another "
+                f"(label, candidate, history, user and context equal): {text}")
+        if protocol in DISJOINT_PROTOCOLS:
+            raise DataError(f"{what}; expected disjoint splits under {protocol}.")
+        log.warning("%s; kept as they are under %s (docs/DATA.md).", what, protocol)
+    return counts
 
 
 def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None) -> PreparedDataset:

@@ -452,8 +452,9 @@ def _verify(name: str, t: MovieLensTables, raw: RawFiles, where: dict[str, str],
 
 # --------------------------------------------------------------------------- protocol
 
-def sample_table(name: str, raw: RawFiles, params: ProtocolParams) -> SampleTable:
-    """The ML protocol (PROTOCOL 2.1) on MovieLens 100K or 1M raw files."""
+def sample_table(name: str, raw: RawFiles, params: ProtocolParams, protocol: str | None = None) -> SampleTable:
+    """The ML protocol (PROTOCOL 2.1) on MovieLens 100K or 1M raw files (one protocol version each,
+    ``protocol`` is accepted for the common signature)."""
     tables = read_ml100k(raw) if name == "movielens-100k" else read_ml1m(raw)
     return movielens_table(name, tables)
 
