@@ -335,7 +335,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
         if model is None:  # record without checkpoint (e.g. a fresh clone): retrain, same seed -> same model
             click.echo(f"no checkpoint for run {record['run_id']}; retraining it (deterministic; the record is kept)")
             model = runner.retrain_model(spec, record)
-        ds = runner.dataset(dataset)
+        ds = runner.dataset_for(spec)
         weights = collect_output(model, ds.test.to(device), 4096, "gim_weights")
     labels = ds.test.label.cpu().numpy()
     idx = select_cases(labels, cases, case_seed)

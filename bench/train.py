@@ -336,6 +336,8 @@ def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progre
             "git_commit": git_commit(),
             "device": str(dev),
             "threads": torch.get_num_threads(),
+            # informational (the fingerprint in the key already differs with the data)
+            "data_params": dict(getattr(ds, "params", None) or {}),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
