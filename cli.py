@@ -454,7 +454,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
         else:
             diffs = runner.checkpoint_differences(record) or []
             source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
-        ds = runner.dataset(dataset)
+        ds = runner.dataset_for(spec)
         weights = collect_output(model, ds.test.to(device), 4096, "gim_weights")
     labels = ds.test.label.cpu().numpy()
     try:

@@ -13,6 +13,10 @@ File layout::
 
 Precedence (lowest first): the model's Config defaults, ``[model]``, ``[models.<name>]``, the
 variant's overrides (studies), ``--set`` overrides.
+
+Data-protocol parameters (:data:`DATA_KEYS`: ``max_len``) are ``--set`` keys too
+(``data.max_len=5`` or ``max_len=5``), but they are not part of the resolved config: they select
+the prepared dataset (:func:`data_params`), which has its own cache and fingerprint.
 """
 from __future__ import annotations
 
@@ -90,6 +94,45 @@ def load_dataset_config(dataset: str) -> dict[str, Any]:
     return data
 
 
+#: ``--set`` keys that are data-protocol parameters (fields of bench.samples.ProtocolParams), with
+#: their accepted range; written ``data.<key>`` (a bare ``<key>`` is accepted and rewritten so)
+DATA_KEYS: dict[str, tuple[int, int]] = {"max_len": (1, 1000)}
+
+
+def _data_key(key: str) -> str | None:
+    """The ProtocolParams field a ``--set`` key names (``data.max_len`` or ``max_len``), else None."""
+    name = key[5:] if key.startswith("data.") else key
+    return name if name in DATA_KEYS else None
+
+
+def data_params(overrides: dict[str, Any] | None):
+    """The :class:`bench.samples.ProtocolParams` that ``overrides`` ask for (defaults elsewhere).
+
+    Raises ConfigError for an unknown ``data.<key>`` or a value that is not an integer in the
+    key's range (``max_len``: 1 to 1000 behaviour slots)."""
+    from bench.samples import ProtocolParams
+
+    values = {}
+    for key, value in (overrides or {}).items():
+        name = _data_key(key)
+        if name is None:
+            if key.startswith("data."):
+                raise ConfigError(f"--set {key}: unknown data-protocol parameter {key[5:]!r}; known: "
+                                  f"{', '.join('data.' + k for k in DATA_KEYS)}")
+            continue
+        lo, hi = DATA_KEYS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"--set {key}={value!r}: expected an integer from {lo} to {hi} "
+                              f"(default {getattr(ProtocolParams(), name)})")
+        values[name] = value
+    return ProtocolParams(**values)
+
+
+def without_data_keys(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` less its data-protocol keys (what the train/model config sees)."""
+    return {k: v for k, v in (overrides or {}).items() if _data_key(k) is None and not k.startswith("data.")}
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings), else the raw string."""
     try:
@@ -114,6 +157,8 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"--set {item!r}: expected key=value, the key is empty")
+        if _data_key(key) is not None:  # one spelling, so both name the same study folder
+            key = "data." + _data_key(key)
         if key in given:
             raise ConfigError(f"--set {key}: given twice ({given[key]} and {item.strip()}); give each key once")
         given[key] = item.strip()
@@ -157,7 +202,8 @@ def resolve_config(
 ) -> dict[str, dict[str, Any]]:
     """The full resolved config {"train": {...}, "model": {...}} of one run.
 
-    ``overrides`` keys are ``train.<key>``, ``model.<key>`` or a bare key. Raises ConfigError
+    ``overrides`` keys are ``train.<key>``, ``model.<key>`` or a bare key; data-protocol keys
+    (``data.max_len``) are left out (see :func:`data_params`). Raises ConfigError
     naming any key that exists neither in the train config nor in this model's config, unless
     ``skip_foreign`` (studies over several models: a model key applies to the models that have it;
     :func:`check_overrides` has checked that at least one does).
@@ -181,8 +227,8 @@ def resolve_config(
         if key not in model_keys:
             raise ConfigError(f"variant override {key!r} is not a parameter of model {model!r}")
         params[key] = value
-    _check_same_key_once(overrides or {}, train_keys, model_keys)
-    for key, value in (overrides or {}).items():
+    _check_same_key_once(without_data_keys(overrides), train_keys, model_keys)
+    for key, value in without_data_keys(overrides).items():
         route = _route(key, train_keys, model_keys)
         if route is not None:
             name = route[1]
@@ -210,8 +256,10 @@ def resolve_config(
 
 def check_overrides(overrides: dict[str, Any], models: list[str] | tuple[str, ...]) -> None:
     """Refuse any ``--set`` key that is neither a train key nor a parameter of at least one of
-    ``models`` (ConfigError naming it and the known keys), and two keys that set the same config
-    key of one of the models (``lr`` and ``train.lr``)."""
+    ``models`` nor a data-protocol key with a valid value (ConfigError naming it and the known keys),
+    and two keys that set the same config key of one of the models (``lr`` and ``train.lr``)."""
+    data_params(overrides)  # data.<key>: known key, value in range
+    overrides = without_data_keys(overrides)
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     per_model = [{f.name for f in dataclasses.fields(config_class(m))} for m in models]
     model_keys = set().union(*per_model) if models else set()
@@ -227,7 +275,8 @@ def check_overrides(overrides: dict[str, Any], models: list[str] | tuple[str, ..
         if not ok:
             raise ConfigError(
                 f"--set {key}: {name!r} is not a train key nor a parameter of {', '.join(models)} "
-                f"(train keys: {', '.join(sorted(train_keys))}; model keys: {', '.join(sorted(model_keys)) or '(none)'})"
+                f"(train keys: {', '.join(sorted(train_keys))}; model keys: {', '.join(sorted(model_keys)) or '(none)'}; "
+                f"data keys: {', '.join('data.' + k for k in DATA_KEYS)})"
             )
 
 

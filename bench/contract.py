@@ -25,6 +25,8 @@ from typing import Iterator
 
 import torch
 
+from bench.datasets.common import DataError
+
 PAD = 0
 OOV = 1
 
@@ -148,6 +150,48 @@ class Split:
         else:
             for start in range(0, n, batch_size):
                 yield self.take(slice(start, start + batch_size))
+
+
+def check_ids(schema: FeatureSchema, data: "Split | Batch", where: str,
+              item_table: torch.Tensor | None = None) -> None:
+    """Refuse ids outside their own field's vocabulary, once per split (or batch object).
+
+    Every group embeds all its fields through one concatenated table (``baselines.layers``), so an
+    id >= its field's ``vocab_size`` would silently read the next field's rows; this check makes
+    that an error. Checks, per field: the number of columns of ``item``, ``hist`` [.., F_i],
+    ``user`` [.., J], ``context`` [.., K] (and ``item_table`` [V_item_id, F_i] when given), and
+    0 <= min, max < vocab_size. Vectorised: one min/max reduction per tensor (no per-step cost
+    when called once per split).
+
+    Raises :class:`bench.datasets.common.DataError` naming ``where`` (e.g. "movielens-100k train"),
+    the group, the field, the bad value and the vocabulary size.
+    """
+    groups = (("item", "item", schema.item_fields), ("hist", "item", schema.item_fields),
+              ("user", "user", schema.user_fields), ("context", "context", schema.context_fields))
+    tensors = {name: getattr(data, name) for name, _, _ in groups}
+    if item_table is not None:
+        groups += (("item_table", "item", schema.item_fields),)
+        tensors["item_table"] = item_table
+    for name, group, fields in groups:
+        t = tensors[name]
+        if t.shape[-1] != len(fields):
+            raise DataError(f"{where}: {name} has {t.shape[-1]} columns; the schema's {group} group has "
+                            f"{len(fields)} fields ({', '.join(f.name for f in fields)}).")
+        if t.numel() == 0:
+            continue
+        flat = t.reshape(-1, len(fields))
+        lo, hi = torch.aminmax(flat, dim=0)
+        sizes = torch.tensor([f.vocab_size for f in fields], dtype=hi.dtype, device=hi.device)
+        bad = (hi >= sizes) | (lo < 0)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0, 0])
+            f, size = fields[k], fields[k].vocab_size
+            if int(hi[k]) >= size:
+                raise DataError(f"{where}: {name} field {group}.{f.name} has max index {int(hi[k])} >= its "
+                                f"vocabulary size {size}; expected every index in [0, {size}) (a larger one "
+                                "would read the next field's rows of the group's shared embedding table).")
+            raise DataError(f"{where}: {name} field {group}.{f.name} has min index {int(lo[k])} < 0; "
+                            f"expected every index in [0, {size}).")
 
 
 @dataclass

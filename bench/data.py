@@ -9,8 +9,9 @@ parameters, the preparation code version and the sha256 of every raw input file.
 ``meta.json`` (schema, fingerprint, statistics). It is written to a temporary folder beside it and
 renamed into place, so an interrupted prepare never leaves a half-written cache (the temporary
 folder is removed, or cleaned by the next prepare), and a failed prepare never touches an earlier
-cache. ``<data_dir>/<dataset>/LATEST`` names the cache prepared last; :func:`load_prepared` without
-``raw_dir`` loads it. Raw downloads live in ``<data_dir>/raw/<dataset>/``.
+cache. ``<data_dir>/<dataset>/LATEST`` names the cache prepared last with the default protocol
+parameters (:data:`PARAMS`), ``LATEST.max_len<T>`` the one prepared last with another ``max_len``;
+:func:`load_prepared` without ``raw_dir`` loads it. Raw downloads live in ``<data_dir>/raw/<dataset>/``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from bench import samples, stats
-from bench.contract import BATCH_FIELDS, FeatureSchema, Split
+from bench.contract import BATCH_FIELDS, FeatureSchema, Split, check_ids
 from bench.datasets import amazon, movielens
 from bench.datasets.common import DataError, RawFiles, sha256_file
 from bench.io import atomic_write_text
@@ -42,14 +43,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The protocol the three Amazon datasets are prepared with: ``amazon-ctr-v1`` (the committed run
+#: records were made with it; one train and one validation sample of Beauty are copies of test
+#: samples) or ``amazon-ctr-v2`` (those negatives redrawn, the splits share no sample; a
+#: different fingerprint, so every Amazon run is trained again). docs/DATA.md, "Amazon".
+AMAZON_PROTOCOL = amazon.PROTOCOL_V1
+
 #: dataset name -> protocol name (written into every run record)
 DATASETS: dict[str, str] = {
     "movielens-100k": "ml100k-ctr-v1",
     "movielens-1m": "ml1m-ctr-v1",
-    "amazon-beauty": "amazon-ctr-v1",
-    "amazon-books": "amazon-ctr-v1",
-    "amazon-electronics": "amazon-ctr-v1",
+    "amazon-beauty": AMAZON_PROTOCOL,
+    "amazon-books": AMAZON_PROTOCOL,
+    "amazon-electronics": AMAZON_PROTOCOL,
 }
+#: protocols under which a sample found in two splits is a DataError (older ones: a warning)
+DISJOINT_PROTOCOLS = frozenset({amazon.PROTOCOL_V2})
 DEFAULT_DATASET = "movielens-100k"
 #: bump when preparation code changes what is written (invalidates every cache)
 PREP_VERSION = 1
@@ -96,6 +105,7 @@ class PreparedDataset:
     zeros, row 1 all OOV). Splits follow :class:`bench.contract.Split` (int64 ids, bool mask,
     float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.stats`.
     ``vocabs``: ``<group>.<field>`` -> sorted raw values (index k >= 2 means ``vocab[k - 2]``).
+    ``params``: the protocol parameters it was prepared with (max_len, data_seed).
     """
 
     name: str
@@ -109,6 +119,7 @@ class PreparedDataset:
     path: Path
     stats: dict = field(default_factory=dict)
     vocabs: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict = field(default_factory=lambda: dataclasses.asdict(PARAMS))
 
     def split(self, name: str) -> Split:
         """The split called ``name`` (train, valid or test)."""
@@ -123,13 +134,13 @@ def _protocol(dataset: str) -> str:
     return DATASETS[dataset]
 
 
-def _cache_id(dataset: str, raw: RawFiles) -> tuple[str, dict]:
+def _cache_id(dataset: str, raw: RawFiles, params: samples.ProtocolParams) -> tuple[str, dict]:
     """Cache key (16 hex) and the description it hashes: protocol, parameters, raw content."""
     desc = {
         "dataset": dataset,
-        "protocol": DATASETS[dataset],
+        "protocol": _protocol(dataset),
         "prep_version": PREP_VERSION,
-        "params": dataclasses.asdict(PARAMS),
+        "params": dataclasses.asdict(params),
         "raw_kind": raw.kind,
         "raw_sha256": {role: raw.sha256.get(role) or sha256_file(p) for role, p in sorted(raw.paths.items())},
     }
@@ -156,31 +167,35 @@ def fingerprint(schema: FeatureSchema, arrays: dict[str, np.ndarray]) -> str:
 
 
 def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None,
-            force: bool = False) -> PreparedInfo:
+            force: bool = False, params: samples.ProtocolParams | None = None) -> PreparedInfo:
     """Build (or find in the cache) the prepared splits of ``dataset``.
 
     Raw files come from ``raw_dir``, else ``<data_dir>/raw/<dataset>/``, else a download.
     With the same raw content and parameters a second call is a cache hit (logged, no work);
-    ``force`` rebuilds and atomically replaces the cache. Raises :class:`DataError` (unknown
+    ``force`` rebuilds and atomically replaces the cache. ``params``: the protocol parameters
+    (default :data:`PARAMS`; another ``max_len`` is another cache key, so its own folder and
+    fingerprint). Raises :class:`DataError` (unknown
     dataset, missing/corrupt/wrong-checksum file, bad split) leaving earlier caches intact.
     """
     protocol = _protocol(dataset)
+    params = params if params is not None else PARAMS
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     family = _FAMILY[dataset]
     t0 = time.perf_counter()
     raw = family.acquire(dataset, Path(raw_dir) if raw_dir is not None else None,
                          data_dir / "raw" / dataset)
     try:
-        key, desc = _cache_id(dataset, raw)
+        key, desc = _cache_id(dataset, raw, params)
         root = data_dir / dataset
         final = root / f"{protocol}-{key}"
         if not force and (final / META).is_file():
             meta = _read_meta(final)
-            _set_latest(root, final.name)
+            _set_latest(root, final.name, params)
             log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
             return _info(meta, final, cache_hit=True)
-        table = family.sample_table(dataset, raw, PARAMS)
-        built = samples.build(table, PARAMS)
+        table = family.sample_table(dataset, raw, params, protocol=protocol)
+        built = samples.build(table, params)
+        check_disjoint(dataset, protocol, built.splits)
     except DataError:
         if raw.downloaded:  # a download that does not load is not kept
             for p in raw.paths.values():
@@ -201,29 +216,50 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         "vocabs": sorted(built.vocabs),
     }
     _write_cache(root, final, built, meta)
-    _set_latest(root, final.name)
+    _set_latest(root, final.name, params)
     log.info("%s: prepared %s in %.1f s (fingerprint %s)", dataset, final,
              time.perf_counter() - t0, meta["fingerprint"][:12])
     return _info(meta, final, cache_hit=False)
 
 
-def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None) -> PreparedDataset:
+def check_disjoint(dataset: str, protocol: str, splits: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
+    """Count the samples that are exact copies of a sample of another split
+    (:func:`bench.samples.cross_split_duplicates`) and return the counts.
+
+    Under a protocol of :data:`DISJOINT_PROTOCOLS` any copy is a :class:`DataError`; under the
+    others (v1 protocols, kept so that their run records stay valid) one warning gives the counts.
+    """
+    counts = samples.cross_split_duplicates(splits)
+    if any(counts.values()):
+        text = ", ".join(f"{n} {pair}" for pair, n in counts.items() if n)
+        what = (f"{dataset} ({protocol}): samples of one split are exact copies of samples of another "
+                f"(label, candidate, history, user and context equal): {text}")
+        if protocol in DISJOINT_PROTOCOLS:
+            raise DataError(f"{what}; expected disjoint splits under {protocol}.")
+        log.warning("%s; kept as they are under %s (docs/DATA.md).", what, protocol)
+    return counts
+
+
+def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None,
+                  params: samples.ProtocolParams | None = None) -> PreparedDataset:
     """The prepared ``dataset`` in memory (int64 tensors), preparing it first if nothing is cached.
 
-    Without ``raw_dir`` the cache named by ``LATEST`` is loaded when it was built with the current
-    protocol, parameters and code version; otherwise (or with ``raw_dir``) :func:`prepare` runs
-    first. Raises :class:`DataError`.
+    Without ``raw_dir`` the cache named by ``LATEST`` (``LATEST.max_len<T>`` for other ``params``)
+    is loaded when it was built with the current protocol, these parameters (default
+    :data:`PARAMS`) and code version; otherwise (or with ``raw_dir``) :func:`prepare` runs first.
+    Raises :class:`DataError`.
     """
     protocol = _protocol(dataset)
+    params = params if params is not None else PARAMS
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if raw_dir is None:
-        latest = _latest(data_dir / dataset)
+        latest = _latest(data_dir / dataset, params)
         if latest is not None:
             meta = _read_meta(latest)
             if (meta.get("protocol"), meta.get("prep_version"), meta.get("params")) == (
-                    protocol, PREP_VERSION, dataclasses.asdict(PARAMS)):
+                    protocol, PREP_VERSION, dataclasses.asdict(params)):
                 return load_cache(latest)
-    return load_cache(prepare(dataset, data_dir, raw_dir).path)
+    return load_cache(prepare(dataset, data_dir, raw_dir, params=params).path)
 
 
 def load_cache(path: Path) -> PreparedDataset:
@@ -254,15 +290,19 @@ def load_cache(path: Path) -> PreparedDataset:
         return torch.from_numpy(a)
 
     splits = {s: Split(**{f: tensor(f"{s}.{f}") for f in BATCH_FIELDS}) for s in samples.SPLITS}
+    item_table = tensor("item_table")
     for s, sp in splits.items():
         if len(sp) != meta["counts"][s]:
             raise DataError(f"{path}: {s} has {len(sp)} samples, meta.json says {meta['counts'][s]}; "
                             "rerun prepare with --force.")
+        # every id below its own field's vocabulary size (once per split; see bench.contract.check_ids)
+        check_ids(schema, sp, f"{meta['name']} {s} split ({path})", item_table=item_table if s == "train" else None)
     return PreparedDataset(
         name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],
         schema=schema, **splits,
-        item_table=tensor("item_table"), path=path, stats=meta["stats"],
+        item_table=item_table, path=path, stats=meta["stats"],
         vocabs={k: raw[f"vocab.{k}"] for k in meta["vocabs"]},
+        params=dict(meta.get("params") or dataclasses.asdict(PARAMS)),
     )
 
 
@@ -292,17 +332,26 @@ def _read_meta(path: Path) -> dict:
         raise DataError(f"{file}: missing or damaged cache metadata ({e}); rerun prepare with --force.") from e
 
 
-def _latest(root: Path) -> Path | None:
+def latest_name(params: samples.ProtocolParams | None = None) -> str:
+    """``LATEST`` for the default parameters, else ``LATEST.<key><value>`` for each that differs
+    (``LATEST.max_len5``): a study with another max_len never moves what the default loads."""
+    params = params if params is not None else PARAMS
+    default = dataclasses.asdict(PARAMS)
+    changed = [f"{k}{v}" for k, v in dataclasses.asdict(params).items() if v != default[k]]
+    return ".".join([LATEST, *changed])
+
+
+def _latest(root: Path, params: samples.ProtocolParams | None = None) -> Path | None:
     try:
-        name = (root / LATEST).read_text(encoding="utf-8").strip()
+        name = (root / latest_name(params)).read_text(encoding="utf-8").strip()
     except OSError:
         return None
     path = root / name
     return path if name and (path / META).is_file() else None
 
 
-def _set_latest(root: Path, name: str) -> None:
-    atomic_write_text(root / LATEST, name + "\n")
+def _set_latest(root: Path, name: str, params: samples.ProtocolParams | None = None) -> None:
+    atomic_write_text(root / latest_name(params), name + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -259,6 +259,63 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     return Built(schema=schema, splits=splits, raw_items=raw_items, item_table=item_table, vocabs=vocabs)
 
 
+#: the arrays that make a sample: two samples equal in all of them are copies (user_index excluded)
+ROW_FIELDS: tuple[str, ...] = ("label", "item", "hist", "user", "context")
+
+
+def _row_parts(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    n = len(arrays["label"])
+    return [np.asarray(arrays[f]).reshape(n, -1).astype(np.int64) for f in ROW_FIELDS]
+
+
+def row_hashes(arrays: dict[str, np.ndarray], chunk: int = 1 << 16) -> np.ndarray:
+    """A uint64 hash [N] of each sample's :data:`ROW_FIELDS` (label, item, hist, user, context).
+
+    Equal samples have equal hashes; unequal ones collide with probability about 2**-64 (a linear
+    hash with fixed random odd multipliers, modulo 2**64). Vectorised, in chunks of ``chunk`` rows
+    so that at most [chunk, T * F_i] int64 is held at once.
+    """
+    n = len(arrays["label"])
+    parts = [np.asarray(arrays[f]).reshape(n, -1) for f in ROW_FIELDS]
+    mult = np.random.default_rng(0x5EED).integers(1, 2**63, sum(p.shape[1] for p in parts), dtype=np.uint64) | 1
+    out = np.zeros(n, np.uint64)
+    for lo in range(0, n, chunk):
+        h = np.zeros(min(chunk, n - lo), np.uint64)
+        col = 0
+        for p in parts:
+            block = p[lo:lo + chunk].astype(np.int64).view(np.uint64)
+            h += (block * mult[col:col + p.shape[1]]).sum(1, dtype=np.uint64)
+            col += p.shape[1]
+        out[lo:lo + chunk] = h
+    return out
+
+
+def cross_split_duplicates(splits: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
+    """For each pair of splits "a/b" (train/valid, train/test, valid/test): how many samples of
+    split a are exact copies of a sample of split b (all of :data:`ROW_FIELDS` equal).
+
+    Candidate pairs come from :func:`row_hashes`, and are confirmed by comparing the rows
+    themselves, so the counts are exact. A sample in two splits is a leak (the model is evaluated
+    on a row it was trained or selected on).
+    """
+    hashes = {name: row_hashes(a) for name, a in splits.items()}
+    names = [n for n in SPLITS if n in splits]
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = np.intersect1d(hashes[a], hashes[b])
+            n_copies = 0
+            if common.size:
+                rows = {}
+                for name in (a, b):
+                    cand = np.flatnonzero(np.isin(hashes[name], common))
+                    m = np.concatenate([p[cand] for p in _row_parts(splits[name])], 1)
+                    rows[name] = np.ascontiguousarray(m).view(np.dtype((np.void, m.shape[1] * 8))).ravel()
+                n_copies = int(np.isin(rows[a], rows[b]).sum())
+            out[f"{a}/{b}"] = n_copies
+    return out
+
+
 def _encode_columns(values: np.ndarray, vocabs: list[np.ndarray]) -> np.ndarray:
     """[N, C] raw codes -> [N, C] indices, column c with ``vocabs[c]`` ([N, 0] when C = 0)."""
     if not vocabs:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import train as train_mod
-from bench.config import resolve_config
+from bench.config import data_params, resolve_config
 from bench.runs import DEFAULT_RESULTS_DIR, RunStore, run_id, run_key
 from bench.train import RunSpec
 
@@ -48,12 +48,20 @@ class Runner:
     threads: int | None = None
     _datasets: dict[str, Any] = field(default_factory=dict)
 
-    def dataset(self, name: str):
-        if name not in self._datasets:
-            from bench.data import load_prepared
+    def dataset(self, name: str, params=None):
+        """The prepared dataset ``name`` with protocol parameters ``params`` (a
+        :class:`bench.samples.ProtocolParams`; None = the defaults), loaded once per runner."""
+        from bench.data import PARAMS, latest_name, load_prepared
 
-            self._datasets[name] = load_prepared(name, data_dir=self.data_dir, raw_dir=self.raw_dir)
-        return self._datasets[name]
+        key = name if params is None or params == PARAMS else f"{name}@{latest_name(params)}"
+        if key not in self._datasets:
+            self._datasets[key] = load_prepared(name, data_dir=self.data_dir, raw_dir=self.raw_dir, params=params)
+        return self._datasets[key]
+
+    def dataset_for(self, spec: RunSpec):
+        """The prepared dataset ``spec`` trains on: its dataset with the data-protocol parameters
+        of its ``--set`` overrides (``data.max_len``)."""
+        return self.dataset(spec.dataset, data_params(spec.overrides))
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -65,7 +73,7 @@ class Runner:
 
     def resolve(self, spec: RunSpec) -> tuple[str, dict[str, Any]]:
         """(run id, resolved config) of ``spec``."""
-        ds = self.dataset(spec.dataset)
+        ds = self.dataset_for(spec)
         config = resolve_config(spec.dataset, spec.model, spec.variant_overrides, spec.overrides, skip_foreign=True)
         key = run_key(
             protocol=ds.protocol,
@@ -97,7 +105,7 @@ class Runner:
 
     def _train(self, spec: RunSpec, rid: str, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
         """Train ``spec`` and keep its best-epoch weights as ``<rid>.pt`` (the record is not saved)."""
-        record, model = train_mod.train_run(self.dataset(spec.dataset), spec.model, config, spec.seed,
+        record, model = train_mod.train_run(self.dataset_for(spec), spec.model, config, spec.seed,
                                             variant=spec.variant, device=self.device, log_dir=self.log_dir,
                                             progress=self.progress)
         self.save_checkpoint(rid, model, record)
@@ -150,7 +158,9 @@ class Runner:
         ckpt = self._load_checkpoint(record["run_id"])
         if ckpt is None:
             return None
-        ds = self.dataset(record["dataset"])
+        from bench.samples import ProtocolParams
+
+        ds = self.dataset(record["dataset"], ProtocolParams(**record.get("data_params", {})))
         model = build_model(record["model"], ds.schema, record["config"]["model"], item_table=ds.item_table)
         model.load_state_dict(ckpt["state_dict"])
         return model.to(self.device).eval()
@@ -384,12 +394,18 @@ def variant_specs(
 
 def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """The records made with the protocol's own config: for each record, its config must equal
-    the dataset config resolved for its model and study variant with no ``--set`` overrides, and
-    its dataset fingerprint must be the one most records of that dataset share. Returns the kept
+    the dataset config resolved for its model and study variant with no ``--set`` overrides, it
+    must be made with the default data-protocol parameters (``data_params``, absent in older
+    records), and its dataset fingerprint must be the one most records of that dataset share. Returns the kept
     records and one note per kind of record left out (for the report)."""
     from collections import Counter
 
+    import dataclasses
+
+    from bench.samples import ProtocolParams
+
     variants = {**ABLATION_VARIANTS, **TRANSFORMER_VARIANTS}
+    default_data = dataclasses.asdict(ProtocolParams())
     kept, dropped = [], Counter()
     cache: dict[tuple[str, str, str], Any] = {}
     for r in records:
@@ -405,6 +421,9 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
                 cache[key] = None
         if cache[key] != r["config"]:
             dropped["made with --set overrides or an older config"] += 1
+            continue
+        if r.get("data_params", default_data) != default_data:
+            dropped["made with other data-protocol parameters (--set data.max_len)"] += 1
             continue
         kept.append(r)
     by_ds = Counter((r["dataset"], r["fingerprint"]) for r in kept)

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from bench.config import TrainConfig
-from bench.contract import BATCH_FIELDS, Batch, ModelOutput, Split
+from bench.contract import BATCH_FIELDS, Batch, ModelOutput, Split, check_ids
 from bench.metrics import split_metrics
 from bench.perf import tune_allocator
 from bench.registry import build_model, count_params
@@ -206,6 +206,8 @@ def train_run(
         config: resolved config {"train": TrainConfig fields, "model": model Config fields}.
         seed: model seed (init, shuffling, dropout, DIEN negatives).
         log_dir: where ``<run_id>.log`` is written (starts with the resolved config).
+    Raises DataError (before training) when an id of a split or of the item table is outside its
+    field's vocabulary (:func:`bench.contract.check_ids`, once per split).
     Raises TrainingError on the first non-finite loss, naming epoch and step (on an accelerator
     the losses are checked every ``NONFINITE_WINDOW`` steps and at epoch ends, so the error may
     come a few steps later, still naming the first bad step).
@@ -243,6 +245,9 @@ def train_run(
 
 def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progress, on_eval):
     t_start = time.perf_counter()
+    for name in ("train", "valid", "test"):  # once per split, not per step
+        check_ids(ds.schema, getattr(ds, name), f"{ds.name} {name} split",
+                  item_table=ds.item_table if name == "train" else None)
     seed_everything(seed)
     dev = torch.device(device)
     model = build_model(model_name, ds.schema, config["model"], item_table=ds.item_table).to(dev)
@@ -355,6 +360,8 @@ def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progre
             "git_commit": git_commit(),
             "device": str(dev),
             "threads": torch.get_num_threads(),
+            # informational (the fingerprint in the key already differs with the data)
+            "data_params": dict(getattr(ds, "params", None) or {}),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )

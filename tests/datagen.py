@@ -85,7 +85,11 @@ def ml100k_zip_bytes(frames) -> bytes:
 
 def ml100k_spec(frames) -> movielens.MovieLensSpec:
     ratings, users, items = frames
-    return movielens.MovieLensSpec(len(ratings), len(users), len(items), movielens.ratings_checksum(ratings))
+    flags = items[list(GENRES)].to_numpy()
+    return movielens.MovieLensSpec(
+        len(ratings), len(users), len(items), movielens.ratings_checksum(ratings),
+        users_sha256=movielens.users_checksum(users),
+        items_sha256=movielens.items_checksum(items.movie_id.to_numpy(), items.release_date, flags))
 
 
 def prepare_tiny_ml100k(root: Path, n_users: int = 30, n_items: int = 40, per_user: int = 20) -> Path:

@@ -9,7 +9,8 @@ import pytest
 from bench import data
 from bench.datasets import amazon, common
 from bench.datasets.common import DataError
-from bench.samples import ProtocolParams, build, decode
+from bench.contract import BATCH_FIELDS
+from bench.samples import ProtocolParams, build, cross_split_duplicates, decode
 from conftest import AMAZON_BEAUTY_DIR
 from datagen import beauty_bytes, beauty_rows, pin_beauty, serve, write_beauty, write_mcauley
 
@@ -171,6 +172,96 @@ def test_mcauley_corrupt_or_missing_files(tmp_path):
         data.prepare("amazon-books", tmp_path / "data", folder)
 
 
+# --------------------------------------------------------------------------- disjoint splits (v1, v2)
+
+def colliding_beauty():
+    """beauty_rows() plus two users whose last reviews share one day, so that several of their
+    samples have the same history and context; each leaves 8 items unreviewed. With the data seed
+    2021 the v1 negatives of user 31 repeat across train/test, those of user 32 across valid/test
+    (the test asserts it)."""
+    seqs, gaps, cats = beauty_rows()
+    items = sorted({i for s in seqs for i in s})
+    for k in (0, 24):
+        seq = [i for i in items if i not in items[k:k + 8]]
+        gap = [0] + [3 * DAY] * (len(seq) - 4) + [0, 0, 0]  # the last four reviews on one day
+        seqs.append(seq)
+        gaps.append(gap)
+    return seqs, gaps, cats
+
+
+def test_v1_keeps_cross_split_copies_with_one_warning(tmp_path, monkeypatch, caplog):
+    folder = write_beauty(tmp_path / "raw", beauty_bytes(*colliding_beauty()), monkeypatch)
+    with caplog.at_level("WARNING", logger="bench.data"):
+        info = data.prepare("amazon-beauty", tmp_path / "data", folder)
+    assert info.protocol == "amazon-ctr-v1"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "amazon-beauty (amazon-ctr-v1): samples of one split are exact copies" in warnings[0]
+    assert "1 train/test, 1 valid/test" in warnings[0]
+    ds = data.load_prepared("amazon-beauty", tmp_path / "data")
+    arrays = {s: {f: getattr(ds.split(s), f).numpy() for f in BATCH_FIELDS} for s in ("train", "valid", "test")}
+    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 1, "valid/test": 1}
+
+
+def test_v2_redraws_only_the_colliding_negatives(tmp_path, monkeypatch, caplog):
+    seqs, gaps, cats = colliding_beauty()
+    folder = write_beauty(tmp_path / "raw", beauty_bytes(seqs, gaps, cats), monkeypatch)
+    raw = amazon.acquire("amazon-beauty", folder, folder)
+    v1 = amazon.sample_table("amazon-beauty", raw, ProtocolParams(), protocol="amazon-ctr-v1")
+    v2 = amazon.sample_table("amazon-beauty", raw, ProtocolParams(), protocol="amazon-ctr-v2")
+    changed = np.flatnonzero(v1.item != v2.item)
+    assert len(changed) == 2 and (v1.label[changed] == 0).all()
+    assert v1.user_key[changed].tolist() == [31, 32] and v1.split[changed].tolist() == [0, 1]  # test kept
+    for i in changed:  # the new negative is one the user never reviewed
+        assert v2.item[i] not in seqs[v1.user_key[i] - 1] and v2.item[i] != v1.item[i]
+    for f in ("user_key", "time", "user", "context", "label", "split", "event_item", "item_attrs"):
+        assert np.array_equal(getattr(v1, f), getattr(v2, f)), f
+
+    v1_info = data.prepare("amazon-beauty", tmp_path / "data", folder)
+    monkeypatch.setitem(data.DATASETS, "amazon-beauty", "amazon-ctr-v2")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bench.data"):
+        info = data.prepare("amazon-beauty", tmp_path / "data", folder)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert info.protocol == "amazon-ctr-v2" and info.path.name.startswith("amazon-ctr-v2-")
+    assert info.fingerprint != v1_info.fingerprint and (v1_info.path / "meta.json").is_file()
+    ds = data.load_prepared("amazon-beauty", tmp_path / "data")
+    assert ds.protocol == "amazon-ctr-v2" and ds.path == info.path
+    arrays = {s: {f: getattr(ds.split(s), f).numpy() for f in BATCH_FIELDS} for s in ("train", "valid", "test")}
+    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 0, "valid/test": 0}
+
+
+def test_v2_refuses_splits_that_share_a_sample(tmp_path, monkeypatch):
+    folder = write_beauty(tmp_path / "raw", beauty_bytes(*colliding_beauty()), monkeypatch)
+    monkeypatch.setattr(amazon, "redraw_duplicate_negatives", lambda keys, split, neg, *a: (neg, 0))  # a broken fix
+    monkeypatch.setitem(data.DATASETS, "amazon-beauty", "amazon-ctr-v2")
+    with pytest.raises(DataError, match=r"^amazon-beauty \(amazon-ctr-v2\): samples of one split are exact copies of "
+                                        r"samples of another \(.*\): 1 train/test, 1 valid/test; expected disjoint "
+                                        r"splits under amazon-ctr-v2\.$"):
+        data.prepare("amazon-beauty", tmp_path / "data", folder)
+    assert not (tmp_path / "data" / "amazon-beauty" / "LATEST").exists()
+    with pytest.raises(DataError, match=r"protocol 'amazon-ctr-v9': expected one of amazon-ctr-v1, amazon-ctr-v2"):
+        amazon.sample_table("amazon-beauty", amazon.acquire("amazon-beauty", folder, folder), ProtocolParams(),
+                            protocol="amazon-ctr-v9")
+
+
+def test_cross_split_duplicates_counts_exact_copies_only():
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return {"label": rng.integers(0, 2, n).astype(np.float32), "item": rng.integers(0, 50, (n, 2)),
+                "hist": rng.integers(0, 50, (n, 4, 2)), "user": rng.integers(0, 9, (n, 1)),
+                "context": rng.integers(0, 5, (n, 2)), "user_index": rng.integers(0, 9, n)}
+
+    s = {name: split(100) for name in ("train", "valid", "test")}
+    assert cross_split_duplicates(s) == {"train/valid": 0, "train/test": 0, "valid/test": 0}
+    for f in ("label", "item", "hist", "user", "context"):
+        s["test"][f][7] = s["train"][f][3]
+        s["test"][f][8] = s["valid"][f][5]
+    s["test"]["user_index"][7] = -5  # not part of a sample's identity
+    s["valid"]["hist"][9] = s["train"]["hist"][9]  # equal history only: not a copy
+    assert cross_split_duplicates(s) == {"train/valid": 0, "train/test": 1, "valid/test": 1}
+
+
 # --------------------------------------------------------------------------- real data
 
 @pytest.mark.realdata
@@ -191,3 +282,21 @@ def test_real_amazon_beauty_matches_sources_md(tmp_path):
         # no behaviour equals its candidate, and histories are left-padded
         assert not ((split.hist[..., 0] == split.item[:, :1]) & split.hist_mask).any()
         assert not (split.hist_mask[:, :-1] & ~split.hist_mask[:, 1:]).any()
+    # amazon-ctr-v1's known copies (docs/DATA.md): one train and one valid sample equal test samples
+    arrays = {s: {f: getattr(ds.split(s), f).numpy() for f in BATCH_FIELDS} for s in ("train", "valid", "test")}
+    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 1, "valid/test": 1}
+
+
+@pytest.mark.realdata
+def test_real_amazon_beauty_v2_has_disjoint_splits_and_changes_only_two_negatives():
+    if not (AMAZON_BEAUTY_DIR / "Beauty.txt").is_file():
+        pytest.skip(f"real Amazon Beauty files not found in {AMAZON_BEAUTY_DIR} (../shared beside the checkout)")
+    raw = amazon.acquire("amazon-beauty", AMAZON_BEAUTY_DIR, AMAZON_BEAUTY_DIR)
+    reviews = amazon.read_beauty(raw)
+    v1 = amazon.amazon_table("amazon-beauty", reviews, 2021)
+    v2 = amazon.amazon_table("amazon-beauty", reviews, 2021, disjoint=True)
+    changed = np.flatnonzero(v1.item != v2.item)
+    assert len(changed) == 2 and (v1.label[changed] == 0).all()
+    assert sorted(v1.split[changed].tolist()) == [0, 1]  # the train and the valid copy; test kept as in v1
+    built = build(v2, ProtocolParams())
+    assert cross_split_duplicates(built.splits) == {"train/valid": 0, "train/test": 0, "valid/test": 0}

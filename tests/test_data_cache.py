@@ -215,3 +215,66 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Beauty.txt: file not found" in bad.output
     unknown = runner.invoke(cli, ["prepare", "movielens-10m"])
     assert unknown.exit_code == 2 and "'movielens-10m' is not one of" in unknown.output
+
+
+# --------------------------------------------------------------------------- per-field id bounds
+
+def test_an_id_in_the_next_fields_range_is_refused_on_load(beauty_dir, tmp_path):
+    """An item_id index >= its vocabulary but < the group's total would read category rows of the
+    shared table; loading such a cache (valid fingerprint, e.g. made by faulty code) is an error."""
+    import json
+
+    info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
+    ds = data.load_cache(info.path)
+    v_item = ds.schema.item_fields[0].vocab_size
+    assert v_item + 1 < v_item + ds.schema.item_fields[1].vocab_size  # inside the neighbouring table
+    item = np.load(info.path / "test.item.npy")
+    item[3, 0] = v_item + 1
+    np.save(info.path / "test.item.npy", item)
+    arrays = {p.stem: np.load(p) for p in info.path.glob("*.npy")}
+    ordered = {k: arrays[k] for k in [*(f"{s}.{f}" for s in ("train", "valid", "test")
+                                        for f in ("item", "hist", "hist_mask", "user", "context", "label", "user_index")),
+                                      "item_table", *sorted(k for k in arrays if k.startswith("vocab."))]}
+    meta = json.loads((info.path / "meta.json").read_text())
+    meta["fingerprint"] = data.fingerprint(ds.schema, ordered)
+    (info.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"^amazon-beauty test split \(.*\): item field item.item_id has max index "
+                                        rf"{v_item + 1} >= its vocabulary size {v_item}; expected every index in "
+                                        rf"\[0, {v_item}\)"):
+        data.load_cache(info.path)
+
+
+def test_model_input_check_refuses_an_id_past_its_field(schema):
+    from baselines.layers import FeatureEmbedding
+    from bench.contract import check_ids
+    from conftest import make_split
+
+    split = make_split(schema, n=16)
+    check_ids(schema, split, "toy train split")  # in range: passes
+    v_item, v_cat = (f.vocab_size for f in schema.item_fields)
+    split.hist[2, -1, 0] = v_item + 3  # < v_item + v_cat: the lookup itself does not fail ...
+    FeatureEmbedding(schema, 4)(split.take(slice(0, 16)))
+    with pytest.raises(DataError, match=rf"toy train split: hist field item.item_id has max index {v_item + 3} "
+                                        rf">= its vocabulary size {v_item}"):
+        check_ids(schema, split, "toy train split")  # ... the check does
+    split.hist[2, -1, 0] = 0
+    split.context[0, 1] = -1
+    with pytest.raises(DataError, match=r"context field context.c1 has min index -1 < 0"):
+        check_ids(schema, split, "toy train split")
+    split.context[0, 1] = 2
+    with pytest.raises(DataError, match=r"item_table has 1 columns; the schema's item group has 2 fields"):
+        check_ids(schema, split, "toy", item_table=torch.zeros(v_item, 1, dtype=torch.long))
+
+
+def test_training_checks_each_split_once_before_the_first_step(monkeypatch):
+    from bench import train
+    from bench.data import PreparedDataset
+    from conftest import make_split, tiny_schema
+
+    schema = tiny_schema()
+    splits = [make_split(schema, n=32, seed=k) for k in range(3)]
+    splits[1].user[5, 1] = schema.user_fields[1].vocab_size  # valid split, user field u1
+    ds = PreparedDataset("toy", "toy-v1", "f" * 64, schema, *splits, item_table=None, path=Path("toy"))
+    monkeypatch.setattr(train, "train_step", lambda *a: pytest.fail("trained on an out-of-range split"))
+    with pytest.raises(DataError, match=r"toy valid split: user field user.u1 has max index 6 >= its vocabulary size 6"):
+        train.train_run(ds, "lr", {"train": {}, "model": {}}, seed=0, progress=False)

@@ -168,6 +168,7 @@ def test_pinned_content_of_the_real_release():
     spec = movielens.SPECS["movielens-100k"]
     assert (spec.n_ratings, spec.n_users, spec.n_items) == (100_000, 943, 1_682)
     assert spec.ratings_sha256 == "ec862504a8c24b195f5194e51fb18bb2d59428d00d96d6d1c63433a3bd5f2f47"
+    assert spec.users_sha256.startswith("f120e114") and spec.items_sha256.startswith("05f8c279")
     assert [s[:8] for _, s in movielens.WIDEDEEP_MEMBERS.values()] == ["41280412", "8ca382e9", "07090eb1"]
 
 
@@ -288,3 +289,102 @@ def test_ml1m_needs_raw_dir_when_grouplens_is_unreachable(tmp_path, monkeypatch)
     monkeypatch.setattr(common, "urlopen", serve({}))
     with pytest.raises(DataError, match=r"ml-1m.zip: download failed .* Pass --raw-dir with ml-1m.zip"):
         data.prepare("movielens-1m", tmp_path)
+
+
+# --------------------------------------------------------------------------- pinned tables, blank categories
+
+def _edit_line(text: bytes, index: int, field: int, value: bytes) -> bytes:
+    lines = text.split(b"\n")
+    parts = lines[index].split(b"|")
+    parts[field] = value
+    lines[index] = b"|".join(parts)
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("name, field, value, match", [
+    ("u.user", 3, b"doctor", r"u\.user: canonical users-table sha256 is .*, expected .* \(an edited or different users file\)"),
+    ("u.user", 1, b"99", r"u\.user: canonical users-table sha256"),
+    ("u.item", 2, b"01-Jan-1901", r"u\.item: canonical items-table sha256 is .*, expected .*items file"),
+    ("u.item", 5 + 4, b"1", r"u\.item: canonical items-table sha256"),  # a genre flag that is not the first set
+])
+def test_edited_users_or_items_text_file_is_refused(name, field, value, match, frames, tmp_path):
+    files = ml100k_bytes(*frames)
+    files[name] = _edit_line(files[name], 3, field, value)
+    (tmp_path / "raw").mkdir()
+    for fname, b in files.items():
+        (tmp_path / "raw" / fname).write_bytes(b)
+    with pytest.raises(DataError, match=match):
+        data.prepare("movielens-100k", tmp_path / "data", tmp_path / "raw")
+    assert not (tmp_path / "data" / "movielens-100k").exists()  # no cache, no LATEST
+
+
+@pytest.mark.parametrize("member, edit, match", [
+    ("MovieLens100k_users.parquet.brotli", lambda u, i: (u.assign(age=u.age + (u.user_id == 2)), i),
+     r"MovieLens100k_users.parquet.brotli: canonical users-table sha256"),
+    ("MovieLens100k_items.parquet.brotli", lambda u, i: (u, i.assign(Drama=1 - i.Drama)),
+     r"MovieLens100k_items.parquet.brotli: canonical items-table sha256"),
+])
+def test_edited_users_or_items_parquet_is_refused(member, edit, match, frames, tmp_path, monkeypatch):
+    ratings, users, items = frames
+    users, items = edit(users, items)
+    members = widedeep_parquet_bytes((ratings, users, items))
+    (tmp_path / "pq").mkdir()
+    for name, b in members.items():
+        (tmp_path / "pq" / name).write_bytes(b)
+    monkeypatch.setattr(movielens, "WIDEDEEP_MEMBERS",  # member sha256 re-pinned: only the content pin can refuse
+                        {m: (role, sha(members[m])) for m, (role, _) in movielens.WIDEDEEP_MEMBERS.items()})
+    with pytest.raises(DataError, match=match):
+        data.prepare("movielens-100k", tmp_path / "data", tmp_path / "pq")
+
+
+@pytest.mark.parametrize("field, pos, value, shown", [
+    ("gender", 2, b"", "''"),
+    ("occupation", 3, b"   ", "'   '"),
+    ("zip_code", 4, b"\t", "'\\t'"),
+])
+def test_blank_category_in_u_user_is_one_clear_error(field, pos, value, shown, frames, tmp_path):
+    files = ml100k_bytes(*frames)
+    files["u.user"] = _edit_line(files["u.user"], 4, pos, value)
+    (tmp_path / "raw").mkdir()
+    for fname, b in files.items():
+        (tmp_path / "raw" / fname).write_bytes(b)
+    with pytest.raises(DataError) as err:
+        data.prepare("movielens-100k", tmp_path / "data", tmp_path / "raw")
+    msg = str(err.value)
+    assert msg.endswith(f"u.user: row 5, field {field} is {shown}; expected a non-empty value."), msg
+
+
+@pytest.mark.parametrize("column, value, shown", [("gender", None, "missing"), ("occupation", float("nan"), "missing"),
+                                                  ("zip_code", " ", "' '")])
+def test_blank_category_in_users_parquet_is_one_clear_error(column, value, shown, frames, tmp_path, monkeypatch):
+    ratings, users, items = frames
+    users = users.astype({column: object})
+    users.loc[6, column] = value
+    members = widedeep_parquet_bytes((ratings, users, items))
+    (tmp_path / "pq").mkdir()
+    for name, b in members.items():
+        (tmp_path / "pq" / name).write_bytes(b)
+    monkeypatch.setattr(movielens, "WIDEDEEP_MEMBERS",
+                        {m: (role, sha(members[m])) for m, (role, _) in movielens.WIDEDEEP_MEMBERS.items()})
+    with pytest.raises(DataError, match=rf"MovieLens100k_users.parquet.brotli: row 7, field {column} is {shown}; "
+                                        r"expected a non-empty value\.$"):
+        data.prepare("movielens-100k", tmp_path / "data", tmp_path / "pq")
+
+
+def test_blank_gender_in_ml1m_users_dat(tmp_path, monkeypatch):
+    n_ratings = write_ml1m(tmp_path / "ml-1m")
+    monkeypatch.setitem(movielens.SPECS, "movielens-1m", movielens.MovieLensSpec(n_ratings, 4, 5, None))
+    path = tmp_path / "ml-1m" / "users.dat"
+    path.write_bytes(path.read_bytes().replace(b"2::M::56", b"2::::56"))
+    with pytest.raises(DataError, match=r"users.dat: row 2, field gender is ''; expected a non-empty value"):
+        data.prepare("movielens-1m", tmp_path / "data", tmp_path)
+
+
+@pytest.mark.realdata
+def test_real_ml100k_parquet_matches_all_three_pins():
+    folder = data.default_data_dir() / "raw" / "movielens-100k"
+    if not all((folder / m).is_file() for m in movielens.WIDEDEEP_MEMBERS):
+        pytest.skip(f"the real MovieLens 100K parquet files are not in {folder} (run `python cli.py prepare movielens-100k`)")
+    raw = movielens.acquire("movielens-100k", folder, folder)
+    t = movielens.read_ml100k(raw)  # verifies the three pins
+    assert len(t.users) == 943 and len(t.items) == 1682

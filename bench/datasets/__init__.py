@@ -4,7 +4,7 @@ Each family turns its raw files into a :class:`bench.samples.SampleTable` (raw i
 split, context) that :mod:`bench.samples` turns into histories and vocabularies:
 
 - :mod:`bench.datasets.movielens`: MovieLens 100K / 1M (protocols ``ml100k-ctr-v1``, ``ml1m-ctr-v1``);
-- :mod:`bench.datasets.amazon`: Amazon Beauty (S3-Rec copy), Books, Electronics (``amazon-ctr-v1``);
+- :mod:`bench.datasets.amazon`: Amazon Beauty (S3-Rec copy), Books, Electronics (``amazon-ctr-v1``, ``amazon-ctr-v2``);
 - :mod:`bench.datasets.common`: :class:`DataError`, checksums, downloads, fast text parsing.
 
 The registry of dataset names lives in :mod:`bench.data`; importing this package does no work.

@@ -6,6 +6,11 @@ dataset, fixed data seed, y = 0), sharing the behaviour sequence and context. Le
 t = n-1 test, t = n-2 validation, the rest train. Item fields (item_id, category), user field
 (user_id), context (gap, position; plus weekday where absolute dates exist: Books, Electronics).
 
+Protocol ``amazon-ctr-v2``: v1 with the few negatives redrawn whose sample would be an exact
+copy of another sample (same user, day, context and negative item: possible when two reviews of a
+user share a day and their negatives collide); under v1, one train and one validation sample of
+Beauty are copies of test samples.
+
 Behaviour sequence: the protocol's items[0..t-1] restricted, by the global rule of PROTOCOL
 section 1, to reviews made on an EARLIER DAY than review t (same-day reviews are ties, not
 history). For Beauty the review days are rebuilt from the per-step gaps of the time file
@@ -46,6 +51,9 @@ from bench.samples import ProtocolParams, SampleTable
 
 log = logging.getLogger(__name__)
 
+PROTOCOL_V1 = "amazon-ctr-v1"  # the negatives as drawn (1 train and 1 valid sample of Beauty copy test samples)
+PROTOCOL_V2 = "amazon-ctr-v2"  # v1 with colliding negatives redrawn: the splits share no sample
+PROTOCOLS = (PROTOCOL_V1, PROTOCOL_V2)
 MISSING = -1  # raw code of a missing category (its own vocabulary entry)
 GAP_DAY_EDGES = (1, 2, 8, 31, 181)  # 0, 1, 2-7, 8-30, 31-180, >180 days
 POSITION_EDGES = (2, 3, 5, 9, 17)  # t = 1, 2, 3-4, 5-8, 9-16, 17+
@@ -263,10 +271,17 @@ def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
 
 # --------------------------------------------------------------------------- protocol
 
-def sample_table(name: str, raw: RawFiles, params: ProtocolParams) -> SampleTable:
-    """The Amazon protocol (PROTOCOL 2.2) on Beauty, Books or Electronics raw files."""
+def sample_table(name: str, raw: RawFiles, params: ProtocolParams, protocol: str = PROTOCOL_V1) -> SampleTable:
+    """The Amazon protocol (PROTOCOL 2.2) on Beauty, Books or Electronics raw files.
+
+    ``protocol``: ``amazon-ctr-v1`` (negatives as drawn) or ``amazon-ctr-v2`` (v1 with the
+    negatives that would make a sample a copy of another one redrawn: :func:`redraw_duplicate_negatives`).
+    Raises :class:`DataError` for another protocol name.
+    """
+    if protocol not in PROTOCOLS:
+        raise DataError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)} for {name}.")
     reviews = read_beauty(raw) if name == "amazon-beauty" else read_mcauley(raw)
-    return amazon_table(name, reviews, params.data_seed)
+    return amazon_table(name, reviews, params.data_seed, disjoint=protocol == PROTOCOL_V2)
 
 
 def sample_negatives(user: np.ndarray, reviewed_keys: np.ndarray, n_items: int,
@@ -290,8 +305,43 @@ def sample_negatives(user: np.ndarray, reviewed_keys: np.ndarray, n_items: int,
                     f"{MAX_NEGATIVE_ROUNDS} rounds; expected users to leave most items unreviewed.")
 
 
-def amazon_table(name: str, r: Reviews, data_seed: int) -> SampleTable:
-    """Samples, negatives, split and fields of PROTOCOL 2.2 from reviews (vectorised)."""
+def redraw_duplicate_negatives(keys: np.ndarray, split: np.ndarray, negative: np.ndarray, user: np.ndarray,
+                               reviewed_keys: np.ndarray, n_items: int,
+                               rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Negatives [M] (item codes) such that no two negative samples are equal; only colliding ones change.
+
+    ``keys`` [M, C]: what else makes the negative sample (user code, sample day = the history,
+    context fields); two negatives with equal keys and equal item are the same sample. Of such a
+    group one row keeps its item: the one in the latest split (test, then valid, then train), the
+    first in sample order within a split, so v1's test split is kept whenever it can be; the
+    others get a new unreviewed item from ``rng`` (:func:`sample_negatives`), in rounds until no
+    row repeats a kept one (at most ``MAX_NEGATIVE_ROUNDS``, else :class:`DataError`).
+    Returns the negatives and how many rows were redrawn. Vectorised (pandas hashing per round).
+    """
+    negative = negative.copy()
+    redrawn = np.zeros(len(negative), bool)
+    key_frame = pd.DataFrame(keys)
+    for _ in range(MAX_NEGATIVE_ROUNDS):
+        # kept first: never-redrawn rows, then the latest split, then sample order
+        order = np.lexsort((np.arange(len(negative)), -split.astype(np.int64), redrawn))
+        frame = key_frame.assign(item=negative).iloc[order]
+        dup = np.zeros(len(negative), bool)
+        dup[order] = frame.duplicated(keep="first").to_numpy()
+        if not dup.any():
+            return negative, int(redrawn.sum())
+        negative[dup] = sample_negatives(user[dup], reviewed_keys, n_items, rng)
+        redrawn |= dup
+    raise DataError(f"negative sampling ({PROTOCOL_V2}): {int(dup.sum())} negatives still repeat another sample "
+                    f"after {MAX_NEGATIVE_ROUNDS} rounds; expected users to leave most items unreviewed.")
+
+
+def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) -> SampleTable:
+    """Samples, negatives, split and fields of PROTOCOL 2.2 from reviews (vectorised).
+
+    ``disjoint`` (protocol ``amazon-ctr-v2``): after the v1 draw, the negatives that would make a
+    sample an exact copy of another sample are redrawn from a second generator seeded by
+    (``data_seed``, 2); every other sample is the same as under v1.
+    """
     order = np.lexsort((np.arange(len(r.user)), r.day, r.user))  # keeps the given order on ties
     user, item, day = r.user[order], r.item[order], r.day[order]
     unix_time = r.unix_time[order] if r.unix_time is not None else None
@@ -320,7 +370,14 @@ def amazon_table(name: str, r: Reviews, data_seed: int) -> SampleTable:
     user_ids, user_code = np.unique(user, return_inverse=True)
     reviewed = np.unique(user_code.astype(np.int64) * len(item_ids) + item_code)
     rng = np.random.default_rng(data_seed)
-    negative = item_ids[sample_negatives(user_code[rows].astype(np.int64), reviewed, len(item_ids), rng)]
+    neg_user = user_code[rows].astype(np.int64)
+    neg_code = sample_negatives(neg_user, reviewed, len(item_ids), rng)
+    if disjoint:
+        keys = np.column_stack([neg_user, day[rows], *context])
+        neg_code, n_redrawn = redraw_duplicate_negatives(keys, split, neg_code, neg_user, reviewed, len(item_ids),
+                                                         np.random.default_rng([data_seed, 2]))
+        log.info("%s (%s): %d negatives redrawn so that no sample repeats another", name, PROTOCOL_V2, n_redrawn)
+    negative = item_ids[neg_code]
 
     def twice(a: np.ndarray) -> np.ndarray:  # positive then negative of each review, adjacent
         return np.repeat(a, 2, axis=0)

@@ -7,8 +7,9 @@ Sources of MovieLens 100K (``ml100k-ctr-v1``), tried in this order when no ``--r
    only the three ``MovieLens100k_{data,users,items}.parquet.brotli`` members are read
    (sha256-pinned).
 
-Whichever source served, the content is verified: row counts and a sha256 of the sorted ratings
-(:func:`ratings_checksum`). MovieLens 1M (``ml1m-ctr-v1``) is read from ``ml-1m.zip`` or its
+Whichever source served, the content of all three tables is verified: row counts and a sha256 of
+a canonical form of each table (:func:`ratings_checksum`, :func:`users_checksum`,
+:func:`items_checksum`), the same for the text files and the parquet files. MovieLens 1M (``ml1m-ctr-v1``) is read from ``ml-1m.zip`` or its
 extracted ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``-separated, latin-1), row counts
 verified. GroupLens forbids redistribution: files are downloaded, never committed.
 
@@ -88,18 +89,24 @@ CONTEXT_FIELDS = ("hour", "weekday", "gap")
 
 @dataclass(frozen=True)
 class MovieLensSpec:
-    """What a published copy must contain: row counts and, when pinned, the ratings checksum."""
+    """What a published copy must contain: row counts and, when pinned, the canonical checksum of
+    each table (:func:`ratings_checksum`, :func:`users_checksum`, :func:`items_checksum`)."""
 
     n_ratings: int
     n_users: int
     n_items: int
     ratings_sha256: str | None
+    users_sha256: str | None = None
+    items_sha256: str | None = None
 
 
 #: dataset name -> expected content (read at call time, so tests can substitute tiny copies)
 SPECS: dict[str, MovieLensSpec] = {
     "movielens-100k": MovieLensSpec(
-        100_000, 943, 1_682, "ec862504a8c24b195f5194e51fb18bb2d59428d00d96d6d1c63433a3bd5f2f47"),
+        100_000, 943, 1_682,
+        ratings_sha256="ec862504a8c24b195f5194e51fb18bb2d59428d00d96d6d1c63433a3bd5f2f47",
+        users_sha256="f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+        items_sha256="05f8c27991490404003d2cb26869f6e93f7d96eed5ee7c3137392b175d4f9bd9"),
     "movielens-1m": MovieLensSpec(1_000_209, 6_040, 3_883, None),
 }
 
@@ -284,52 +291,107 @@ def _grouplens_bytes(raw: RawFiles, names: dict[str, str]) -> tuple[dict[str, by
     return {r: read_bytes(raw.paths[r]) for r in names}, {r: str(raw.paths[r]) for r in names}
 
 
+def _categories(df: pd.DataFrame, columns: dict[str, int | str], path: str) -> pd.DataFrame:
+    """Categorical text columns (name -> position or column name) of ``df`` as str.
+
+    Raises :class:`DataError` naming ``path``, the column and the first row whose value is missing
+    (NaN / None), empty or whitespace only: such a value would silently become a category of its own.
+    """
+    out = {}
+    for name, pos in columns.items():
+        col = (df.iloc[:, pos] if isinstance(pos, int) else df[pos]).reset_index(drop=True)
+        missing = col.isna().to_numpy()
+        text = col.astype(str)
+        bad = missing | (text.str.strip() == "").to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            shown = "missing" if missing[row] else f"{text.iloc[row]!r}"
+            raise DataError(f"{path}: row {row + 1}, field {name} is {shown}; expected a non-empty value.")
+        out[name] = text.to_numpy()
+    return pd.DataFrame(out)
+
+
+def _joined(columns: list[pd.Series | np.ndarray]) -> bytes:
+    """Rows of ``columns`` as text ``a|b|c\n`` (vectorised per column), UTF-8."""
+    text = pd.Series(np.asarray(columns[0])).astype(str)
+    for c in columns[1:]:
+        text = text + "|" + pd.Series(np.asarray(c)).astype(str)
+    return ("\n".join(text.tolist()) + "\n").encode("utf-8")
+
+
+def users_checksum(users: pd.DataFrame) -> str:
+    """sha256 of the users table in canonical form: rows ``user_id|age|gender|occupation|zip_code``
+    (values as the file spells them), sorted by user_id, one per line, UTF-8."""
+    u = users.sort_values("user_id", kind="stable")
+    return hashlib.sha256(_joined([u[c] for c in ("user_id", "age", "gender", "occupation", "zip_code")])).hexdigest()
+
+
+def items_checksum(movie_id: np.ndarray, release_date: pd.Series, flags: np.ndarray) -> str:
+    """sha256 of the items table in canonical form: rows ``movie_id|release_date|g_1|...|g_G`` (the
+    release date as spelled, missing = empty; the genre flags as integers in the file's column
+    order), sorted by movie_id, one per line, UTF-8. Titles and URLs are not read, so not pinned."""
+    date = pd.Series(release_date).reset_index(drop=True).fillna("").astype(str)
+    order = np.argsort(np.asarray(movie_id), kind="stable")
+    cols = [np.asarray(movie_id)[order], date.to_numpy()[order], *np.asarray(flags).T[:, order]]
+    return hashlib.sha256(_joined(cols)).hexdigest()
+
+
 def read_ml100k(raw: RawFiles) -> MovieLensTables:
-    """Normalised MovieLens 100K tables from a GroupLens zip/folder or the wheel's parquet files."""
+    """Normalised MovieLens 100K tables from a GroupLens zip/folder or the wheel's parquet files.
+
+    Raises :class:`DataError` naming the file on a missing / non-integer id, count or flag, a
+    missing or blank gender / occupation / zip code, or content that differs from :data:`SPECS`.
+    """
     if raw.kind == "widedeep-parquet":
+        where = {role: str(p) for role, p in raw.paths.items()}
         ratings_df = _read_parquet(raw.paths["ratings"], ["user_id", "movie_id", "rating", "timestamp"])
         users_df = _read_parquet(raw.paths["users"], ["user_id", "age", "gender", "occupation", "zip_code"])
         items_df = _read_parquet(raw.paths["items"], ["movie_id", "release_date", *GENRES_100K])
-        ratings = _ints(ratings_df, {c: c for c in ratings_df.columns}, str(raw.paths["ratings"]))
-        users = pd.concat([_ints(users_df, {"user_id": "user_id", "age": "age"}, str(raw.paths["users"])),
-                           users_df[["gender", "occupation", "zip_code"]].reset_index(drop=True)], axis=1)
-        item_ids = _ints(items_df, {"movie_id": "movie_id"}, str(raw.paths["items"]))["movie_id"]
-        flags = _ints(items_df, {g: g for g in GENRES_100K}, str(raw.paths["items"])).to_numpy() > 0
+        ratings = _ints(ratings_df, {c: c for c in ratings_df.columns}, where["ratings"])
+        users = pd.concat([_ints(users_df, {"user_id": "user_id", "age": "age"}, where["users"]),
+                           _categories(users_df, {c: c for c in ("gender", "occupation", "zip_code")},
+                                       where["users"])], axis=1)
+        item_ids = _ints(items_df, {"movie_id": "movie_id"}, where["items"])["movie_id"]
+        flag_values = _ints(items_df, {g: g for g in GENRES_100K}, where["items"]).to_numpy()
         release = items_df["release_date"]
     else:
         data, where = _grouplens_bytes(raw, {"ratings": "u.data", "users": "u.user", "items": "u.item"})
         r = _read_delimited(data["ratings"], where["ratings"], "\t", 4)
         ratings = _ints(r, {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}, where["ratings"])
         u = _read_delimited(data["users"], where["users"], "|", 5)
-        users = _ints(u, {"user_id": 0, "age": 1}, where["users"])
-        users[["gender", "occupation", "zip_code"]] = u.iloc[:, [2, 3, 4]].to_numpy()
+        users = pd.concat([_ints(u, {"user_id": 0, "age": 1}, where["users"]),
+                           _categories(u, {"gender": 2, "occupation": 3, "zip_code": 4}, where["users"])], axis=1)
         i = _read_delimited(data["items"], where["items"], "|", 5 + len(GENRES_100K))
         item_ids = _ints(i, {"movie_id": 0}, where["items"])["movie_id"]
-        flags = _ints(i, {g: 5 + k for k, g in enumerate(GENRES_100K)}, where["items"]).to_numpy() > 0
+        flag_values = _ints(i, {g: 5 + k for k, g in enumerate(GENRES_100K)}, where["items"]).to_numpy()
         release = i.iloc[:, 2]
-    items = pd.DataFrame({"movie_id": item_ids.to_numpy(), "genre": _first_genre(flags), "year": _year(release)})
+    items = pd.DataFrame({"movie_id": item_ids.to_numpy(), "genre": _first_genre(flag_values > 0),
+                          "year": _year(release)})
     tables = MovieLensTables(ratings, users, items)
-    _verify("movielens-100k", tables, raw)
+    checksums = {"users": lambda: users_checksum(users),
+                 "items": lambda: items_checksum(item_ids.to_numpy(), release, flag_values)}
+    _verify("movielens-100k", tables, raw, where, checksums)
     return tables
 
 
 def read_ml1m(raw: RawFiles) -> MovieLensTables:
-    """Normalised MovieLens 1M tables (``::``-separated latin-1 ``.dat`` files)."""
+    """Normalised MovieLens 1M tables (``::``-separated latin-1 ``.dat`` files).
+
+    Raises :class:`DataError` as :func:`read_ml100k` (row counts only: no checksum is pinned)."""
     data, where = _grouplens_bytes(raw, {"ratings": "ratings.dat", "users": "users.dat", "items": "movies.dat"})
     data = {role: b.replace(b"::", b"\t") for role, b in data.items()}
     r = _read_delimited(data["ratings"], where["ratings"], "\t", 4)
     ratings = _ints(r, {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}, where["ratings"])
     u = _read_delimited(data["users"], where["users"], "\t", 5)
-    users = _ints(u, {"user_id": 0, "age": 2, "occupation": 3}, where["users"])
-    users["gender"] = u.iloc[:, 1].to_numpy()
-    users["zip_code"] = u.iloc[:, 4].to_numpy()
+    users = pd.concat([_ints(u, {"user_id": 0, "age": 2, "occupation": 3}, where["users"]),
+                       _categories(u, {"gender": 1, "zip_code": 4}, where["users"])], axis=1)
     m = _read_delimited(data["items"], where["items"], "\t", 3)
     item_ids = _ints(m, {"movie_id": 0}, where["items"])["movie_id"]
     listed = m.iloc[:, 2].str.get_dummies("|")
     flags = listed.reindex(columns=list(GENRES_1M), fill_value=0).to_numpy() > 0  # canonical order
     items = pd.DataFrame({"movie_id": item_ids.to_numpy(), "genre": _first_genre(flags), "year": _year(m.iloc[:, 1])})
     tables = MovieLensTables(ratings, users, items)
-    _verify("movielens-1m", tables, raw)
+    _verify("movielens-1m", tables, raw, where, {})
     return tables
 
 
@@ -351,8 +413,13 @@ def ratings_checksum(ratings: pd.DataFrame) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).astype("<i8").tobytes()).hexdigest()
 
 
-def _verify(name: str, t: MovieLensTables, raw: RawFiles) -> None:
-    """Row counts, ratings checksum and referential integrity against :data:`SPECS`."""
+def _verify(name: str, t: MovieLensTables, raw: RawFiles, where: dict[str, str],
+            checksums: dict) -> None:
+    """Row counts, the pinned checksum of each table and referential integrity against :data:`SPECS`.
+
+    ``where``: role -> the file shown in errors; ``checksums``: role (users, items) -> a function
+    computing that table's canonical checksum (called only when :data:`SPECS` pins it).
+    """
     spec = SPECS[name]
     src = ", ".join(str(p) for p in raw.paths.values())
     got = (len(t.ratings), len(t.users), len(t.items))
@@ -360,11 +427,16 @@ def _verify(name: str, t: MovieLensTables, raw: RawFiles) -> None:
     if got != want:
         raise DataError(f"{src}: found {got[0]} ratings, {got[1]} users, {got[2]} movies; "
                         f"expected {want[0]}, {want[1]}, {want[2]} for {name}.")
-    if spec.ratings_sha256 is not None:
-        checksum = ratings_checksum(t.ratings)
-        if checksum != spec.ratings_sha256:
-            raise DataError(f"{src}: sorted-ratings sha256 is {checksum[:16]}..., "
-                            f"expected {spec.ratings_sha256[:16]}... for {name}.")
+    pins = (("ratings", spec.ratings_sha256, "sorted-ratings", lambda: ratings_checksum(t.ratings)),
+            ("users", spec.users_sha256, "canonical users-table", checksums.get("users")),
+            ("items", spec.items_sha256, "canonical items-table", checksums.get("items")))
+    for role, pinned, what, compute in pins:
+        if pinned is None or compute is None:
+            continue
+        checksum = compute()
+        if checksum != pinned:
+            raise DataError(f"{where.get(role, src)}: {what} sha256 is {checksum[:16]}..., "
+                            f"expected {pinned[:16]}... for {name} (an edited or different {role} file).")
     for what, ids, known in (("user_id", t.ratings.user_id, t.users.user_id),
                              ("movie_id", t.ratings.movie_id, t.items.movie_id)):
         if known.duplicated().any():
@@ -380,8 +452,9 @@ def _verify(name: str, t: MovieLensTables, raw: RawFiles) -> None:
 
 # --------------------------------------------------------------------------- protocol
 
-def sample_table(name: str, raw: RawFiles, params: ProtocolParams) -> SampleTable:
-    """The ML protocol (PROTOCOL 2.1) on MovieLens 100K or 1M raw files."""
+def sample_table(name: str, raw: RawFiles, params: ProtocolParams, protocol: str | None = None) -> SampleTable:
+    """The ML protocol (PROTOCOL 2.1) on MovieLens 100K or 1M raw files (one protocol version each,
+    ``protocol`` is accepted for the common signature)."""
     tables = read_ml100k(raw) if name == "movielens-100k" else read_ml1m(raw)
     return movielens_table(name, tables)
 
