@@ -71,6 +71,12 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 # --------------------------------------------------------------------------- run records (7)
 
+def test_committed_records_pass_their_check():
+    store = RunStore(REPO / "results" / "runs")
+    records = store.records()
+    assert len(records) >= 160 and all(r["checksum"] == checksum(r) for r in records)
+
+
 def test_an_edited_metric_is_refused_by_every_command_and_force_retrains_it(tiny, tmp_path, monkeypatch):
     data, results = _copy(tiny, tmp_path)
     [path] = list((results / "runs").glob("*.json"))
@@ -129,6 +135,28 @@ def test_record_problems_name_the_key_and_the_type(tiny):
     assert "not its file name" in record_problems(good, "0" * 16)[0]
     moved = dict(good, seed=good["seed"] + 1)
     assert "run_id is not the hash" in record_problems(moved)[0]
+
+
+def test_seal_adds_only_the_checksum(tmp_path):
+    src = sorted((REPO / "results" / "runs").glob("*.json"))[:3]
+    (tmp_path / "runs").mkdir()
+    originals = {}
+    for p in src:
+        rec = json.loads(p.read_text())
+        del rec["checksum"]
+        text = json.dumps(rec, sort_keys=True, indent=1) + "\n"
+        (tmp_path / "runs" / p.name).write_text(text)
+        originals[p.name] = text
+    with pytest.raises(RecordError, match="no checksum"):
+        RunStore(tmp_path / "runs").records()
+    assert len(seal(tmp_path / "runs")) == 3
+    for name, text in originals.items():
+        new = (tmp_path / "runs" / name).read_text().splitlines()
+        old = text.splitlines()
+        added = [line for line in new if line not in old]
+        assert len(new) == len(old) + 1 and len(added) == 1 and added[0].startswith(' "checksum": "')
+        assert (tmp_path / "runs" / name).read_bytes() == (REPO / "results" / "runs" / name).read_bytes()
+    assert seal(tmp_path / "runs") == []  # a second pass changes nothing
 
 
 # --------------------------------------------------------------------------- file-system faults (6)
