@@ -279,6 +279,44 @@ def test_stale_temporaries_are_removed_at_start_and_live_ones_kept(tiny, tmp_pat
     assert all(p.exists() for p in live) and keep.exists()
 
 
+def test_a_table_is_published_with_one_stamp_and_a_kill_between_renames_shows(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from bench.report import main_table
+    from test_report import rec
+
+    recs = [rec(m, s, 0.6 + 0.01 * s + (m == "mian") * 0.01, 0.5) for m in ("lr", "mian") for s in range(3)]
+    tab = main_table(recs, "ds", ["lr", "mian"])
+    paths = tab.write(tmp_path / "main_table")
+
+    def stamps():
+        md, csv, tex = paths
+        return (md.read_text().rsplit("table stamp ", 1)[1][:12], set(pd.read_csv(csv)["table_stamp"]),
+                tex.read_text().rsplit("table stamp ", 1)[1][:12])
+
+    md_stamp, csv_stamp, tex_stamp = stamps()
+    assert csv_stamp == {md_stamp} and tex_stamp == md_stamp == tab.stamp()
+    before = {p: p.read_bytes() for p in paths}
+    tab2 = main_table(recs[:-1], "ds", ["lr", "mian"])
+    real = os.replace
+    done = []
+
+    def replace(src, dst):
+        if done:
+            raise KeyboardInterrupt  # killed after the md was renamed
+        real(src, dst)
+        done.append(dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        tab2.write(tmp_path / "main_table")
+    monkeypatch.undo()
+    md_stamp2, csv_stamp2, _ = stamps()
+    assert md_stamp2 == tab2.stamp() != md_stamp and csv_stamp2 == {md_stamp}  # the mismatch is visible
+    assert paths[1].read_bytes() == before[paths[1]] and paths[2].read_bytes() == before[paths[2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
+
+
 # --------------------------------------------------------------------------- locks and seeds (5)
 
 def _lock(store, rid, **owner):
