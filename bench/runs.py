@@ -165,7 +165,11 @@ def _short(value: Any) -> str:
 
 
 def _advice(path: Path) -> str:
-    return f"restore it (git checkout -- {path}) or delete it, or use --force to retrain it"
+    try:
+        shown = Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = path
+    return f"restore it (git checkout -- {shown}) or delete it, or use --force to retrain it"
 
 
 class RunStore:
