@@ -150,9 +150,11 @@ def _parallelism(device: str, threads: int | None, workers: int | None) -> tuple
     return workers, threads
 
 
-def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1):
+def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, datasets=()):
     """The study runner of a training command; ``threads`` / ``workers`` as given on the command line
-    (None = the defaults of :func:`_parallelism`)."""
+    (None = the defaults of :func:`_parallelism`). Checks first that every folder the command
+    writes for ``datasets`` is writable and clears what killed writers left there
+    (:func:`_output_dirs`)."""
     import torch
 
     from bench.runs import DEFAULT_RESULTS_DIR, RunStore
@@ -167,6 +169,7 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1):
     except RuntimeError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
     workers, threads = _parallelism(device, threads, workers)
+    _output_dirs(results_dir, data_dir, datasets)
     if threads:
         torch.set_num_threads(threads)
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
@@ -182,19 +185,62 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1):
     ), results
 
 
+def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, training=True) -> None:
+    """Before any work: raise a one-line error unless every folder the command writes is a
+    writable folder (or can be created) -- with ``results``: the results folder and its
+    ``<dataset>/`` (``training``: also ``runs/`` and ``logs/``); with ``data``: the data folder and
+    its ``<dataset>/`` (``training``: also ``checkpoints/``) -- naming the path and the option or
+    variable that chose it. Then remove the temporary files and folders of killed writers in them
+    and in ``<data>/raw/<dataset>/`` (:func:`bench.io.remove_stale_temps`)."""
+    import os
+
+    from bench.data import default_data_dir
+    from bench.io import PathError, check_writable, remove_stale_temps
+    from bench.runs import DEFAULT_RESULTS_DIR
+
+    checks, flat, deep = [], [], []
+    if results:
+        root = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
+        src = f"--results-dir {results_dir}" if results_dir else "the default results folder"
+        subs = ["runs", "logs"] if training else []
+        for d in [root, *(root / x for x in subs), *(root / ds for ds in datasets)]:
+            checks.append((d, src, "--results-dir"))
+        flat += [root, *(root / x for x in subs[:1])]
+        deep += [root / ds for ds in datasets]
+    if data:
+        root = Path(data_dir) if data_dir else default_data_dir()
+        env = os.environ.get("MIAN_DATA_DIR")
+        src = f"--data-dir {data_dir}" if data_dir else f"MIAN_DATA_DIR={env}" if env else "the default data folder"
+        subs = ["checkpoints"] if training else []
+        for d in [root, *(root / x for x in subs), *(root / ds for ds in datasets)]:
+            checks.append((d, src, "--data-dir or MIAN_DATA_DIR"))
+        flat += [*(root / x for x in subs), *(root / ds for ds in datasets), *(root / "raw" / ds for ds in datasets)]
+    try:
+        for path, src, option in checks:
+            check_writable(path, src, option)
+    except PathError as exc:
+        raise click.ClickException(str(exc)) from None
+    remove_stale_temps(flat)
+    remove_stale_temps(deep, recursive=True)
+
+
 def _errors():
-    """Context manager turning the harness's input errors into one-line click errors."""
+    """Context manager turning the harness's input errors (bad config or data, a failed run, a
+    run record or lock that cannot be trusted or waited on, an unwritable folder) into one-line
+    click errors."""
     import contextlib
 
     from bench.config import ConfigError
     from bench.data import DataError
+    from bench.io import PathError
+    from bench.runs import StoreError
     from bench.train import TrainingError
 
     @contextlib.contextmanager
     def guard():
         try:
             yield
-        except (ConfigError, DataError, TrainingError) as exc:
+        except (ConfigError, DataError, TrainingError, StoreError, PathError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return guard()
@@ -211,6 +257,8 @@ def _overrides(items, models) -> dict:
 
 #: tables of the protocol use this many seeds (PROTOCOL section 3)
 PROTOCOL_SEEDS = 5
+#: upper bound of --seeds (a study of 1000 seeds x 8 models is already 8000 runs)
+MAX_SEEDS = 1000
 
 
 def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None) -> Path:
@@ -255,7 +303,7 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
     from bench.train import RunSpec
 
     with _errors():
-        runner, _ = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        runner, _ = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
         spec = RunSpec(dataset, model, seed, overrides=_overrides(overrides, [model]))
         rid, _ = runner.resolve(spec)
         cached = not force and runner.store.load(rid) is not None
@@ -278,8 +326,8 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @click.option("--table", type=click.Choice(["main"]), default="main", show_default=True,
               help="Which of the paper's tables: main = Table 2.")
 @_datasets_option
-@click.option("--seeds", type=click.IntRange(1, None), default=5, show_default=True,
-              help="Seeds 0..N-1 per model.")
+@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), default=5, show_default=True,
+              help=f"Seeds 0..N-1 per model (at most {MAX_SEEDS}).")
 @_models_option("Model(s) (comma-separated or repeated; default all eight; the table keeps the paper's order).")
 @_run_options
 @_workers_option
@@ -293,7 +341,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets)
         extra = _overrides(overrides, models)
         for ds in datasets:
             records = runner.run_all(main_specs(ds, models, range(seeds), extra), desc=f"{ds} main table")
@@ -310,7 +358,8 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
 @click.option("--study", type=click.Choice(["ablation", "transformer"]), default="ablation", show_default=True,
               help="ablation = Table 3; transformer = Table 4 + Figure 5.")
 @_datasets_option
-@click.option("--seeds", type=click.IntRange(1, None), default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), default=5, show_default=True,
+              help=f"Seeds 0..N-1 (at most {MAX_SEEDS}).")
 @click.option("--variants", "variants", multiple=True, callback=_join_names,
               type=NameList(_variant_names(), "variant"),
               help="MIAN variants of the study to run (comma-separated or repeated; default all of the study's; "
@@ -340,7 +389,7 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
     chosen, tag = _study_selection(study, study_variants, variants, models, seeds)
     baselines = [m for m in MODEL_NAMES if m != "mian" and (models is None or m in models)]
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
             out = _out_dir(results, ds, extra, tag)
@@ -442,7 +491,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     from bench.train import RunSpec, collect_output
 
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
         extra = _overrides(overrides, ["mian"])
         spec = RunSpec(dataset, "mian", seed, overrides=extra)
         record, model = runner.run(spec, keep_model=True)
@@ -516,7 +565,10 @@ def report(results_dir):
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
     from bench.studies import protocol_records
 
-    records, left_out = protocol_records(list(RunStore(results / "runs").records(quarantine=False)))
+    _output_dirs(results_dir, None, data=False, training=False)
+    with _errors():  # a record failing its check is refused, never used
+        all_records = list(RunStore(results / "runs").records())
+    records, left_out = protocol_records(all_records)
     if not records:
         raise click.ClickException(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
     per = {}
@@ -617,7 +669,7 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
         raise click.ClickException(f"--peer {peer}: DeepCTR-Torch is not installed; install it with {PEER_INSTALL}")
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, False)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, False, datasets=(dataset,))
         ds = runner.dataset(dataset)
         opts = BenchOptions(dataset=dataset, cache=str(ds.path), device=device, threads=threads, steps=steps,
                             warmup=warmup, seed=seed, accuracy=accuracy)
@@ -662,6 +714,7 @@ def prepare(dataset, data_dir, raw_dir, force):
 
     from bench.data import prepare as prepare_dataset
 
+    _output_dirs(None, data_dir, (dataset,), results=False, training=False)
     with _errors():
         t0 = time.perf_counter()
         info = prepare_dataset(dataset, data_dir=data_dir, raw_dir=raw_dir, force=force)
@@ -683,6 +736,7 @@ def datasets(data_dir, results_dir):
     from bench.runs import DEFAULT_RESULTS_DIR
     from bench.stats import render_tables, stats_rows, write_csv_atomic
 
+    _output_dirs(results_dir, None, data=False, training=False)
     with _errors():
         metas = prepared_metas(data_dir)
     if not metas:

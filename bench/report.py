@@ -6,6 +6,7 @@ shown beside ours for orientation only.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pandas as pd
 from scipy import stats
 from tabulate import tabulate
 
-from bench.io import atomic_write_text
+from bench.io import atomic_write_many
 from bench.metrics import impr, rela_impr
 
 MODEL_LABELS = {
@@ -113,17 +114,19 @@ class Table:
     underline: set[tuple[int, str]]
     notes: list[str]
 
-    def markdown(self) -> str:
+    def markdown(self, stamp: str | None = None) -> str:
+        """The table in GitHub markdown, its notes as a list under it (with ``stamp``: a last note
+        saying which write the file belongs to, see :meth:`write`)."""
         cells = self.frame.copy()
         for (i, col) in self.underline:
             cells.iat[i, cells.columns.get_loc(col)] = f"<u>{cells.iat[i, cells.columns.get_loc(col)]}</u>"
         for (i, col) in self.bold:
             cells.iat[i, cells.columns.get_loc(col)] = f"**{cells.iat[i, cells.columns.get_loc(col)]}**"
         body = tabulate(cells.values.tolist(), headers=list(cells.columns), tablefmt="github", disable_numparse=True)
-        notes = "\n".join(f"- {n}" for n in self.notes)
+        notes = "\n".join(f"- {n}" for n in self.notes + ([_stamp_note(stamp)] if stamp else []))
         return f"### {self.title}\n\n{body}\n\n{notes}\n"
 
-    def latex(self) -> str:
+    def latex(self, stamp: str | None = None) -> str:
         cells = self.frame.copy().astype(str)
         cells = cells.map(_tex_escape)
         for (i, col) in self.underline:
@@ -134,19 +137,42 @@ class Table:
             cells.iat[i, j] = f"\\textbf{{{cells.iat[i, j]}}}"
         headers = [_tex_escape(c) for c in cells.columns]
         body = tabulate(cells.values.tolist(), headers=headers, tablefmt="latex_raw", disable_numparse=True)
-        notes = "\n".join(f"% {n}" for n in self.notes)
+        notes = "\n".join(f"% {n}" for n in self.notes + ([_stamp_note(stamp)] if stamp else []))
         return f"% {self.title}\n{body}\n{notes}\n"
 
-    def write(self, stem: Path) -> list[Path]:
-        """Write ``<stem>.md``, ``.csv`` and ``.tex`` atomically; returns the paths."""
-        stem = Path(stem)
+    def csv_text(self, stamp: str | None = None) -> str:
+        """The numbers as CSV (with ``stamp``: a last column ``table_stamp`` holding it)."""
+        frame = self.csv if stamp is None else self.csv.assign(table_stamp=stamp)
         buf = io.StringIO()
-        self.csv.to_csv(buf, index=False, float_format="%.6g")
+        frame.to_csv(buf, index=False, float_format="%.6g")
+        return buf.getvalue()
+
+    def stamp(self) -> str:
+        """12 hex digits of sha256 over the md, csv and tex text without the stamp: one value for
+        the three files of one write."""
+        h = hashlib.sha256()
+        for text in (self.markdown(), self.csv_text(), self.latex()):
+            h.update(text.encode("utf-8") + b"\0")
+        return h.hexdigest()[:12]
+
+    def write(self, stem: Path) -> list[Path]:
+        """Write ``<stem>.md``, ``.csv`` and ``.tex`` as one publication; returns the paths.
+
+        The three are written to temporary files first and renamed into place only when all are
+        complete (:func:`bench.io.atomic_write_many`), and each carries the same :meth:`stamp`
+        (the md's and the tex's last note, the csv's ``table_stamp`` column), so a reader can tell
+        that they belong together even if a kill fell between two renames."""
+        stem = Path(stem)
+        stamp = self.stamp()
         out = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex")]
-        atomic_write_text(out[0], self.markdown())
-        atomic_write_text(out[1], buf.getvalue())
-        atomic_write_text(out[2], self.latex())
+        atomic_write_many({out[0]: self.markdown(stamp).encode("utf-8"), out[1]: self.csv_text(stamp).encode("utf-8"),
+                           out[2]: self.latex(stamp).encode("utf-8")})
         return out
+
+
+def _stamp_note(stamp: str) -> str:
+    return (f"table stamp {stamp}: the .md, .csv (column table_stamp) and .tex of this table were written together "
+            "and carry the same stamp")
 
 
 def _tex_escape(s: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,16 @@ from tqdm.auto import tqdm
 
 from bench import train as train_mod
 from bench.config import data_params, resolve_config
-from bench.runs import DEFAULT_RESULTS_DIR, RunStore, run_id, run_key
+from bench.runs import (DEFAULT_RESULTS_DIR, LockTimeout, RunStore, StoreError, lock_timeout, run_id, run_key,
+                        sealed)
 from bench.train import RunSpec
 
 log = logging.getLogger(__name__)
+
+
+def _damaged(path: Path, exc: BaseException) -> None:
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    log.warning("checkpoint %s is damaged (%s); treating it as missing", path, why if len(why) <= 100 else why[:97] + "...")
 
 
 @dataclass
@@ -34,6 +41,11 @@ class Runner:
     checkpoint_dir: where best-epoch weights are kept (``<run_id>.pt``; default
     ``<data_dir>/checkpoints``), so that figures needing a trained model (the GIM heatmap) can
     reload it instead of retraining.
+
+    lock_timeout: seconds a study waits on a run locked by a process that shows no sign of life
+    (the owner refreshes its lock at every evaluation) before it stops with :class:`LockTimeout`
+    (default ``$MIAN_LOCK_TIMEOUT`` or 1800); while it waits it logs the lock, its owner and how
+    to clear it at once and every ``lock_log_seconds``.
     """
 
     store: RunStore = field(default_factory=RunStore)
@@ -46,6 +58,8 @@ class Runner:
     poll_seconds: float = 2.0
     workers: int = 1
     threads: int | None = None
+    lock_timeout: float = field(default_factory=lock_timeout)
+    lock_log_seconds: float = 300.0
     _datasets: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str, params=None):
@@ -91,7 +105,7 @@ class Runner:
         ``keep_model`` and a checkpoint exists, the trained model."""
         rid, config = self.resolve(spec)
         if not self.force:
-            record = self.store.load(rid)
+            record = self.store.load(rid)  # a record failing its check raises RecordError
             if record is not None:
                 if self.device == "cpu" and record.get("threads") not in (None, torch.get_num_threads()):
                     log.info("run %s: using its record, made with %s thread(s) (now %d; DIN/DIEN/MIAN metrics can "
@@ -100,14 +114,22 @@ class Runner:
                 model = self.load_model(record) if keep_model else None
                 return record, model
         record, model = self._train(spec, rid, config)
-        self.store.save(record)
+        record = sealed(record)
+        try:
+            self.store.save(record)
+        except OSError as exc:
+            t = record["test"]
+            raise StoreError(
+                f"could not write the run record {self.store.path(rid)} ({exc.strerror or exc}); the run trained "
+                f"(test AUC {t['auc']:.4f}, logloss {t['logloss']:.4f}, gAUC {t['gauc']:.4f}) but is not saved: "
+                f"make {self.store.root} writable and run the command again") from None
         return record, model
 
     def _train(self, spec: RunSpec, rid: str, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
         """Train ``spec`` and keep its best-epoch weights as ``<rid>.pt`` (the record is not saved)."""
         record, model = train_mod.train_run(self.dataset_for(spec), spec.model, config, spec.seed,
                                             variant=spec.variant, device=self.device, log_dir=self.log_dir,
-                                            progress=self.progress)
+                                            progress=self.progress, on_eval=lambda _: self.store.refresh(rid))
         self.save_checkpoint(rid, model, record)
         return record, model
 
@@ -146,13 +168,18 @@ class Runner:
         path = self.checkpoint_dir / f"{rid}.pt"
         if not path.exists():
             return None
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+            _damaged(path, exc)
+            return None
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             return obj
         return {"format": None, "state_dict": obj, "trained": None}  # older checkpoints: the bare state dict
 
     def load_model(self, record: dict[str, Any]) -> torch.nn.Module | None:
-        """The trained model of ``record`` from its checkpoint, or None when there is none."""
+        """The trained model of ``record`` from its checkpoint, or None when there is none or it
+        is damaged (truncated, not a state dict of this model: logged, naming the file)."""
         from bench.registry import build_model
 
         ckpt = self._load_checkpoint(record["run_id"])
@@ -162,7 +189,11 @@ class Runner:
 
         ds = self.dataset(record["dataset"], ProtocolParams(**record.get("data_params", {})))
         model = build_model(record["model"], ds.schema, record["config"]["model"], item_table=ds.item_table)
-        model.load_state_dict(ckpt["state_dict"])
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            _damaged(self.checkpoint_dir / f"{record['run_id']}.pt", exc)
+            return None
         return model.to(self.device).eval()
 
     def checkpoint_differences(self, record: dict[str, Any]) -> list[str] | None:
@@ -191,7 +222,7 @@ class Runner:
         rids = [self.resolve(spec)[0] for spec in specs]
         records: list[dict[str, Any] | None] = [self._done(r, since) for r in rids]
         pending = [i for i, rec in enumerate(records) if rec is None]
-        log.info("%s: %d runs, %d already done, %d to run", desc, len(specs), len(specs) - len(pending), len(pending))
+        log.info("%s: %d runs: %d done, %d to run", desc, len(specs), len(specs) - len(pending), len(pending))
         helpers = self._start_helpers(specs, since, min(self.workers, len(pending)) - 1)
         bar = tqdm(total=len(pending), desc=desc, unit="run", disable=not self.progress or None)
         try:
@@ -210,7 +241,7 @@ class Runner:
         return records  # type: ignore[return-value]
 
     def _done(self, rid: str, since: float | None) -> dict[str, Any] | None:
-        rec = self.store.load(rid)
+        rec = self.store.load(rid, refuse=since is None)  # --force retrains a record failing its check
         if rec is not None and since is not None:
             try:
                 if self.store.path(rid).stat().st_mtime < since:
@@ -236,7 +267,7 @@ class Runner:
         return procs
 
     def _work(self, specs, rids, records, pending, bar, since) -> None:
-        waiting_logged = False
+        next_log = 0.0  # when to log the locks waited on next
         while pending:
             progressed = False
             for i in list(pending):
@@ -268,11 +299,38 @@ class Runner:
                     spec.dataset, spec.model, spec.variant, spec.seed, t["auc"], t["logloss"], t["gauc"],
                     sum(records[i]["wall_seconds"].values()),
                 )
-            if pending and not progressed:
-                if not waiting_logged:
-                    log.info("waiting for %d run(s) claimed by another worker", len(pending))
-                    waiting_logged = True
+            if progressed:
+                next_log = 0.0
+            elif pending:
+                self._wait_on_locks([rids[i] for i in pending], next_log)
+                if time.monotonic() >= next_log:
+                    next_log = time.monotonic() + self.lock_log_seconds
                 time.sleep(self.poll_seconds)
+
+    def _wait_on_locks(self, rids: list[str], next_log: float) -> None:
+        """Log the locks of ``rids`` (every one is held by another process) when ``next_log`` is
+        due; raise :class:`LockTimeout` for one whose owner gave no sign of life for
+        ``lock_timeout`` seconds."""
+        for rid in rids:
+            silent = self.store.lock_silence(rid)
+            if silent is not None and silent > self.lock_timeout:
+                path = self.store.lock_path(rid)
+                raise LockTimeout(
+                    f"run {rid} is locked by {self.store.describe_lock(rid)} ({path}), which has not refreshed it for "
+                    f"{silent:.0f} s (MIAN_LOCK_TIMEOUT = {self.lock_timeout:.0f} s); if no study is running there, "
+                    f"delete the lock (rm {path}) and run the command again")
+        if time.monotonic() < next_log:
+            return
+        for rid in rids[:3]:
+            silent = self.store.lock_silence(rid)
+            if silent is None:
+                continue
+            path = self.store.lock_path(rid)
+            log.info("waiting for run %s: its lock %s is held by %s (refreshed %.0f s ago; giving up after %.0f s "
+                     "without a refresh, MIAN_LOCK_TIMEOUT); if no study is running there, delete the lock (rm %s)",
+                     rid, path, self.store.describe_lock(rid), silent, self.lock_timeout, path)
+        if len(rids) > 3:
+            log.info("... and %d more run(s) locked by other workers", len(rids) - 3)
 
 
 #: format tag of the checkpoints written by :meth:`Runner.save_checkpoint`
@@ -339,6 +397,9 @@ def _helper_main(runner: Runner, specs: list[RunSpec], since: float | None, leve
         torch.set_num_threads(runner.threads)
     try:
         runner._run_all(specs, "helper", since)
+    except StoreError as exc:  # the main process meets (and reports) the same record or lock
+        logging.getLogger(__name__).error("%s", exc)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the main process reports it
         raise SystemExit(130) from None
 

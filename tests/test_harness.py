@@ -156,18 +156,26 @@ def test_interrupted_study_runs_only_missing(runner, monkeypatch):
     assert len(calls) == 6
 
 
-def test_corrupt_record_is_reported_and_recomputed(runner, monkeypatch, caplog):
+def test_corrupt_record_is_refused_and_force_retrains_it(runner, monkeypatch, caplog):
+    from bench.runs import RecordError
+
     monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     spec = RunSpec("toyset", "toy", 0)
     rec, _ = runner.run(spec)
     path = runner.store.path(rec["run_id"])
     path.write_text(path.read_text()[:50])  # truncated
+    damaged = path.read_bytes()
+    with pytest.raises(RecordError, match=r"not valid JSON.*git checkout -- .*--force"):
+        runner.run(spec)
+    with pytest.raises(RecordError):
+        runner.run_all([spec])
+    assert path.read_bytes() == damaged  # refused, never replaced silently
+    runner.force = True
     with caplog.at_level("WARNING"):
-        again, _ = runner.run(spec)
-    assert "corrupt" in caplog.text
+        again = runner.run_all([spec])[0]
+    assert "fails its check" in caplog.text
     assert again["test"] == rec["test"]
     assert json.loads(path.read_text())["run_id"] == rec["run_id"]
-    assert path.with_suffix(".json.corrupt").exists()
 
 
 def test_checkpoint_reload_gives_the_same_predictions(runner, monkeypatch):
@@ -379,9 +387,14 @@ def test_lock_appears_complete_and_only_its_owner_releases_it(tmp_path):
 
 
 def test_records_are_readable_by_others(tmp_path):
+    from bench.runs import run_id
+
+    key = {"protocol": "p", "dataset": "d", "fingerprint": "f", "model": "m", "variant": "v", "seed": 0,
+           "config": {"train": {}, "model": {}}, "results_version": 1}
+    m = {"auc": 0.5, "logloss": 0.7, "gauc": 0.5}
     store = RunStore(tmp_path / "runs")
-    path = store.save({"run_id": "r1", "protocol": "p", "dataset": "d", "model": "m", "variant": "v", "seed": 0,
-                       "config": {}, "test": {}})
+    path = store.save({**key, "run_id": run_id(key), "test": m, "valid": m, "valid_history": [], "best_epoch": 1,
+                       "epochs_run": 1, "steps": 1, "n_params": 1, "wall_seconds": {"train": 0.0, "eval": 0.0}})
     import os
 
     mask = os.umask(0)

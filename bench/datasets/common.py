@@ -107,7 +107,7 @@ def download(url: str, dest: Path, timeout: float, sha256: str | None = None) ->
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}~", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         log.info("downloading %s", url)

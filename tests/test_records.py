@@ -1,0 +1,380 @@
+"""Faults around what the harness writes: untrustworthy run records, unwritable folders, damaged
+checkpoints, full disks, interrupted writes and locks held by others. Each test checks the one-line
+error (or the recovery) and that nothing already written changed."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench import io as io_mod
+from bench import studies as studies_mod
+from bench import train as train_mod
+from bench.runs import (LockTimeout, RecordError, RunStore, StoreError, checksum, lock_timeout, process_start,
+                        record_problems, seal)
+from bench.train import RunSpec
+from cli import cli
+from test_harness import config, runner  # noqa: F401 - the fixture
+
+REPO = Path(__file__).resolve().parents[1]
+DEAD_PID = 99_999_999  # above any Linux pid_max: never a live process
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny prepared movielens-100k and a results folder holding one LR run record."""
+    from datagen import prepare_tiny_ml100k
+
+    data = prepare_tiny_ml100k(tmp_path_factory.mktemp("records"))
+    results = tmp_path_factory.mktemp("results")
+    res = CliRunner().invoke(cli, ["train", "--model", "lr", *_args(data, results)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return data, results
+
+
+def _args(data, results):
+    return ["--data-dir", str(data), "--results-dir", str(results), "--set", "train.max_epochs=1"]
+
+
+def _copy(tiny, tmp_path):
+    data, results = tiny
+    shutil.copytree(results, tmp_path / "r")
+    return data, tmp_path / "r"
+
+
+def _one_error(res, *parts):
+    """``res`` failed with exactly one line, ``Error: ...``, holding every one of ``parts``."""
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    assert "Traceback" not in res.output
+    for p in parts:
+        assert p in res.output, (p, res.output)
+
+
+def _no_training(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("trained although the command should have stopped first")
+
+    monkeypatch.setattr(train_mod, "train_run", fail)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- run records (7)
+
+def test_committed_records_pass_their_check():
+    store = RunStore(REPO / "results" / "runs")
+    records = store.records()
+    assert len(records) >= 160 and all(r["checksum"] == checksum(r) for r in records)
+
+
+def test_an_edited_metric_is_refused_by_every_command_and_force_retrains_it(tiny, tmp_path, monkeypatch):
+    data, results = _copy(tiny, tmp_path)
+    [path] = list((results / "runs").glob("*.json"))
+    record = json.loads(path.read_text())
+    record["test"]["auc"] = 0.99  # a hand edit, checksum left as it was
+    path.write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")
+    edited = path.read_bytes()
+    with monkeypatch.context() as m:
+        _no_training(m)
+        for cmd in (["train", "--model", "lr", *_args(data, results)],
+                    ["reproduce", "--models", "lr", "--seeds", "1", *_args(data, results)],
+                    ["report", "--results-dir", str(results)]):
+            res = CliRunner().invoke(cli, cmd)
+            _one_error(res, str(path), "does not match its checksum", f"git checkout -- {path}", "--force")
+    assert path.read_bytes() == edited
+    assert not (results / "CLAIMS.md").exists() and not (results / "movielens-100k").exists()
+    res = CliRunner().invoke(cli, ["train", "--model", "lr", "--force", *_args(data, results)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    again = RunStore(results / "runs").load(path.stem)
+    assert again["test"]["auc"] != 0.99 and again["checksum"] == checksum(again)
+
+
+@pytest.mark.parametrize("content, why", [
+    ("null", "expected a JSON object, found NoneType"),
+    ('{"test": "abc"}', "run_id: expected a string, found missing"),
+    ("not json", "is not valid JSON"),
+])
+def test_a_record_of_the_wrong_shape_is_refused_by_name(tiny, tmp_path, content, why):
+    data, results = _copy(tiny, tmp_path)
+    [path] = list((results / "runs").glob("*.json"))
+    path.write_text(content)
+    for cmd in (["train", "--model", "lr", *_args(data, results)], ["report", "--results-dir", str(results)]):
+        _one_error(CliRunner().invoke(cli, cmd), str(path), why, "--force")
+    assert path.read_text() == content
+
+
+def test_record_problems_name_the_key_and_the_type(tiny):
+    [path] = list((tiny[1] / "runs").glob("*.json"))
+    good = json.loads(path.read_text())
+    assert record_problems(good, path.stem) == []
+    cases = {
+        ("test",): ("abc", "test: expected an object"),
+        ("test", "auc"): (float("inf"), "test.auc: expected a finite number"),
+        ("valid", "gauc"): ("0.5", "valid.gauc: expected a number, found str"),
+        ("seed",): (True, "seed: expected an integer, found bool"),
+        ("valid_history",): ([{"epoch": 1}], "valid_history[0].step: expected an integer, found missing"),
+        ("config", "train"): (None, "config.train: expected an object"),
+    }
+    for keys, (value, msg) in cases.items():
+        bad = json.loads(path.read_text())
+        target = bad
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+        assert any(msg in p for p in record_problems(bad, path.stem)), (keys, record_problems(bad, path.stem))
+    assert "not its file name" in record_problems(good, "0" * 16)[0]
+    moved = dict(good, seed=good["seed"] + 1)
+    assert "run_id is not the hash" in record_problems(moved)[0]
+
+
+def test_seal_adds_only_the_checksum(tmp_path):
+    src = sorted((REPO / "results" / "runs").glob("*.json"))[:3]
+    (tmp_path / "runs").mkdir()
+    originals = {}
+    for p in src:
+        rec = json.loads(p.read_text())
+        del rec["checksum"]
+        text = json.dumps(rec, sort_keys=True, indent=1) + "\n"
+        (tmp_path / "runs" / p.name).write_text(text)
+        originals[p.name] = text
+    with pytest.raises(RecordError, match="no checksum"):
+        RunStore(tmp_path / "runs").records()
+    assert len(seal(tmp_path / "runs")) == 3
+    for name, text in originals.items():
+        new = (tmp_path / "runs" / name).read_text().splitlines()
+        old = text.splitlines()
+        added = [line for line in new if line not in old]
+        assert len(new) == len(old) + 1 and len(added) == 1 and added[0].startswith(' "checksum": "')
+        assert (tmp_path / "runs" / name).read_bytes() == (REPO / "results" / "runs" / name).read_bytes()
+    assert seal(tmp_path / "runs") == []  # a second pass changes nothing
+
+
+# --------------------------------------------------------------------------- file-system faults (6)
+
+def test_results_dir_under_a_file_fails_before_any_work(tiny, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    res = CliRunner().invoke(cli, ["train", "--model", "lr", *_args(tiny[0], tmp_path / "file" / "sub")])
+    _one_error(res, str(tmp_path / "file" / "sub"), "--results-dir", f"{tmp_path / 'file'} is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_data_dir_env_pointing_to_a_file_is_named(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    (tmp_path / "data").write_text("x")
+    monkeypatch.setenv("MIAN_DATA_DIR", str(tmp_path / "data"))
+    for cmd in (["train", "--model", "lr", "--results-dir", str(tmp_path / "r")], ["prepare", "movielens-100k"]):
+        _one_error(CliRunner().invoke(cli, cmd), f"MIAN_DATA_DIR={tmp_path / 'data'}", "is a file, not a folder",
+                   "--data-dir or MIAN_DATA_DIR")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_runs_folder_fails_before_training(tiny, tmp_path, monkeypatch):
+    data, results = _copy(tiny, tmp_path)
+    before = _snapshot(results)
+    real = io_mod.probe
+
+    def probe(folder):  # permission bits do not stop root, so the refusal is simulated
+        if Path(folder) == results / "runs":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real(folder)
+
+    monkeypatch.setattr(io_mod, "probe", probe)
+    _no_training(monkeypatch)
+    res = CliRunner().invoke(cli, ["train", "--model", "lr", "--seed", "3", *_args(data, results)])
+    _one_error(res, f"{results / 'runs'} (from --results-dir {results}) is not writable: Permission denied")
+    assert _snapshot(results) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permission bits do not stop root")
+def test_unwritable_data_dir_fails_with_its_name(tmp_path):
+    (tmp_path / "data").mkdir(mode=0o555)
+    res = CliRunner().invoke(cli, ["prepare", "movielens-100k", "--data-dir", str(tmp_path / "data")])
+    _one_error(res, f"--data-dir {tmp_path / 'data'}", "not writable")
+
+
+def test_a_record_that_cannot_be_written_names_its_path_and_metrics(runner, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("bench.runs.atomic_write_text", full)
+    spec = RunSpec("toyset", "toy", 0)
+    with pytest.raises(StoreError) as err:
+        runner.run(spec)
+    rid = runner.resolve(spec)[0]
+    assert str(runner.store.path(rid)) in str(err.value) and "No space left" in str(err.value)
+    assert "test AUC 0." in str(err.value)
+
+
+def test_a_truncated_checkpoint_is_treated_as_missing(runner, monkeypatch, caplog):  # noqa: F811
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
+    rec, _ = runner.run(RunSpec("toyset", "toy", 0))
+    ckpt = runner.checkpoint_dir / f"{rec['run_id']}.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:40])
+    record_before = runner.store.path(rec["run_id"]).read_bytes()
+    with caplog.at_level("WARNING"):
+        again, model = runner.run(RunSpec("toyset", "toy", 0), keep_model=True)
+    assert model is None and again == rec
+    assert f"checkpoint {ckpt} is damaged" in caplog.text and caplog.text.count("is damaged") == 1
+    assert runner.store.path(rec["run_id"]).read_bytes() == record_before
+
+
+def test_a_full_disk_keeps_the_old_files_and_leaves_no_temporary(tmp_path, monkeypatch):
+    old = {tmp_path / "a.md": b"old a", tmp_path / "b.csv": b"old b"}
+    for p, b in old.items():
+        p.write_bytes(b)
+    calls = []
+    real = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(io_mod.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        io_mod.atomic_write_many({p: b"new" for p in old})
+    assert {p: p.read_bytes() for p in old} == old  # neither replaced: the first waits for the second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "b.csv"]
+
+
+# --------------------------------------------------------------------------- interrupted writes (10)
+
+def test_stale_temporaries_are_removed_at_start_and_live_ones_kept(tiny, tmp_path):
+    data, results = _copy(tiny, tmp_path)
+    data = Path(shutil.copytree(data, tmp_path / "d", ignore=shutil.ignore_patterns("checkpoints")))
+    raw = data / "raw" / "movielens-100k"
+    raw.mkdir(parents=True)
+    old = time.time() - 3600
+    stale = [results / "runs" / f".0123.json.{DEAD_PID}~abc.tmp", results / "runs" / f".0123.lock.{DEAD_PID}~.tmp",
+             results / "movielens-100k" / ".main_table.md.x1y2.tmp", data / "movielens-100k" / f".LATEST.{DEAD_PID}~q.tmp",
+             raw / f".pip-{DEAD_PID}~zz", raw / f".u.data.{DEAD_PID}~a.part"]
+    live = [results / "runs" / f".0123.json.{os.getpid()}~abc.tmp", results / "movielens-100k" / ".fresh.md.abc.tmp"]
+    for p in stale + live:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if "pip" in p.name:
+            p.mkdir()
+            (p / "x.whl").write_bytes(b"w")
+        else:
+            p.write_text("partial")
+    os.utime(stale[2], (old, old))  # an older release's name (no pid): stale once old
+    keep = results / "runs" / ".not-ours"
+    keep.write_text("x")
+    res = CliRunner().invoke(cli, ["train", "--model", "lr", *_args(data, results)], catch_exceptions=False)
+    assert res.exit_code == 0 and "already done" in res.output
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in live) and keep.exists()
+
+
+def test_a_table_is_published_with_one_stamp_and_a_kill_between_renames_shows(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from bench.report import main_table
+    from test_report import rec
+
+    recs = [rec(m, s, 0.6 + 0.01 * s + (m == "mian") * 0.01, 0.5) for m in ("lr", "mian") for s in range(3)]
+    tab = main_table(recs, "ds", ["lr", "mian"])
+    paths = tab.write(tmp_path / "main_table")
+
+    def stamps():
+        md, csv, tex = paths
+        return (md.read_text().rsplit("table stamp ", 1)[1][:12], set(pd.read_csv(csv)["table_stamp"]),
+                tex.read_text().rsplit("table stamp ", 1)[1][:12])
+
+    md_stamp, csv_stamp, tex_stamp = stamps()
+    assert csv_stamp == {md_stamp} and tex_stamp == md_stamp == tab.stamp()
+    before = {p: p.read_bytes() for p in paths}
+    tab2 = main_table(recs[:-1], "ds", ["lr", "mian"])
+    real = os.replace
+    done = []
+
+    def replace(src, dst):
+        if done:
+            raise KeyboardInterrupt  # killed after the md was renamed
+        real(src, dst)
+        done.append(dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        tab2.write(tmp_path / "main_table")
+    monkeypatch.undo()
+    md_stamp2, csv_stamp2, _ = stamps()
+    assert md_stamp2 == tab2.stamp() != md_stamp and csv_stamp2 == {md_stamp}  # the mismatch is visible
+    assert paths[1].read_bytes() == before[paths[1]] and paths[2].read_bytes() == before[paths[2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
+
+
+# --------------------------------------------------------------------------- locks and seeds (5)
+
+def _lock(store, rid, **owner):
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.lock_path(rid).write_text(json.dumps({"host": socket.gethostname(), "since": 0, **owner}))
+
+
+def test_a_lock_whose_pid_was_reused_is_taken_over(runner, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
+    spec = RunSpec("toyset", "toy", 0)
+    rid = runner.resolve(spec)[0]
+    assert process_start(1) is not None
+    _lock(runner.store, rid, pid=1, start="0")  # pid 1 is alive, but started at another time
+    runner.poll_seconds = 0.05
+    assert runner.run_all([spec])[0]["seed"] == 0
+    assert not runner.store.lock_path(rid).exists()
+    assert runner.store.claim("x") and json.loads(runner.store.lock_path("x").read_text())["start"] == process_start(os.getpid())
+
+
+def test_waiting_on_a_live_lock_is_logged_and_times_out_naming_the_file(runner, monkeypatch, caplog):  # noqa: F811
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
+    spec = RunSpec("toyset", "toy", 0)
+    rid = runner.resolve(spec)[0]
+    _lock(runner.store, rid, pid=1)  # alive, start time unknown: cannot be taken over
+    lock = runner.store.lock_path(rid)
+    content = lock.read_bytes()
+    runner.poll_seconds, runner.lock_timeout = 0.05, 0.5
+    t0 = time.monotonic()
+    with caplog.at_level("INFO"), pytest.raises(LockTimeout) as err:
+        runner.run_all([spec])
+    assert time.monotonic() - t0 < 10
+    assert f"its lock {lock} is held by pid 1 on this host" in caplog.text and f"rm {lock}" in caplog.text
+    assert "1 runs: 0 done, 1 to run" in caplog.text
+    assert str(lock) in str(err.value) and "MIAN_LOCK_TIMEOUT" in str(err.value) and f"rm {lock}" in str(err.value)
+    assert lock.read_bytes() == content and not runner.store.path(rid).exists()
+    runner.store.release(rid)  # not ours: kept
+    assert lock.exists()
+    monkeypatch.setenv("MIAN_LOCK_TIMEOUT", "soon")
+    with pytest.raises(StoreError, match="MIAN_LOCK_TIMEOUT='soon': expected a number of seconds"):
+        lock_timeout()
+
+
+def test_a_refreshed_lock_is_not_timed_out(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    assert store.claim("r")
+    old = time.time() - 100
+    os.utime(store.lock_path("r"), (old, old))
+    assert store.lock_silence("r") > 99
+    store.refresh("r")
+    assert store.lock_silence("r") < 5
+    _lock(store, "other", pid=1)
+    os.utime(store.lock_path("other"), (old, old))
+    store.refresh("other")  # not ours: untouched
+    assert store.lock_silence("other") > 99
+
+
+def test_seeds_have_an_upper_bound(tmp_path):
+    for cmd in ("reproduce", "ablate"):
+        res = CliRunner().invoke(cli, [cmd, "--seeds", "1000000", "--results-dir", str(tmp_path)])
+        assert res.exit_code == 2 and "1000000 is not in the range 1<=x<=1000" in res.output
+    assert not any(tmp_path.iterdir())
