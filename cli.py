@@ -606,9 +606,10 @@ def crosscheck(other_dir, tag, results_dir):
 
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
     other_runs = other_dir / "runs" if (other_dir / "runs").is_dir() else other_dir
-    theirs = list(RunStore(other_runs).records(quarantine=False))
-    ours_store = RunStore(results / "runs")
-    ours = [r for r in (ours_store.load(t["run_id"], quarantine=False) for t in theirs) if r is not None]
+    with _errors():
+        theirs = list(RunStore(other_runs).records())
+        ours_store = RunStore(results / "runs")
+        ours = [r for r in (ours_store.load(t["run_id"]) for t in theirs) if r is not None]
     pairs = pair_frame(ours, theirs)
     if pairs.empty:
         raise click.ClickException(f"--other {other_dir}: none of its {len(theirs)} run records has a record of the "

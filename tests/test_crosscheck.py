@@ -1,0 +1,73 @@
+"""crosscheck: the same run ids trained elsewhere against our records (on a tiny synthetic
+MovieLens-100K; the "other machine" is a copy of our records with one model's metrics moved, as
+another CPU moves them)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.runs import sealed
+from cli import cli
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from datagen import prepare_tiny_ml100k
+
+    return prepare_tiny_ml100k(tmp_path_factory.mktemp("xcheck"))
+
+
+def invoke(*args):
+    n = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_crosscheck_compares_run_by_run_keeps_the_records_and_notes_the_tables(tiny, tmp_path):
+    results, other = tmp_path / "results", tmp_path / "other"
+    study = ["reproduce", "--models", "lr,din", "--seeds", 2, "--set", "train.max_epochs=1", "--data-dir", tiny]
+    res = invoke(*study, "--results-dir", results)
+    assert res.exit_code == 0, res.output
+    shutil.copytree(results / "runs", other / "runs")
+    moved = {}
+    for path in (other / "runs").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["machine"] = {"cpu": "Test CPU", "isa": "AVX2", "arch": "x86_64", "simd": "avx2"}
+        if rec["model"] == "din":
+            moved[rec["seed"]] = 0.003 if rec["seed"] == 0 else -0.001
+            rec["test"]["auc"] += moved[rec["seed"]]
+        path.write_text(json.dumps(sealed(rec)))
+
+    res = invoke("crosscheck", "--other", other, "--name", "Test Box", "--results-dir", results)
+    assert res.exit_code == 0, res.output
+    [out] = list(results.glob("*/cross_machine/test-box.csv"))
+    frame = pd.read_csv(out).set_index("model")
+    assert frame.loc["lr", "runs"] == 2 and frame.loc["lr", "bit_identical"] == 2
+    assert frame.loc["lr", "max_abs_delta_auc"] == 0
+    assert frame.loc["din", "bit_identical"] == 0
+    assert frame.loc["din", "max_abs_delta_auc"] == pytest.approx(0.003)
+    assert frame.loc["din", "mean_abs_delta_auc"] == pytest.approx(0.002)
+    assert frame.loc["din", "abs_delta_mean_auc"] == pytest.approx(0.001)
+    md = out.with_suffix(".md").read_text()
+    assert "Test CPU (torch kernels AVX2)" in md and "crosscheck --other" in md
+    kept = sorted(p.name for p in (results / "machines" / "test-box" / "runs").glob("*.json"))
+    assert kept == sorted(p.name for p in (other / "runs").glob("*.json"))
+
+    res = invoke(*study, "--results-dir", results)  # the table now says what a machine change does
+    assert res.exit_code == 0, res.output
+    [table] = list(results.glob("*/**/main_table.md"))
+    assert "Another machine (cross_machine/test-box.md, 4 runs retrained): test AUC of a run moves by up to 3.0e-03 (DIN)" in table.read_text()
+
+
+def test_crosscheck_without_common_runs_is_one_error(tiny, tmp_path):
+    (tmp_path / "other" / "runs").mkdir(parents=True)
+    res = invoke("crosscheck", "--other", tmp_path / "other", "--results-dir", tmp_path / "results")
+    assert res.exit_code != 0
+    assert res.output.startswith("Error: --other") and "none of its 0 run records" in res.output
