@@ -389,10 +389,29 @@ def model_differences(record: dict[str, Any], other: dict[str, Any]) -> list[str
     return out
 
 
+def _exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """End this helper process as soon as the process that spawned it is gone (killed with SIGKILL
+    or SIGTERM, whose default action skips multiprocessing's clean-up of daemon children): an
+    orphan would go on training the study's runs after the study was stopped. Its lock is then
+    one of a dead process, which the next study takes over."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _helper_main(runner: Runner, specs: list[RunSpec], since: float | None, level: int) -> None:
     """Entry point of a spawned helper worker of :meth:`Runner.run_all`: ``runner`` is a copy of
     the main process's (no progress bar, one worker)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s: %(message)s", datefmt="%H:%M:%S")
+    _exit_with_parent()
     if runner.threads:
         torch.set_num_threads(runner.threads)
     try:

@@ -466,3 +466,53 @@ def test_visualize_attention_retrains_a_missing_checkpoint_but_keeps_the_record(
     assert record_path.read_bytes() == before  # commit, date and timings of the record kept
     assert (out / "gim_weights.csv").read_text() == weights  # same seed -> same model -> same figure
     assert (tiny_ml100k / "checkpoints" / f"{record_path.stem}.pt").exists()
+
+
+def test_a_helper_worker_ends_when_its_study_is_killed(tiny_ml100k, tmp_path):
+    """SIGKILL of the study process skips multiprocessing's clean-up of its daemon helpers; the
+    helper must notice and end instead of training on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import logging, multiprocessing as mp, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from bench import studies
+from bench.config import parse_overrides
+from bench.runs import RunStore
+if __name__ == "__main__":
+    specs = studies.main_specs("movielens-100k", ["mian"], range(4),
+                               parse_overrides(["train.max_epochs=500", "train.patience=500"]))
+    helper = studies.Runner(store=RunStore({str(tmp_path / 'runs')!r}), data_dir={str(tiny_ml100k)!r},
+                            progress=False, threads=1)
+    proc = mp.get_context("spawn").Process(target=studies._helper_main, args=(helper, specs, None, logging.INFO),
+                                           daemon=True)
+    proc.start()
+    print(proc.pid, flush=True)
+    time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.time() + 120
+        while not list((tmp_path / "runs").glob("*.lock")) and time.time() < deadline:
+            time.sleep(0.2)  # the helper has claimed a run: it is training
+        assert list((tmp_path / "runs").glob("*.lock")), "the helper never started a run"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the helper went on after its study process was killed")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
