@@ -601,15 +601,14 @@ def efficiency_table(rows: Sequence[dict[str, Any]], notes: Sequence[str], datas
 
 
 def write_table(table, stem: Path) -> list[Path]:
-    """``<stem>.md`` and ``<stem>.csv`` written atomically."""
-    from bench.io import atomic_write_text
+    """``<stem>.md`` and ``<stem>.csv`` published together (both complete before either is
+    renamed into place) with the same table stamp, as :meth:`bench.report.Table.write`."""
+    from bench.io import atomic_write_many
 
     stem = Path(stem)
-    buf = io.StringIO()
-    table.csv.to_csv(buf, index=False, float_format="%.6g")
+    stamp = table.stamp()
     paths = [stem.with_suffix(".md"), stem.with_suffix(".csv")]
-    atomic_write_text(paths[0], table.markdown())
-    atomic_write_text(paths[1], buf.getvalue())
+    atomic_write_many({paths[0]: table.markdown(stamp).encode("utf-8"), paths[1]: table.csv_text(stamp).encode("utf-8")})
     return paths
 
 

@@ -56,7 +56,9 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
     assert committed.read_text() == "the committed 8-model table\n"
     assert not (tmp_path / "movielens-100k" / "efficiency.csv").exists()
     csv = pd.read_csv(out / "efficiency.csv")
-    assert list(csv.columns) == list(CSV_COLUMNS)
+    assert list(csv.columns) == [*CSV_COLUMNS, "table_stamp"]
+    [stamp] = set(csv["table_stamp"])  # the md and the csv were published together
+    assert f"table stamp {stamp}" in (out / "efficiency.md").read_text()
     assert list(csv["model"]) == ["lr", "din"]
     for name, row in zip(("lr", "din"), csv.itertuples()):
         assert row.n_params == count_params(build_model(name, ds.schema, _model_cfg(name), item_table=ds.item_table))
