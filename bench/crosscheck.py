@@ -40,7 +40,7 @@ def pair_frame(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]])
         o = by_id.get(t["run_id"])
         if o is None:
             continue
-        row = {"dataset": o["dataset"], "model": o["model"], "variant": o["variant"], "seed": o["seed"],
+        row = {"dataset": o["dataset"], "protocol": o["protocol"], "model": o["model"], "variant": o["variant"], "seed": o["seed"],
                "run_id": o["run_id"], "identical": _history_key(o) == _history_key(t) and o["test"] == t["test"],
                "same_best_epoch": o["best_epoch"] == t["best_epoch"]}
         for m in ("auc", "logloss", "gauc"):
@@ -69,7 +69,7 @@ def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_
         d_ll = (g["theirs_logloss"] - g["ours_logloss"]).abs()
         std = float(g["ours_auc"].std(ddof=1)) if len(g) > 1 else float("nan")
         row = {
-            "model": model, "variant": variant, "runs": len(g), "bit_identical": int(g["identical"].sum()),
+            "model": model, "variant": variant, "protocol": "+".join(sorted(set(g["protocol"]))), "runs": len(g), "bit_identical": int(g["identical"].sum()),
             "same_best_epoch": int(g["same_best_epoch"].sum()),
             "max_abs_delta_auc": float(d_auc.max()), "mean_abs_delta_auc": float(d_auc.mean()),
             "abs_delta_mean_auc": float(abs(g["theirs_auc"].mean() - g["ours_auc"].mean())),
@@ -121,7 +121,8 @@ def cross_machine_notes(dataset_dir) -> list[str]:
             continue
         over = frame[frame["ratio_max_delta_to_seed_std"] >= 1]
         label = MODEL_LABELS.get(worst["model"], worst["model"])
-        text = (f"Another machine (cross_machine/{path.stem}.md, {int(frame['runs'].sum())} runs retrained): test AUC of "
+        protocols = "+".join(sorted(set("+".join(frame["protocol"].astype(str)).split("+")))) if "protocol" in frame else "?"
+        text = (f"Another machine (cross_machine/{path.stem}.md, {int(frame['runs'].sum())} runs of {protocols} retrained): test AUC of "
                 f"a run moves by up to {worst['max_abs_delta_auc']:.1e} ({label}), mean "
                 f"{float((frame['mean_abs_delta_auc'] * frame['runs']).sum() / frame['runs'].sum()):.1e}; ")
         if over.empty:

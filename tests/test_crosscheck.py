@@ -63,7 +63,7 @@ def test_crosscheck_compares_run_by_run_keeps_the_records_and_notes_the_tables(t
     res = invoke(*study, "--results-dir", results)  # the table now says what a machine change does
     assert res.exit_code == 0, res.output
     [table] = list(results.glob("*/**/main_table.md"))
-    assert "Another machine (cross_machine/test-box.md, 4 runs retrained): test AUC of a run moves by up to 3.0e-03 (DIN)" in table.read_text()
+    assert "Another machine (cross_machine/test-box.md, 4 runs of ml100k-ctr-v1 retrained): test AUC of a run moves by up to 3.0e-03 (DIN)" in table.read_text()
 
 
 def test_crosscheck_without_common_runs_is_one_error(tiny, tmp_path):
