@@ -559,6 +559,7 @@ def report(results_dir):
     import json
 
     from bench.claims import claims_markdown, dataset_claims
+    from bench.crosscheck import cross_machine_notes
     from bench.io import atomic_write_text
     from bench.runs import DEFAULT_RESULTS_DIR, RunStore
 
@@ -582,7 +583,7 @@ def report(results_dir):
             left_out.append(f"{gim_path} left out: its model is not the one of run {gim.get('run_id')}'s record.")
             gim = None
         per[ds] = dataset_claims(records, ds, gim)
-    text = claims_markdown(per, notes=left_out)
+    text = claims_markdown(per, notes=left_out, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
     atomic_write_text(results / "CLAIMS.md", text)
     click.echo(text)
     click.echo(f"wrote {results / 'CLAIMS.md'}")

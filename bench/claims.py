@@ -168,8 +168,10 @@ def dataset_claims(
     return rows
 
 
-def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequence[str] = ()) -> str:
-    """``results/CLAIMS.md``: one section per dataset, one row per claim."""
+def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequence[str] = (),
+                    dataset_notes: dict[str, Sequence[str]] | None = None) -> str:
+    """``results/CLAIMS.md``: one section per dataset, one row per claim, then that dataset's
+    ``dataset_notes`` (e.g. what a change of machine moves: :func:`bench.crosscheck.cross_machine_notes`)."""
     from tabulate import tabulate
 
     parts = [
@@ -198,6 +200,8 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
                                   headers=["claim", "paper", "ours", "verdict"], tablefmt="github", disable_numparse=True))
             parts.append("")
             parts.append(", ".join(f"{v}: {n}" for v, n in counts.items()))
+        for note in (dataset_notes or {}).get(ds, ()):
+            parts += ["", f"- {note}"]
         parts.append("")
     parts += list(notes)
     return "\n".join(parts) + "\n"
