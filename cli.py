@@ -261,9 +261,10 @@ PROTOCOL_SEEDS = 5
 MAX_SEEDS = 1000
 
 
-def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None) -> Path:
+def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None, write: bool = True) -> Path:
     """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config,
-    models and seeds. With ``--set`` overrides, a sub-folder named by them; for a subset of the
+    models and seeds. With ``--set`` overrides, a sub-folder named by them (holding
+    ``overrides.json`` unless ``write`` is False: a command that only reads); for a subset of the
     models or another number of seeds, ``subsets/<tag>`` below that. So the protocol's tables are
     never replaced by a partial or differently configured study."""
     import hashlib
@@ -275,7 +276,8 @@ def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None
     if extra:
         text = json.dumps(extra, sort_keys=True)
         out = out / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-        atomic_write_text(out / "overrides.json", text + "\n")
+        if write:
+            atomic_write_text(out / "overrides.json", text + "\n")
     if subset:
         out = out / "subsets" / subset
     return out
@@ -474,8 +476,12 @@ def _study_selection(study: str, study_variants: dict, variants: list[str] | Non
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Which seed's trained MIAN.")
 @click.option("--case-seed", type=click.IntRange(0, None), default=2021, show_default=True,
               help="Seed of the random draw of the cases among the test positives.")
+@click.option("--redraw", is_flag=True,
+              help="Only draw gim_heatmap.png again from the folder's gim_weights.csv and gim_summary.json "
+                   "(the weights of the run they name; no model, nothing else written).")
 @_run_options
-def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, results_dir, device, threads, force, overrides):
+def visualize_attention(cases, dataset, seed, case_seed, redraw, data_dir, raw_dir, results_dir, device, threads, force,
+                        overrides):
     """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics.
 
     The model is the run's best-epoch checkpoint (data/checkpoints/), else it is retrained. A
@@ -490,6 +496,13 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     from bench.io import atomic_write_text
     from bench.train import RunSpec, collect_output
 
+    tag = "_".join(p for p, default in ((f"seed{seed}", seed == 0), (f"cases{cases}", cases == 14),
+                                         (f"caseseed{case_seed}", case_seed == 2021)) if not default)
+    title = (f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
+             f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
+    if redraw:
+        _redraw_heatmap(results_dir, dataset, overrides, tag, title)
+        return
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
         extra = _overrides(overrides, ["mian"])
@@ -513,11 +526,7 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
     frame.insert(0, "case", range(1, cases + 1))
     frame.insert(1, "test_index", idx)
-    tag = "_".join(p for p, default in ((f"seed{seed}", seed == 0), (f"cases{cases}", cases == 14),
-                                         (f"caseseed{case_seed}", case_seed == 2021)) if not default)
     out = _out_dir(results, dataset, extra, tag or None)
-    title = (f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
-             f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
     if diffs:
         # another model than the record's: beside the figure, never over it
         committed, out = out, out / "local"
@@ -549,6 +558,39 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
     for pair, share in summary["share_interactive_larger"].items():
         click.echo(f"  {pair}: in {share:.1%} of test samples")
     click.echo(f"wrote {out / 'gim_heatmap.png'}, {out / 'gim_weights.csv'}, {out / 'gim_summary.json'}")
+
+
+def _redraw_heatmap(results_dir, dataset, overrides, tag, title) -> None:
+    """``visualize-attention --redraw``: gim_heatmap.png from the folder's gim_weights.csv, after
+    checking that its gim_summary.json names the same figure (dataset, seed, cases, case seed)."""
+    import json
+
+    import pandas as pd
+
+    from bench.config import ConfigError, parse_overrides
+    from bench.figures import gim_heatmap
+    from bench.runs import DEFAULT_RESULTS_DIR
+
+    try:
+        extra = parse_overrides(overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    out = _out_dir(Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR, dataset, extra, tag or None, write=False)
+    weights, summary_path = out / "gim_weights.csv", out / "gim_summary.json"
+    try:
+        frame = pd.read_csv(weights)
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise click.ClickException(f"--redraw needs {weights} and {summary_path} from an earlier run of this "
+                                   f"command: {exc}") from None
+    if len(frame) != summary.get("cases") or summary.get("dataset") != dataset:
+        raise click.ClickException(f"--redraw: {weights} holds {len(frame)} cases of {summary.get('dataset')}, "
+                                   f"its summary says {summary.get('cases')} of {dataset}; run the command without --redraw")
+    try:
+        gim_heatmap(frame, out / "gim_heatmap.png", title)
+    except ValueError as exc:
+        raise click.ClickException(f"--redraw: {weights}: {exc}") from None
+    click.echo(f"redrew {out / 'gim_heatmap.png'} from {weights} (run {summary.get('run_id')})")
 
 
 @cli.command()

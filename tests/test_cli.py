@@ -291,3 +291,24 @@ def test_heatmap_is_sequential_with_horizontal_row_labels(tmp_path, monkeypatch)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(figures.FIGURE6_ROWS)
     assert all(t.get_rotation() == 0 for t in ax.get_yticklabels())
     matplotlib.pyplot.close("all")
+
+
+def test_redraw_draws_the_heatmap_from_the_committed_weights_only(tiny, tmp_path):
+    data, results = tmp_path / "data", tmp_path / "results"
+    shutil.copytree(tiny, data)
+    args = ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
+            "--set", "train.max_epochs=1"]
+    assert invoke(*args).exit_code == 0
+    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
+    kept = {p: p.read_bytes() for p in (out / "gim_weights.csv", out / "gim_summary.json")}
+    (out / "gim_heatmap.png").unlink()
+    shutil.rmtree(data / "checkpoints")  # no model is needed
+    res = invoke(*args, "--redraw")
+    assert res.exit_code == 0, res.output
+    assert (out / "gim_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert not list((results / "runs").glob("*.json.*")) and not (data / "checkpoints").exists()
+    before = sorted(p for p in results.rglob("*"))
+    res = invoke(*args, "--cases", 4, "--redraw")  # no such figure yet: an error, nothing written
+    assert res.exit_code != 0 and res.output.startswith("Error: --redraw needs ")
+    assert sorted(p for p in results.rglob("*")) == before
