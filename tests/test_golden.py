@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.nn.contract import FeatureSchema, Split  # noqa: E402
 from bench.data import PreparedDataset  # noqa: E402
 from bench.registry import MODEL_NAMES  # noqa: E402
 from bench.train import train_run  # noqa: E402
