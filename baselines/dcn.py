@@ -10,9 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import CrossNetwork, field_matrix, n_fields
-from baselines.layers import MLP, FeatureEmbedding
+from bench.nn.config import EmbeddingMLPConfig
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding, field_matrix, n_fields
+from bench.nn.interaction import CrossNetwork
+from bench.nn.mlp import MLP
 
 
 class DCN(nn.Module):
@@ -22,11 +24,7 @@ class DCN(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        embed_dim: int = 16
-        mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "relu"
-        dropout: float = 0.0
+    class Config(EmbeddingMLPConfig):
         cross_layers: int = 3
 
     def __init__(self, schema: FeatureSchema, cfg: "DCN.Config | None" = None, item_table: torch.Tensor | None = None):
@@ -42,3 +40,8 @@ class DCN(nn.Module):
         x0 = field_matrix(self.embedding(batch)).flatten(1)
         logits = self.combine(torch.cat([self.cross(x0), self.dnn(x0)], dim=1)).squeeze(-1)
         return ModelOutput(logits=logits)
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "dcn", "Deep&Cross", DCN

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import LinearPart, field_matrix, fm_second_order, n_fields
-from baselines.layers import MLP, FeatureEmbedding
+from bench.nn.config import EmbeddingMLPConfig
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding, field_matrix, n_fields
+from bench.nn.interaction import LinearPart, fm_second_order
+from bench.nn.mlp import MLP
 
 
 class DeepFM(nn.Module):
@@ -21,11 +23,8 @@ class DeepFM(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        embed_dim: int = 16
-        mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "relu"
-        dropout: float = 0.0
+    class Config(EmbeddingMLPConfig):
+        """embed_dim, mlp, mlp_activation, dropout (:class:`bench.nn.config.EmbeddingMLPConfig`)."""
 
     def __init__(self, schema: FeatureSchema, cfg: "DeepFM.Config | None" = None, item_table: torch.Tensor | None = None):
         super().__init__()
@@ -38,3 +37,8 @@ class DeepFM(nn.Module):
         v = field_matrix(self.embedding(batch))  # [B, m, d]
         logits = self.linear(batch) + fm_second_order(v) + self.dnn(v.flatten(1)).squeeze(-1)
         return ModelOutput(logits=logits)
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "deepfm", "DeepFM", DeepFM

@@ -2,10 +2,10 @@
 
 1. Interest extractor: a GRU (an ``nn.GRU`` module) over the behaviours' concatenated field
    embeddings (interest extractor layer). Histories arrive left-padded; they are rotated so the real behaviours
-   come first (:func:`baselines.blocks.right_align`) and the rows are sorted by length, so the
+   come first (:func:`bench.nn.sequence.right_align`) and the rows are sorted by length, so the
    GRU runs on packed sequences (``pack_padded_sequence``): padding never enters the recurrence
    and costs nothing. ``gru_impl="fused"`` runs the same weights through
-   :func:`baselines.blocks.gru_sequence` instead (the AUGRU's recurrence; equal outputs and
+   :func:`bench.nn.sequence.gru_sequence` instead (the AUGRU's recurrence; equal outputs and
    gradients, about the same CPU time as ``nn.GRU`` on a 2-core CPU).
 2. Auxiliary loss L_aux, total loss L_target + alpha L_aux: h_t must tell the real next behaviour e_{t+1} from a sampled
    negative e'_{t+1}; masked to the steps whose next behaviour is real, averaged over those pairs,
@@ -20,16 +20,21 @@
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import AUGRU, active_counts, gru_sequence, left_align, masked_softmax, right_align
-from baselines.layers import MLP, FeatureEmbedding
+from bench.nn.attention import masked_softmax
+from bench.nn.config import EmbeddingMLPConfig, choice
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding
+from bench.nn.mlp import ACTIVATIONS, MLP
+from bench.nn.sequence import AUGRU, active_counts, gru_sequence, left_align, right_align
+
+#: The interest extractor implementations of ``DIEN.Config.gru_impl``.
+GRU_IMPLS = ("fused", "torch")
 
 
 class DIEN(nn.Module):
@@ -50,16 +55,13 @@ class DIEN(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        embed_dim: int = 16
-        mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "dice"
-        dropout: float = 0.0
+    class Config(EmbeddingMLPConfig):
+        mlp_activation: str = choice("dice", ACTIVATIONS)
         hidden_size: int | None = None  # GRU/AUGRU width; None = F_i * embed_dim (as DIEN's code)
         use_aux: bool = True
         aux_weight: float = 1.0
         aux_mlp: tuple[int, ...] = ()  # () = the paper's <h_t, e>; (100, 50) = the official code's MLP
-        gru_impl: str = "fused"  # "fused" (gru_sequence on the nn.GRU's weights) | "torch" (the nn.GRU module)
+        gru_impl: str = choice("fused", GRU_IMPLS)  # "fused" (gru_sequence on the nn.GRU's weights) | "torch" (the nn.GRU module)
 
     def __init__(self, schema: FeatureSchema, cfg: "DIEN.Config | None" = None, item_table: torch.Tensor | None = None):
         super().__init__()
@@ -68,8 +70,6 @@ class DIEN(nn.Module):
         D = schema.n_item_fields * d
         H = cfg.hidden_size or D
         self.embedding = FeatureEmbedding(schema, d)
-        if cfg.gru_impl not in ("fused", "torch"):
-            raise ValueError(f"DIEN gru_impl must be 'fused' or 'torch', got {cfg.gru_impl!r}")
         self.extractor = nn.GRU(D, H)  # time-major [T, B, D]
         self.att_w = nn.Linear(D, H, bias=False)  # h_t^T W e_a
         self.evolution = AUGRU(H, H)
@@ -171,3 +171,8 @@ class DIEN(nn.Module):
         nll = -(F.logsigmoid(s[0]) + F.logsigmoid(-s[1]))
         m = pair_mask.to(nll.dtype)
         return (nll * m).sum() / m.sum().clamp_min(1.0)
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "dien", "DIEN", DIEN

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import DINAttention
-from baselines.layers import MLP, FeatureEmbedding
+from bench.nn.attention import DINAttention
+from bench.nn.config import EmbeddingMLPConfig, choice
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding
+from bench.nn.mlp import ACTIVATIONS, MLP
 
 
 class DIN(nn.Module):
@@ -26,13 +28,10 @@ class DIN(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        embed_dim: int = 16
-        mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "dice"
-        dropout: float = 0.0
+    class Config(EmbeddingMLPConfig):
+        mlp_activation: str = choice("dice", ACTIVATIONS)  # DIN+Dice (Sec. 4.4)
         att_mlp: tuple[int, ...] = (80, 40)
-        att_activation: str = "dice"
+        att_activation: str = choice("dice", ACTIVATIONS)
         softmax: bool = False
 
     def __init__(self, schema: FeatureSchema, cfg: "DIN.Config | None" = None, item_table: torch.Tensor | None = None):
@@ -52,3 +51,8 @@ class DIN(nn.Module):
         interest, weights = self.attention(q, keys, emb.mask)
         x = torch.cat([emb.e_u.flatten(1), q, interest, emb.e_c.flatten(1)], dim=1)
         return ModelOutput(logits=self.mlp(x).squeeze(-1), attention={"din": weights})
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "din", "DIN", DIN

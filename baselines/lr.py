@@ -1,7 +1,7 @@
 """LR: logistic regression over all sparse fields, one weight per feature value (MIAN Table 2 (1)).
 
 The behaviours enter as one mean-pooled multi-valued field per item field (DIN paper's BaseModel
-input), sharing the candidate's weight table (:class:`baselines.blocks.LinearPart`).
+input), sharing the candidate's weight table (:class:`bench.nn.interaction.LinearPart`).
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import LinearPart
+from bench.nn.config import ModelConfig
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.interaction import LinearPart
 
 
 class LR(nn.Module):
@@ -22,7 +23,7 @@ class LR(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(ModelConfig):
         """LR has no hyper-parameter besides the trainer's (lr, batch size)."""
 
     def __init__(self, schema: FeatureSchema, cfg: "LR.Config | None" = None, item_table: torch.Tensor | None = None):
@@ -32,3 +33,8 @@ class LR(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         return ModelOutput(logits=self.linear(batch))
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "lr", "LR", LR

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import LinearPart, field_matrix, n_fields
-from baselines.layers import MLP, FeatureEmbedding
+from bench.nn.config import EmbeddingMLPConfig
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding, field_matrix, n_fields
+from bench.nn.interaction import LinearPart
+from bench.nn.mlp import MLP
 
 
 class WideDeep(nn.Module):
@@ -23,11 +25,8 @@ class WideDeep(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        embed_dim: int = 16
-        mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "relu"
-        dropout: float = 0.0
+    class Config(EmbeddingMLPConfig):
+        """embed_dim, mlp, mlp_activation, dropout (:class:`bench.nn.config.EmbeddingMLPConfig`)."""
 
     def __init__(self, schema: FeatureSchema, cfg: "WideDeep.Config | None" = None, item_table: torch.Tensor | None = None):
         super().__init__()
@@ -39,3 +38,8 @@ class WideDeep(nn.Module):
     def forward(self, batch: Batch) -> ModelOutput:
         x = field_matrix(self.embedding(batch)).flatten(1)
         return ModelOutput(logits=self.linear(batch) + self.dnn(x).squeeze(-1))
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "wide_deep", "Wide&Deep", WideDeep

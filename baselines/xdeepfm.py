@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema, ModelOutput
-from baselines.blocks import CIN, LinearPart, field_matrix, n_fields
-from baselines.layers import MLP, FeatureEmbedding
+from bench.nn.config import EmbeddingMLPConfig, choice
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding, field_matrix, n_fields
+from bench.nn.interaction import CIN, CIN_ACTIVATIONS, LinearPart
+from bench.nn.mlp import MLP
 
 
 class XDeepFM(nn.Module):
@@ -20,13 +22,9 @@ class XDeepFM(nn.Module):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        embed_dim: int = 16
-        mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "relu"
-        dropout: float = 0.0
+    class Config(EmbeddingMLPConfig):
         cin: tuple[int, ...] = (100, 100)
-        cin_activation: str = "identity"
+        cin_activation: str = choice("identity", CIN_ACTIVATIONS)
         cin_split_half: bool = False
 
     def __init__(self, schema: FeatureSchema, cfg: "XDeepFM.Config | None" = None, item_table: torch.Tensor | None = None):
@@ -43,3 +41,8 @@ class XDeepFM(nn.Module):
         x0 = field_matrix(self.embedding(batch))  # [B, m, d]
         logits = self.linear(batch) + self.cin_out(self.cin(x0)).squeeze(-1) + self.dnn(x0.flatten(1)).squeeze(-1)
         return ModelOutput(logits=logits)
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "xdeepfm", "xDeepFM", XDeepFM

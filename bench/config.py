@@ -31,12 +31,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from bench.registry import check_model_ranges, config_class, make_config
+from bench.registry import config_class, make_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-from bench.registry import ConfigError  # noqa: E402,F401  (defined there; re-exported for the CLI)
+from bench.nn.config import ConfigError  # noqa: E402,F401  (re-exported for the CLI)
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,6 @@ def resolve_config(
     try:
         train_cfg = make_config(TrainConfig, train, where="train config")
         model_cfg = make_config(model_cls, params, where=f"{model} config")
-        check_model_ranges(model_cfg, where=f"{model} config")
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return {"train": _plain(dataclasses.asdict(train_cfg)), "model": _plain(dataclasses.asdict(model_cfg))}

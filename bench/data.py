@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bench import samples, stats
-from bench.contract import BATCH_FIELDS, FeatureSchema, Split, check_ids
+from bench.nn.contract import BATCH_FIELDS, Batch, FeatureSchema, Split
 from bench.datasets import amazon, movielens
 from bench.datasets.common import DataError, RawFiles, sha256_file
 from bench.io import atomic_write_text
@@ -102,7 +102,7 @@ class PreparedDataset:
     """A prepared dataset in memory: schema, the three splits, the item table.
 
     item_table: LongTensor [V_item_id, F_i], the item fields of each item-id index (row 0 padding
-    zeros, row 1 all OOV). Splits follow :class:`bench.contract.Split` (int64 ids, bool mask,
+    zeros, row 1 all OOV). Splits follow :data:`bench.nn.contract.Split` (int64 ids, bool mask,
     float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.stats`.
     ``vocabs``: ``<group>.<field>`` -> sorted raw values (index k >= 2 means ``vocab[k - 2]``).
     ``params``: the protocol parameters it was prepared with (max_len, data_seed).
@@ -262,6 +262,48 @@ def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | No
     return load_cache(prepare(dataset, data_dir, raw_dir, params=params).path)
 
 
+def check_ids(schema: FeatureSchema, data: Batch, where: str,
+              item_table: torch.Tensor | None = None) -> None:
+    """Refuse ids outside their own field's vocabulary, once per split (or batch object).
+
+    Every group embeds all its fields through one concatenated table (``bench.nn.embedding``), so an
+    id >= its field's ``vocab_size`` would silently read the next field's rows; this check makes
+    that an error. Checks, per field: the number of columns of ``item``, ``hist`` [.., F_i],
+    ``user`` [.., J], ``context`` [.., K] (and ``item_table`` [V_item_id, F_i] when given), and
+    0 <= min, max < vocab_size. Vectorised: one min/max reduction per tensor (no per-step cost
+    when called once per split).
+
+    Raises :class:`DataError` naming ``where`` (e.g. "movielens-100k train"),
+    the group, the field, the bad value and the vocabulary size.
+    """
+    groups = (("item", "item", schema.item_fields), ("hist", "item", schema.item_fields),
+              ("user", "user", schema.user_fields), ("context", "context", schema.context_fields))
+    tensors = {name: getattr(data, name) for name, _, _ in groups}
+    if item_table is not None:
+        groups += (("item_table", "item", schema.item_fields),)
+        tensors["item_table"] = item_table
+    for name, group, fields in groups:
+        t = tensors[name]
+        if t.shape[-1] != len(fields):
+            raise DataError(f"{where}: {name} has {t.shape[-1]} columns; the schema's {group} group has "
+                            f"{len(fields)} fields ({', '.join(f.name for f in fields)}).")
+        if t.numel() == 0:
+            continue
+        flat = t.reshape(-1, len(fields))
+        lo, hi = torch.aminmax(flat, dim=0)
+        sizes = torch.tensor([f.vocab_size for f in fields], dtype=hi.dtype, device=hi.device)
+        bad = (hi >= sizes) | (lo < 0)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0, 0])
+            f, size = fields[k], fields[k].vocab_size
+            if int(hi[k]) >= size:
+                raise DataError(f"{where}: {name} field {group}.{f.name} has max index {int(hi[k])} >= its "
+                                f"vocabulary size {size}; expected every index in [0, {size}) (a larger one "
+                                "would read the next field's rows of the group's shared embedding table).")
+            raise DataError(f"{where}: {name} field {group}.{f.name} has min index {int(lo[k])} < 0; "
+                            f"expected every index in [0, {size}).")
+
+
 def load_cache(path: Path) -> PreparedDataset:
     """Load one cache folder (see module docstring); :class:`DataError` when it is damaged."""
     path = Path(path)
@@ -295,7 +337,7 @@ def load_cache(path: Path) -> PreparedDataset:
         if len(sp) != meta["counts"][s]:
             raise DataError(f"{path}: {s} has {len(sp)} samples, meta.json says {meta['counts'][s]}; "
                             "rerun prepare with --force.")
-        # every id below its own field's vocabulary size (once per split; see bench.contract.check_ids)
+        # every id below its own field's vocabulary size (once per split; see check_ids)
         check_ids(schema, sp, f"{meta['name']} {s} split ({path})", item_table=item_table if s == "train" else None)
     return PreparedDataset(
         name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],

@@ -1,10 +1,15 @@
-"""Model registry: names the CLI accepts -> model classes and their config dataclasses.
+"""Model registry: the model modules in the paper's Table 2 order -> names, labels, classes.
 
-Every model is an ``nn.Module`` built as ``cls(schema, cfg, item_table=None)`` where ``cfg`` is an
-instance of ``cls.Config`` (a frozen dataclass holding every hyper-parameter of that model, with the
-PROTOCOL section 3 defaults) and ``item_table`` is a LongTensor [V_item, F_i] giving the item
-fields of each item-id index (used by DIEN to sample negative behaviours). ``forward(batch)``
-returns a :class:`bench.contract.ModelOutput`.
+Every model module (one file in ``baselines/`` or ``mian/``) ends with its registry entry
+``NAME, LABEL, MODEL = "wide_deep", "Wide&Deep", WideDeep``: the name the CLI and the run records
+use, the label of the tables, and the class. The class is an ``nn.Module`` built as
+``cls(schema, cfg, item_table=None)`` where ``cfg`` is an instance of ``cls.Config`` (a frozen
+dataclass derived from :class:`bench.nn.config.ModelConfig`, holding every hyper-parameter of that
+model with the PROTOCOL section 3 defaults and checking their ranges) and ``item_table`` is a
+LongTensor [V_item, F_i] giving the item fields of each item-id index (used by DIEN to sample
+negative behaviours). ``forward(batch)`` returns a :class:`bench.nn.contract.ModelOutput`.
+
+Adding a model: its module, and its path in :data:`MODEL_MODULES` (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
@@ -17,33 +22,45 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.contract import FeatureSchema
+from bench.nn.config import ConfigError
+from bench.nn.contract import FeatureSchema
 
-# The paper's Table 2 order.
-MODEL_NAMES: tuple[str, ...] = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien", "mian")
+#: The model modules, in the paper's Table 2 order (the order of MODEL_NAMES and of the tables).
+MODEL_MODULES: tuple[str, ...] = (
+    "baselines.lr",
+    "baselines.wide_deep",
+    "baselines.dcn",
+    "baselines.deepfm",
+    "baselines.xdeepfm",
+    "baselines.din",
+    "baselines.dien",
+    "mian.model",
+)
 
-_MODULES = {
-    "lr": "baselines.lr",
-    "wide_deep": "baselines.wide_deep",
-    "dcn": "baselines.dcn",
-    "deepfm": "baselines.deepfm",
-    "xdeepfm": "baselines.xdeepfm",
-    "din": "baselines.din",
-    "dien": "baselines.dien",
-    "mian": "mian.model",
-}
 
-_CLASSES = {
-    "lr": "LR",
-    "wide_deep": "WideDeep",
-    "dcn": "DCN",
-    "deepfm": "DeepFM",
-    "xdeepfm": "XDeepFM",
-    "din": "DIN",
-    "dien": "DIEN",
-    "mian": "MIAN",
-}
+def _entries() -> dict[str, types.ModuleType]:
+    """name -> module of every entry of MODEL_MODULES; ValueError for a module without a complete
+    entry or a name used twice."""
+    out: dict[str, types.ModuleType] = {}
+    for path in MODEL_MODULES:
+        module = importlib.import_module(path)
+        missing = [k for k in ("NAME", "LABEL", "MODEL") if not hasattr(module, k)]
+        if missing:
+            raise ValueError(f"model module {path} lacks its registry entry {', '.join(missing)} "
+                             "(NAME, LABEL, MODEL = ...; see bench/registry.py)")
+        if module.NAME in out:
+            raise ValueError(f"model name {module.NAME!r} is declared by {out[module.NAME].__name__} and {path}")
+        out[module.NAME] = module
+    return out
 
+
+_MODULES = _entries()
+
+#: Registry names in the paper's Table 2 order.
+MODEL_NAMES: tuple[str, ...] = tuple(_MODULES)
+
+#: name -> display label of the tables ("Wide&Deep", "Deep&Cross", ...), in MODEL_NAMES order.
+MODEL_LABELS: dict[str, str] = {name: m.LABEL for name, m in _MODULES.items()}
 
 _EXTRA: dict[str, type[nn.Module]] = {}
 
@@ -60,37 +77,11 @@ def model_class(name: str) -> type[nn.Module]:
         return _EXTRA[name]
     if name not in _MODULES:
         raise KeyError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
-    module = importlib.import_module(_MODULES[name])
-    return getattr(module, _CLASSES[name])
+    return _MODULES[name].MODEL
 
 
 def config_class(name: str) -> type:
     return model_class(name).Config
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that does not exist, does not parse or is out of range."""
-
-
-def check_model_ranges(cfg: Any, where: str = "model config") -> None:
-    """Range rules shared by every model Config: integers (sizes, counts) >= 1, each entry of an
-    integer tuple (layer sizes) >= 1, floats finite and >= 0, dropouts < 1. Raises ConfigError
-    naming the key and the value."""
-    import math
-
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        bad = None
-        if isinstance(v, bool) or v is None or isinstance(v, str):
-            continue
-        if isinstance(v, int) and v < 1:
-            bad = "an integer >= 1"
-        elif isinstance(v, tuple) and any(isinstance(x, int) and x < 1 for x in v):
-            bad = "sizes >= 1"
-        elif isinstance(v, float) and (not math.isfinite(v) or v < 0 or ("dropout" in f.name and v >= 1)):
-            bad = "a number in [0, 1)" if "dropout" in f.name else "a finite number >= 0"
-        if bad:
-            raise ConfigError(f"{where}: {f.name} expects {bad}, got {v!r}")
 
 
 def build_model(
@@ -106,7 +97,6 @@ def build_model(
     (e.g. MIAN's n_heads not dividing its width)."""
     cls = model_class(name)
     cfg = make_config(cls.Config, params or {}, where=f"model {name!r}")
-    check_model_ranges(cfg, where=f"model {name!r}")
     try:
         return cls(schema, cfg, item_table=item_table)
     except (ValueError, RuntimeError, AssertionError) as exc:
@@ -118,7 +108,8 @@ def make_config(config_cls: type, params: dict[str, Any], where: str = "config")
     field's annotated type (bool, int, float, str, tuple of ints, Optional); lists become tuples.
 
     Raises ValueError naming any key the dataclass does not define and any value of the wrong
-    type (e.g. ``use_gim='False'``: a string is not a bool)."""
+    type (e.g. ``use_gim='False'``: a string is not a bool), ConfigError (a ValueError) prefixed
+    with ``where`` for a value the dataclass refuses (a model Config's range check)."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(params) - names)
     if unknown:
@@ -127,7 +118,10 @@ def make_config(config_cls: type, params: dict[str, Any], where: str = "config")
         )
     hints = typing.get_type_hints(config_cls)
     clean = {k: coerce_value(hints[k], v, f"{where}: {k}") for k, v in params.items()}
-    return config_cls(**clean)
+    try:
+        return config_cls(**clean)
+    except ConfigError as exc:  # a value out of range (bench.nn.config.check_ranges)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def coerce_value(annotation: Any, value: Any, what: str) -> Any:

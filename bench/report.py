@@ -21,16 +21,23 @@ from tabulate import tabulate
 from bench.io import atomic_write_many
 from bench.metrics import impr, rela_impr
 
-MODEL_LABELS = {
-    "lr": "LR",
-    "wide_deep": "Wide&Deep",
-    "dcn": "Deep&Cross",
-    "deepfm": "DeepFM",
-    "xdeepfm": "xDeepFM",
-    "din": "DIN",
-    "dien": "DIEN",
-    "mian": "MIAN",
-}
+
+def model_label(name: str) -> str:
+    """The tables' label of model ``name`` (its module's LABEL, :data:`bench.registry.MODEL_LABELS`);
+    the name itself for a model the registry does not list."""
+    from bench.registry import MODEL_LABELS  # imports the models (torch) only when a label is needed
+
+    return MODEL_LABELS.get(name, name)
+
+
+def __getattr__(name: str) -> Any:
+    """``bench.report.MODEL_LABELS``: the registry's, read when first asked for (PEP 562)."""
+    if name == "MODEL_LABELS":
+        from bench.registry import MODEL_LABELS
+
+        return MODEL_LABELS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The paper's Table 2 AUCs (MIAN.md section 6.1): Books, Electronics, Commercial.
 PAPER_TABLE2 = {
@@ -199,7 +206,7 @@ def capped_notes(recs: Sequence[dict[str, Any]]) -> list[str]:
         capped = [c for r, c in zip(runs, cap) if c is not None and r.get("best_epoch") == c]
         if capped:
             out.append(
-                f"{MODEL_LABELS.get(model, model)}: the best epoch was the last allowed one (max_epochs = "
+                f"{model_label(model)}: the best epoch was the last allowed one (max_epochs = "
                 f"{capped[0]}) in {len(capped)} of {len(runs)} runs: still improving "
                 "when training stopped, so this row is limited by the epoch cap, not chosen by early stopping."
             )
@@ -232,7 +239,7 @@ def main_table(
     cols = {"AUC": "auc", "Logloss": "logloss", "gAUC": "gauc"}
     frame = pd.DataFrame(
         {
-            "Model": [MODEL_LABELS.get(m, m) for m in agg["model"]],
+            "Model": [model_label(m) for m in agg["model"]],
             "Seeds": agg["n_seeds"].astype(str),
             **{c: [fmt_pm(a, s) for a, s in zip(agg[f"{m}_mean"], agg[f"{m}_std"])] for c, m in cols.items()},
         }
@@ -257,8 +264,8 @@ def main_table(
         impr_auc[i], impr_ll[i], relaimpr[i], pvals[i] = f"{ia:+.2f}%", f"{il:+.2f}%", f"{ri:+.2f}%", fmt_p(p)
         csv.loc[i, ["impr_auc_pct", "impr_logloss_pct", "rela_impr_pct", "p_value_auc"]] = [ia, il, ri, p]
         notes.append(
-            f"Impr / RelaImpr / p: {MODEL_LABELS.get(proposed, proposed)} against the best baseline by mean test AUC, "
-            f"{MODEL_LABELS.get(base, base)}; Impr = (a - b) / b (the paper's Table 2 figure), RelaImpr = "
+            f"Impr / RelaImpr / p: {model_label(proposed)} against the best baseline by mean test AUC, "
+            f"{model_label(base)}; Impr = (a - b) / b (the paper's Table 2 figure), RelaImpr = "
             f"((AUC - 0.5) / (AUC_base - 0.5) - 1) (DIN Eq. 11), p = two-sided paired t-test of test AUC over seeds. "
             f"Impr Logloss uses the same baseline and formula: negative = lower (better) logloss, as the paper's "
             f"Table 2 signs (results/CLAIMS.md compares logloss with the best baseline BY LOGLOSS instead)."
@@ -356,7 +363,7 @@ def variant_table(
     if baseline is not None:
         recs = [r for r in records if r["dataset"] == dataset and r["model"] == baseline and r["variant"] == "default"]
         if recs:
-            rows.append(("best_baseline", f"Best baseline ({MODEL_LABELS.get(baseline, baseline)})", recs))
+            rows.append(("best_baseline", f"Best baseline ({model_label(baseline)})", recs))
     if not rows or rows[0][0] != "default":
         raise ValueError(f"no run records of full MIAN on {dataset!r}")
     full = rows[0][2]

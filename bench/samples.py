@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.contract import OOV, FeatureSchema, Field
+from bench.nn.contract import OOV, FeatureSchema, Field
 from bench.datasets.common import DataError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Built:
     """Output of :func:`build`.
 
     schema: the :class:`FeatureSchema` (vocabulary sizes include padding and OOV).
-    splits: split name -> arrays named as :class:`bench.contract.Split` (on-disk dtypes: int32
+    splits: split name -> arrays named as :data:`bench.nn.contract.Split` (on-disk dtypes: int32
         ids, bool mask, float32 label, int64 user_index).
     raw_items: split name -> [N_s, F_i] raw candidate item fields (for statistics).
     item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.contract import OOV
+from bench.nn.contract import OOV
 from bench.io import atomic_write_text
 from bench.samples import SPLITS
 

@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from bench.config import ConfigError, parse_overrides
-from bench.contract import Batch, FeatureSchema, Field, Split
+from bench.nn.contract import Batch, FeatureSchema, Field, Split
 from bench.registry import MODEL_NAMES, build_model, config_class, count_params
 from bench.train import shuffled_batches, train_step
 

@@ -25,7 +25,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from bench.config import TrainConfig
-from bench.contract import BATCH_FIELDS, Batch, ModelOutput, Split, check_ids
+from bench.data import check_ids
+from bench.nn.contract import BATCH_FIELDS, Batch, ModelOutput, Split
 from bench.metrics import split_metrics
 from bench.perf import tune_allocator
 from bench.registry import build_model, count_params
@@ -207,7 +208,7 @@ def train_run(
         seed: model seed (init, shuffling, dropout, DIEN negatives).
         log_dir: where ``<run_id>.log`` is written (starts with the resolved config).
     Raises DataError (before training) when an id of a split or of the item table is outside its
-    field's vocabulary (:func:`bench.contract.check_ids`, once per split).
+    field's vocabulary (:func:`bench.data.check_ids`, once per split).
     Raises TrainingError on the first non-finite loss, naming epoch and step (on an accelerator
     the losses are checked every ``NONFINITE_WINDOW`` steps and at epoch ends, so the error may
     come a few steps later, still naming the first bad step).

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines.layers import MLP, FeatureEmbedding, make_activation, masked_mean
-from bench.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.config import ModelConfig, choice
+from bench.nn.contract import Batch, FeatureSchema, ModelOutput
+from bench.nn.embedding import FeatureEmbedding
+from bench.nn.mlp import ACTIVATIONS, MLP
 from mian.layers import (
     IBIM_SCORES,
     TRANSFORMER_KINDS,
@@ -63,16 +65,17 @@ class MIAN(nn.Module):
             max_len T).
         cfg: a :class:`MIAN.Config`.
         item_table: unused (accepted for the shared model signature).
-    Forward: ``batch`` (bench.contract.Batch, histories left-padded, any T <= schema.max_len) ->
+    Forward: ``batch`` (bench.nn.contract.Batch, histories left-padded, any T <= schema.max_len) ->
         :class:`MIANOutput` (logits [B] and the attention weights of every present module).
     Raises:
         ValueError (at construction): ICIM on with no context fields (K = 0), IUIM on with no
-        user fields, an invalid config value, or n_heads not dividing F_i * embed_dim.
+        user fields, or n_heads not dividing F_i * embed_dim (a value out of range is refused by
+        the Config itself, ConfigError from bench.nn.config).
         ValueError (in forward): a batch whose T exceeds schema.max_len.
     """
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(ModelConfig):
         """Every hyper-parameter of MIAN (defaults justified in docs/MIAN.md).
 
         embed_dim: embedding size per field (PROTOCOL section 3).
@@ -95,14 +98,14 @@ class MIAN(nn.Module):
 
         embed_dim: int = 16
         mlp: tuple[int, ...] = (200, 80)
-        mlp_activation: str = "relu"
+        mlp_activation: str = choice("relu", ACTIVATIONS)
         mlp_dropout: float = 0.0
         use_ibim: bool = True
         use_iuim: bool = True
         use_icim: bool = True
         use_gim: bool = True
-        transformer: str = "pre_ln"
-        ibim_score: str = "per_slot"
+        transformer: str = choice("pre_ln", TRANSFORMER_KINDS)
+        ibim_score: str = choice("per_slot", IBIM_SCORES)
         n_layers: int = 1
         n_heads: int = 2
         ffn_dim: int | None = None
@@ -111,26 +114,6 @@ class MIAN(nn.Module):
         gim_dim: int = 128
         trim_padding: bool = True
         length_buckets: int = 4
-
-        def __post_init__(self) -> None:
-            if self.transformer not in TRANSFORMER_KINDS:
-                raise ValueError(
-                    f"MIAN transformer must be one of {', '.join(TRANSFORMER_KINDS)}, "
-                    f"got {self.transformer!r}"
-                )
-            if self.ibim_score not in IBIM_SCORES:
-                raise ValueError(
-                    f"MIAN ibim_score must be one of {', '.join(IBIM_SCORES)}, got {self.ibim_score!r}"
-                )
-            for name in ("embed_dim", "n_layers", "n_heads", "gim_dim", "length_buckets"):
-                if getattr(self, name) < 1:
-                    raise ValueError(f"MIAN {name} must be >= 1, got {getattr(self, name)}")
-            if self.ffn_dim is not None and self.ffn_dim < 1:
-                raise ValueError(f"MIAN ffn_dim must be >= 1 or None, got {self.ffn_dim}")
-            for name in ("dropout", "mlp_dropout"):
-                if not 0.0 <= getattr(self, name) < 1.0:
-                    raise ValueError(f"MIAN {name} must be in [0, 1), got {getattr(self, name)}")
-            make_activation(self.mlp_activation, 1)  # raises ValueError for an unknown name
 
     def __init__(
         self,
@@ -236,7 +219,7 @@ class MIAN(nn.Module):
         reps = (
             e_i,
             emb.e_c.reshape(B, -1),
-            masked_mean(e_b, mask),
+            _behaviour_mean(e_b, mask),
             emb.e_u.reshape(B, -1),
             r_ibim,
             r_iuim,
@@ -272,3 +255,18 @@ def _trim_left_padding(batch: Batch) -> Batch:
     if first == 0:
         return batch
     return dataclasses.replace(batch, hist=batch.hist[:, first:], hist_mask=batch.hist_mask[:, first:])
+
+
+def _behaviour_mean(e_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """e_b of GIM (7.4a): the mean of the behaviours e_b [B, T, D_i] over the real slots of
+    ``mask`` [B, T] -> [B, D_i], 0 for an empty history.
+
+    The values of :func:`bench.nn.pooling.masked_mean` with another rounding (a masked sum
+    divided by the count, not a bmm of the weights): the one MIAN's run records were trained with."""
+    m = mask.to(e_b.dtype).unsqueeze(-1)
+    return (e_b * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: the label in the tables, the class built.
+NAME, LABEL, MODEL = "mian", "MIAN", MIAN

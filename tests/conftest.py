@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.contract import Batch, FeatureSchema, Field, Split
+from bench.nn.contract import Batch, FeatureSchema, Field, Split
 
 import os
 

@@ -7,19 +7,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bench.contract import ModelOutput
+from bench.nn.contract import ModelOutput
 from bench.registry import build_model, model_class
-from baselines.blocks import (
-    CIN,
-    CrossNetwork,
-    DINAttention,
-    LinearPart,
-    field_matrix,
-    fm_second_order,
-    masked_softmax,
-    n_fields,
-)
-from baselines.layers import _GroupEmbedding, masked_mean
+from bench.nn.attention import DINAttention, masked_softmax
+from bench.nn.embedding import _GroupEmbedding, field_matrix, n_fields
+from bench.nn.interaction import CIN, CrossNetwork, LinearPart, fm_second_order
+from bench.nn.pooling import masked_mean
 from conftest import make_split, repad, separable_split, tiny_schema
 
 BASELINES = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien")
@@ -127,9 +120,18 @@ def test_field_matrix_pools_real_behaviours_only():
     for b, L in enumerate([0, 1, 3, 8, 2, 5]):
         if L:
             assert torch.allclose(x[b, F_i : 2 * F_i], emb.e_b[b, -L:].mean(0), atol=1e-7)
-    assert torch.allclose(x[:, F_i : 2 * F_i], masked_mean(emb.e_b, emb.mask), atol=1e-7)
     assert torch.equal(x[:, 2 * F_i : 2 * F_i + J], emb.e_u)
     assert torch.equal(x[:, 2 * F_i + J :], emb.e_c)
+
+
+def test_masked_mean_is_the_mean_of_the_real_slots_in_any_shape():
+    mask = torch.arange(5)[None] >= (5 - torch.tensor([0, 1, 3, 5]))[:, None]
+    for shape in ((4, 5), (4, 5, 7), (4, 5, 2, 3)):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        got = masked_mean(x, mask)
+        assert got.shape == (4, *shape[2:]) and torch.equal(got[0], torch.zeros(shape[2:]))
+        for b, L in enumerate([1, 3, 5], start=1):
+            torch.testing.assert_close(got[b], x[b, 5 - L :].mean(0), atol=1e-7, rtol=1e-6)
 
 
 def test_linear_part_is_one_weight_per_feature_value():

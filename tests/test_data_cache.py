@@ -245,8 +245,8 @@ def test_an_id_in_the_next_fields_range_is_refused_on_load(beauty_dir, tmp_path)
 
 
 def test_model_input_check_refuses_an_id_past_its_field(schema):
-    from baselines.layers import FeatureEmbedding
-    from bench.contract import check_ids
+    from bench.nn.embedding import FeatureEmbedding
+    from bench.data import check_ids
     from conftest import make_split
 
     split = make_split(schema, n=16)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench.contract import OOV
+from bench.nn.contract import OOV
 from bench.datasets import amazon, movielens
 from bench.datasets.common import DataError, RawFiles
 from bench.samples import ProtocolParams, SampleTable, build, decode, gather_history, history_bounds

@@ -13,7 +13,7 @@ from torch import nn
 from bench import studies as studies_mod
 from bench import train as train_mod
 from bench.config import ConfigError, resolve_config
-from bench.contract import FeatureSchema, ModelOutput, Split
+from bench.nn.contract import FeatureSchema, ModelOutput, Split
 from bench.data import PreparedDataset
 from bench.registry import register
 from bench.runs import RunStore
@@ -204,7 +204,7 @@ def test_main_specs_cover_models_and_seeds():
 
 
 def test_dice_matches_its_formula_and_accepts_a_single_row():
-    from baselines.layers import Dice
+    from bench.nn.mlp import Dice
 
     d = Dice(5)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bench.contract import Batch
+from bench.nn.contract import Batch
 from bench.registry import build_model, count_params, make_config
 from conftest import make_split, repad, separable_split, tiny_schema
 from mian.model import GIM_INPUTS, MIAN, MIANOutput

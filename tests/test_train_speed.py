@@ -9,7 +9,7 @@ from torch import nn
 
 from bench import perf
 from bench import train as train_mod
-from bench.contract import BATCH_FIELDS, FeatureSchema, ModelOutput
+from bench.nn.contract import BATCH_FIELDS, FeatureSchema, ModelOutput
 from bench.registry import register
 from bench.train import TrainingError, shuffled_batches
 from conftest import make_split, tiny_schema
@@ -90,7 +90,7 @@ def test_tune_allocator_is_idempotent_and_can_be_switched_off(monkeypatch):
 def test_embedding_backward_is_bitwise_embedding_dense_backward(threads):
     """The CPU lookup's scatter_add_ backward gives exactly torch's embedding gradient (heavy
     collisions, odd sizes, 1 and 2 threads), and _GroupEmbedding's padding rows get none."""
-    from baselines.layers import _CPULookup, _GroupEmbedding
+    from bench.nn.embedding import _CPULookup, _GroupEmbedding
 
     n = torch.get_num_threads()
     torch.set_num_threads(threads)

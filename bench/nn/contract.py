@@ -1,4 +1,4 @@
-"""The input contract every model shares: feature schema, batches, split tensors, model output.
+"""The input contract every model shares: feature schema, batches (and whole splits), model output.
 
 Groups follow the paper's Sec. 3.2.1 (../shared/PROTOCOL.md section 1):
 
@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
-
-from bench.datasets.common import DataError
 
 PAD = 0
 OOV = 1
@@ -87,30 +85,10 @@ class FeatureSchema:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One mini-batch of the shared contract (shapes in the module docstring)."""
-
-    item: torch.Tensor
-    hist: torch.Tensor
-    hist_mask: torch.Tensor
-    user: torch.Tensor
-    context: torch.Tensor
-    label: torch.Tensor
-    user_index: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.label.shape[0])
-
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(**{k: getattr(self, k).to(device, non_blocking=True) for k in BATCH_FIELDS})
-
-
 @dataclass
-class Split:
-    """All samples of one split as in-memory tensors; batches are slices of them.
-
-    Tensors have the shapes of :class:`Batch` with B = number of samples N.
+class Batch:
+    """Samples of the shared contract as tensors (shapes in the module docstring): one mini-batch,
+    or a whole split (B = number of samples N, then named :data:`Split`) whose batches are slices.
     """
 
     item: torch.Tensor
@@ -124,11 +102,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
-    def to(self, device: torch.device | str) -> "Split":
-        return Split(**{k: getattr(self, k).to(device) for k in BATCH_FIELDS})
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{k: getattr(self, k).to(device) for k in BATCH_FIELDS})
 
-    def take(self, index: torch.Tensor | slice) -> Batch:
-        """The samples at ``index`` (a slice or a LongTensor of positions) as a :class:`Batch`."""
+    def take(self, index: torch.Tensor | slice) -> "Batch":
+        """The samples at ``index`` (a slice or a LongTensor of positions)."""
         return Batch(**{k: getattr(self, k)[index] for k in BATCH_FIELDS})
 
     def batches(
@@ -136,7 +114,7 @@ class Split:
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
-    ) -> Iterator[Batch]:
+    ) -> Iterator["Batch"]:
         """Yield batches sliced from the in-memory tensors.
 
         With ``shuffle`` a permutation drawn from ``generator`` orders the samples (one gather per
@@ -152,46 +130,8 @@ class Split:
                 yield self.take(slice(start, start + batch_size))
 
 
-def check_ids(schema: FeatureSchema, data: "Split | Batch", where: str,
-              item_table: torch.Tensor | None = None) -> None:
-    """Refuse ids outside their own field's vocabulary, once per split (or batch object).
-
-    Every group embeds all its fields through one concatenated table (``baselines.layers``), so an
-    id >= its field's ``vocab_size`` would silently read the next field's rows; this check makes
-    that an error. Checks, per field: the number of columns of ``item``, ``hist`` [.., F_i],
-    ``user`` [.., J], ``context`` [.., K] (and ``item_table`` [V_item_id, F_i] when given), and
-    0 <= min, max < vocab_size. Vectorised: one min/max reduction per tensor (no per-step cost
-    when called once per split).
-
-    Raises :class:`bench.datasets.common.DataError` naming ``where`` (e.g. "movielens-100k train"),
-    the group, the field, the bad value and the vocabulary size.
-    """
-    groups = (("item", "item", schema.item_fields), ("hist", "item", schema.item_fields),
-              ("user", "user", schema.user_fields), ("context", "context", schema.context_fields))
-    tensors = {name: getattr(data, name) for name, _, _ in groups}
-    if item_table is not None:
-        groups += (("item_table", "item", schema.item_fields),)
-        tensors["item_table"] = item_table
-    for name, group, fields in groups:
-        t = tensors[name]
-        if t.shape[-1] != len(fields):
-            raise DataError(f"{where}: {name} has {t.shape[-1]} columns; the schema's {group} group has "
-                            f"{len(fields)} fields ({', '.join(f.name for f in fields)}).")
-        if t.numel() == 0:
-            continue
-        flat = t.reshape(-1, len(fields))
-        lo, hi = torch.aminmax(flat, dim=0)
-        sizes = torch.tensor([f.vocab_size for f in fields], dtype=hi.dtype, device=hi.device)
-        bad = (hi >= sizes) | (lo < 0)
-        if bool(bad.any()):
-            k = int(bad.nonzero()[0, 0])
-            f, size = fields[k], fields[k].vocab_size
-            if int(hi[k]) >= size:
-                raise DataError(f"{where}: {name} field {group}.{f.name} has max index {int(hi[k])} >= its "
-                                f"vocabulary size {size}; expected every index in [0, {size}) (a larger one "
-                                "would read the next field's rows of the group's shared embedding table).")
-            raise DataError(f"{where}: {name} field {group}.{f.name} has min index {int(lo[k])} < 0; "
-                            f"expected every index in [0, {size}).")
+#: All samples of one split, in memory: a :class:`Batch` with B = N (the harness's name for it).
+Split = Batch
 
 
 @dataclass

@@ -1,7 +1,13 @@
-"""Building blocks shared by MIAN and every baseline, written once.
+"""Field embeddings: one table per field (the paper's Eq. 1-2, categorical case), a faster CPU
+lookup, and the field matrix of the non-sequence models.
 
-Sources: the embedding layer is the paper's Eq. (1)-(2) for categorical fields; the MLP is the
-DNN tower common to Wide&Deep, DCN, DeepFM, xDeepFM, DIN, DIEN and MIAN's prediction layer.
+| piece | used by | source |
+|---|---|---|
+| :class:`FeatureEmbedding`, :class:`Embedded` | every model | MIAN Eq. (1)-(2); candidate and behaviours share the item tables |
+| :func:`field_matrix`, :func:`n_fields` | LR, Wide&Deep, DCN, DeepFM, xDeepFM | DIN paper's BaseModel: behaviours as a mean-pooled multi-valued field |
+
+The non-sequence models' field matrix has m = 2 F_i + J + K fields:
+``[candidate fields (F_i), pooled behaviour fields (F_i), user fields (J), context fields (K)]``.
 """
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.contract import Batch, FeatureSchema
+from bench.nn.contract import Batch, FeatureSchema
+from bench.nn.pooling import masked_mean
 
 
 @dataclass
@@ -125,85 +132,17 @@ class _CPULookup(torch.autograd.Function):
         return out.scatter_add_(0, flat.unsqueeze(1).expand_as(g), g), None
 
 
-class MLP(nn.Module):
-    """Fully connected tower: Linear -> activation (-> dropout) per hidden size, optional output.
+def n_fields(schema: FeatureSchema) -> int:
+    """Number of fields m of :func:`field_matrix`: 2 F_i + J + K."""
+    return 2 * schema.n_item_fields + schema.n_user_fields + schema.n_context_fields
 
-    Args:
-        in_dim: input width.
-        hidden: hidden sizes, e.g. (200, 80) (PROTOCOL section 3).
-        out_dim: width of a final linear layer without activation, or None for no output layer.
-        activation: "relu" | "prelu" | "dice".
-        dropout: dropout after each hidden activation.
-    Shapes: [..., in_dim] -> [..., out_dim or hidden[-1]].
+
+def field_matrix(emb: Embedded) -> torch.Tensor:
+    """The non-sequence models' input: [B, m, d], m = 2 F_i + J + K.
+
+    Fields in order: candidate item fields e_i, the behaviours as one multi-valued field per item
+    field (masked mean over the real behaviours, 0 for an empty history), user fields e_u, context
+    fields e_c. Source: the DIN paper's BaseModel (Sec. 4.2), whose behaviour features are pooled
+    multi-hot fields.
     """
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden: tuple[int, ...] | list[int],
-        out_dim: int | None = 1,
-        activation: str = "relu",
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_dim
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            layers.append(make_activation(activation, h))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        if out_dim is not None:
-            layers.append(nn.Linear(width, out_dim))
-            width = out_dim
-        self.net = nn.Sequential(*layers)
-        self.out_width = width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class Dice(nn.Module):
-    """Dice activation (DIN, Zhou et al. KDD 2018, Eq. 9): p(s) * s + (1 - p(s)) * alpha * s,
-    p(s) = sigmoid(BN(s)) with batch statistics (no affine), over the last dimension of size
-    ``dim``. Shapes: [..., dim] -> [..., dim]."""
-
-    def __init__(self, dim: int, eps: float = 1e-8):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(dim, eps=eps, affine=False)
-        self.alpha = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        if self.training and flat.shape[0] < 2:
-            # batch statistics need >= 2 rows (a last batch of one sample): use the running ones
-            normed = nn.functional.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
-        else:
-            normed = self.bn(flat)
-        p = torch.sigmoid(normed).reshape(shape)
-        # p * x + (1 - p) * alpha * x, in three element-wise ops
-        return x * (self.alpha + (1 - self.alpha) * p)
-
-
-def make_activation(name: str, dim: int) -> nn.Module:
-    """"relu" | "prelu" | "dice" -> module for a layer of width ``dim``.
-
-    Raises ValueError for an unknown name."""
-    if name == "relu":
-        return nn.ReLU()
-    if name == "prelu":
-        return nn.PReLU(dim)
-    if name == "dice":
-        return Dice(dim)
-    raise ValueError(f"activation must be one of relu, prelu, dice, got {name!r}")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` [B, T, ...] over the real slots of ``mask`` [B, T] -> [B, ...];
-    0 for rows without any real slot (never NaN)."""
-    m = mask.to(x.dtype).reshape(*mask.shape, *([1] * (x.dim() - 2)))
-    total = (x * m).sum(1)
-    count = m.sum(1).clamp_min(1.0)
-    return total / count
+    return torch.cat([emb.e_i, masked_mean(emb.e_b, emb.mask), emb.e_u, emb.e_c], dim=1)

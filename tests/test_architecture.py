@@ -1,0 +1,87 @@
+"""The shape of the code: the models' library (bench/nn/) and the models (baselines/, mian/) never
+import the harness, and the registry takes every model from its own module (docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+#: folder -> the top-level packages its modules may import besides the standard library
+ALLOWED = {
+    "bench/nn": {"torch", "bench.nn"},
+    "baselines": {"torch", "bench.nn", "baselines"},
+    "mian": {"torch", "bench.nn", "mian"},
+}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import statement of the file at ``path``."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the file's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            out.append((node.lineno, name))
+    return out
+
+
+def allowed(name: str, packages: set[str]) -> bool:
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names or top == "__future__":
+        return True
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+@pytest.mark.parametrize("folder", sorted(ALLOWED))
+def test_models_and_their_library_import_only_torch_the_standard_library_and_bench_nn(folder):
+    files = sorted((ROOT / folder).rglob("*.py"))
+    assert files, folder
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {name}"
+           for p in files for line, name in imported_modules(p) if not allowed(name, ALLOWED[folder])]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_import_check_sees_a_harness_import(tmp_path, monkeypatch):
+    pkg = tmp_path / "baselines"
+    pkg.mkdir()
+    (pkg / "bad.py").write_text("import torch\nfrom bench.train import train_run\nfrom . import layers\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    names = [n for _, n in imported_modules(pkg / "bad.py")]
+    assert names == ["torch", "bench.train", "baselines"]
+    assert [allowed(n, ALLOWED["baselines"]) for n in names] == [True, False, True]
+
+
+def test_the_registry_takes_names_labels_and_classes_from_the_model_modules():
+    assert registry.MODEL_NAMES == ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien", "mian")
+    assert list(registry.MODEL_LABELS) == list(registry.MODEL_NAMES)
+    for path in registry.MODEL_MODULES:
+        module = sys.modules[path]
+        assert registry.model_class(module.NAME) is module.MODEL
+        assert registry.MODEL_LABELS[module.NAME] == module.LABEL
+    from bench.report import MODEL_LABELS, model_label
+
+    assert MODEL_LABELS["dcn"] == model_label("dcn") == "Deep&Cross" and model_label("other") == "other"
+
+
+def test_a_new_model_is_one_module_and_one_line(tmp_path, monkeypatch):
+    (tmp_path / "toy_model.py").write_text(
+        "from baselines.lr import LR\n\nclass Toy(LR):\n    pass\n\nNAME, LABEL, MODEL = 'toy', 'Toy', Toy\n")
+    (tmp_path / "no_entry.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "MODEL_MODULES", registry.MODEL_MODULES + ("toy_model",))
+    entries = registry._entries()
+    assert list(entries)[-1] == "toy" and entries["toy"].LABEL == "Toy"
+    monkeypatch.setattr(registry, "MODEL_MODULES", registry.MODEL_MODULES + ("no_entry",))
+    with pytest.raises(ValueError, match="no_entry lacks its registry entry NAME, LABEL, MODEL"):
+        registry._entries()
