@@ -173,6 +173,11 @@ def _init_worker(threads: int | None, level: int, parent: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    from tqdm import tqdm
+
+    # a thread lock for tqdm (its default is a multiprocessing one, which a terminated worker would
+    # leave to the resource tracker to clean up, with a warning)
+    tqdm.set_lock(threading.RLock())
 
     def watch() -> None:
         while os.getppid() == parent:
