@@ -218,6 +218,11 @@ class Runner:
         ``workers`` / ``cluster`` (:mod:`bench.executor`) and writes the run's checkpoint and record
         as soon as the run returns. Ctrl-C, SIGTERM or an error stops the workers and keeps every
         record written; the same command run again trains only what has no record.
+
+        Raises RecordError for an existing record failing its check (before anything trains), a
+        worker's own error (TrainingError, DataError, ...), StoreError when a record cannot be
+        written, ExecutorError when a worker dies, Ray is missing or out of reach, or a worker's
+        prepared data is not this process's.
         """
         resolved = [self.resolve(spec) for spec in specs]
         records: list[dict[str, Any] | None] = [self._existing(rid) for rid, _ in resolved]
