@@ -119,10 +119,14 @@ def _run_options(f):
 
 
 def _workers_option(f):
+    f = click.option(
+        "--cluster", metavar="ADDRESS|auto", default=None,
+        help="Train the runs on the Ray cluster at ADDRESS (auto: the one `ray start` runs here; needs "
+             "pip install -e '.[cluster]'), as many at once as it has CPUs / --threads. Not with --workers.")(f)
     return click.option(
         "--workers", type=click.IntRange(1, None), default=None,
-        help="Processes training runs in parallel (default on the CPU: usable cores / --threads, at most 8; "
-             "on a GPU: 1). The split of the work does not change any result.")(f)
+        help="Local processes training runs in parallel (default on the CPU: usable cores / --threads, at most 8; "
+             "on a GPU: 1; 1: in this process). The split of the work does not change any result.")(f)
 
 
 def _usable_cores() -> int:
@@ -150,9 +154,9 @@ def _parallelism(device: str, threads: int | None, workers: int | None) -> tuple
     return workers, threads
 
 
-def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, datasets=()):
-    """The study runner of a training command; ``threads`` / ``workers`` as given on the command line
-    (None = the defaults of :func:`_parallelism`). Checks first that every folder the command
+def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, datasets=(), cluster=None):
+    """The study runner of a training command; ``threads`` / ``workers`` / ``cluster`` as given on the
+    command line (None = the defaults of :func:`_parallelism`). Checks first that every folder the command
     writes for ``datasets`` is writable and clears what killed writers left there
     (:func:`_output_dirs`)."""
     import torch
@@ -168,6 +172,11 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, d
         torch.device(device)
     except RuntimeError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
+    if cluster and workers:
+        raise click.UsageError("--workers and --cluster exclude each other (on a cluster, the runs at once are its "
+                               "CPUs / --threads)")
+    if cluster and device != "cpu":
+        raise click.BadParameter("--cluster trains on the CPU only", param_hint="--device")
     workers, threads = _parallelism(device, threads, workers)
     _output_dirs(results_dir, data_dir, datasets)
     if threads:
@@ -182,6 +191,7 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, d
         log_dir=results / "logs",
         workers=workers,
         threads=threads,
+        cluster=cluster,
     ), results
 
 
@@ -226,12 +236,13 @@ def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, tr
 
 def _errors():
     """Context manager turning the harness's input errors (bad config or data, a failed run, a
-    run record or lock that cannot be trusted or waited on, an unwritable folder) into one-line
+    run record that cannot be trusted, an unwritable folder, a cluster out of reach) into one-line
     click errors."""
     import contextlib
 
     from bench.config import ConfigError
     from bench.data import DataError
+    from bench.executor import ExecutorError
     from bench.io import PathError
     from bench.runs import StoreError
     from bench.train import TrainingError
@@ -240,7 +251,7 @@ def _errors():
     def guard():
         try:
             yield
-        except (ConfigError, DataError, TrainingError, StoreError, PathError) as exc:
+        except (ConfigError, DataError, TrainingError, StoreError, PathError, ExecutorError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return guard()
@@ -333,7 +344,8 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @_models_option("Model(s) (comma-separated or repeated; default all eight; the table keeps the paper's order).")
 @_run_options
 @_workers_option
-def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
+def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers,
+              cluster):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
     from bench.registry import MODEL_NAMES
     from bench.crosscheck import cross_machine_notes
@@ -343,7 +355,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
         extra = _overrides(overrides, models)
         for ds in datasets:
             records = runner.run_all(main_specs(ds, models, range(seeds), extra), desc=f"{ds} main table")
@@ -373,7 +385,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
 @_run_options
 @_workers_option
 def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_dir, device, threads, force, overrides,
-           workers):
+           workers, cluster):
     """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5).
 
     With --variants, --models or another number of seeds than 5 the tables go to
@@ -391,7 +403,7 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
     chosen, tag = _study_selection(study, study_variants, variants, models, seeds)
     baselines = [m for m in MODEL_NAMES if m != "mian" and (models is None or m in models)]
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
             out = _out_dir(results, ds, extra, tag)

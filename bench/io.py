@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 #: a temporary file or folder whose writer pid is unknown (or alive but reused) is stale after this
 STALE_SECONDS = 600.0
 #: names of the temporary files and folders of this package: atomic writes ``.<name>.<pid>~x.tmp``,
-#: lock drafts ``.<rid>.lock.<pid>~.tmp``, downloads ``.<name>.<pid>~x.part``, pip downloads
+#: downloads ``.<name>.<pid>~x.part``, pip downloads
 #: ``.pip-<pid>~x``, cache folders ``.tmp-<cache>~<pid>~x`` (older releases: no pid)
 _TEMP_NAME = re.compile(r"^\..+\.(tmp|part)$|^\.pip-|^\.tmp-")
 _PID = re.compile(r"[.~-](\d+)~")

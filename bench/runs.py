@@ -14,9 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,21 +29,14 @@ REQUIRED_KEYS = ("run_id", "protocol", "dataset", "model", "variant", "seed", "c
 #: the fields of a record that make up its run key (and so its id)
 KEY_FIELDS = ("protocol", "dataset", "fingerprint", "model", "variant", "seed", "config", "results_version")
 METRIC_KEYS = ("auc", "logloss", "gauc")
-#: seconds a study waits on a lock whose owner gives no sign of life (no refresh of the lock file)
-#: before it stops; ``$MIAN_LOCK_TIMEOUT`` overrides it
-DEFAULT_LOCK_TIMEOUT = 1800.0
 
 
 class StoreError(Exception):
-    """A run record or lock problem that stops a command; the message names the file."""
+    """A run record problem that stops a command; the message names the file."""
 
 
 class RecordError(StoreError):
     """A run record that cannot be trusted (bad JSON, wrong shape, checksum mismatch)."""
-
-
-class LockTimeout(StoreError):
-    """A run's lock is held by a process that gave no sign of life for the lock timeout."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -242,141 +232,6 @@ class RunStore:
             raise RecordError(f"{len(bad)} run records under {self.root} fail their check ({names}); "
                               f"the first: {bad[0][1]}")
         return good
-
-    # ----------------------------------------------------------------------- locks
-
-    def lock_path(self, rid: str) -> Path:
-        return self.root / f"{rid}.lock"
-
-    def claim(self, rid: str) -> bool:
-        """Take the lock of run ``rid`` so that parallel workers of a study never train the same
-        run twice. Returns False while another live process holds it; a lock left by a dead
-        process of this host (or by a process whose pid was reused since: its start time
-        differs) is taken over.
-
-        The lock holds ``{"pid", "host", "start", "since"}`` (``start``: the process start time,
-        field 22 of ``/proc/<pid>/stat``) and appears with its content in one step (written to a
-        temporary file, then ``os.link``ed to ``<rid>.lock``, which fails if the lock exists), so
-        another worker never sees an empty lock and mistakes it for a dead one."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.lock_path(rid)
-        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
-                            "since": time.time()})
-        tmp = self.root / f".{rid}.lock.{os.getpid()}~.tmp"
-        tmp.write_text(owner)
-        try:
-            for _ in range(2):
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    if self._stale(path):
-                        log.warning("taking over the stale lock %s (%s)", path, self.describe_lock(rid))
-                        path.unlink(missing_ok=True)
-                        continue
-                    return False
-                return True
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _mine(self, rid: str) -> bool:
-        try:
-            owner = json.loads(self.lock_path(rid).read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(owner, dict) and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
-
-    def release(self, rid: str) -> None:
-        """Remove the lock of ``rid`` if this process holds it."""
-        if self._mine(rid):
-            self.lock_path(rid).unlink(missing_ok=True)
-
-    def refresh(self, rid: str) -> None:
-        """Touch the lock of ``rid`` if this process holds it: the sign of life that keeps waiting
-        workers from timing out (called at every evaluation of a run being trained)."""
-        if self._mine(rid):
-            try:
-                os.utime(self.lock_path(rid))
-            except OSError:
-                pass
-
-    def lock_silence(self, rid: str) -> float | None:
-        """Seconds since the lock of ``rid`` was written or refreshed (None when it is gone)."""
-        try:
-            return time.time() - self.lock_path(rid).stat().st_mtime
-        except FileNotFoundError:
-            return None
-
-    def describe_lock(self, rid: str) -> str:
-        """Who holds the lock of ``rid``, for messages: ``pid 1 on host h since 12:00:00``."""
-        try:
-            owner = json.loads(self.lock_path(rid).read_text())
-            if not isinstance(owner, dict):
-                raise ValueError
-        except FileNotFoundError:
-            return "nobody (released)"
-        except (OSError, ValueError):
-            return "an unknown owner (unreadable lock)"
-        since = owner.get("since")
-        when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
-        host = owner.get("host")
-        where = "this host" if host == socket.gethostname() else f"host {host}"
-        return f"pid {owner.get('pid')} on {where}{when}"
-
-    @staticmethod
-    def _stale(path: Path) -> bool:
-        try:
-            owner = json.loads(path.read_text())
-            if not isinstance(owner, dict):
-                raise ValueError
-        except FileNotFoundError:
-            return True
-        except (OSError, ValueError):
-            # unreadable: not one of ours (ours appear complete); stale once it is a minute old
-            try:
-                return time.time() - path.stat().st_mtime > 60
-            except FileNotFoundError:
-                return True
-        if owner.get("host") != socket.gethostname():
-            return False  # cannot tell; another machine sharing the folder
-        try:
-            pid = int(owner["pid"])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
-            return False
-        start = owner.get("start")
-        # alive: stale only if the pid now belongs to another process (start time differs)
-        return start is not None and process_start(pid) not in (None, str(start))
-
-
-def process_start(pid: int) -> str | None:
-    """Start time of process ``pid`` (field 22 of ``/proc/<pid>/stat``, clock ticks after boot),
-    None where there is no /proc or no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) is in parentheses and may hold spaces: count from its end
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def lock_timeout() -> float:
-    """``$MIAN_LOCK_TIMEOUT`` seconds, else :data:`DEFAULT_LOCK_TIMEOUT`; :class:`StoreError` when
-    it is not a positive number."""
-    text = os.environ.get("MIAN_LOCK_TIMEOUT")
-    if text is None or not text.strip():
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or math.isinf(value):
-        raise StoreError(f"MIAN_LOCK_TIMEOUT={text!r}: expected a number of seconds > 0.")
-    return value
-
 
 def seal(root: Path | None = None) -> list[Path]:
     """Add the checksum to every record under ``root`` (default ``results/runs``) that has none:

@@ -1,14 +1,16 @@
 """Studies are lists of runs: build the specs, run what is missing, return the records.
 
-A finished run is loaded from its record, never recomputed unless ``force``; an interrupted study
-started again runs only the missing runs (each record is saved as soon as its run ends).
+A finished run is loaded from its record, never recomputed unless ``force``. The missing runs train
+on the executor of :mod:`bench.executor` (this process, local worker processes or a Ray cluster),
+and this process writes each record as soon as its run ends, so an interrupted study started again
+runs only the missing runs.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pickle
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,8 +20,8 @@ from tqdm.auto import tqdm
 
 from bench import train as train_mod
 from bench.config import data_params, resolve_config
-from bench.runs import (DEFAULT_RESULTS_DIR, LockTimeout, RunStore, StoreError, lock_timeout, run_id, run_key,
-                        sealed)
+from bench.executor import ExecutorError, make_executor
+from bench.runs import DEFAULT_RESULTS_DIR, RunStore, StoreError, run_id, run_key, sealed
 from bench.train import RunSpec
 
 log = logging.getLogger(__name__)
@@ -34,18 +36,13 @@ def _damaged(path: Path, exc: BaseException) -> None:
 class Runner:
     """Runs specs against prepared datasets, loading finished runs from ``store``.
 
-    workers: processes that train the missing runs of one ``run_all`` in parallel (this one and
-    ``workers - 1`` spawned helpers, sharing the work through the store's lock files); threads:
-    torch intra-op threads of each helper (None: torch's default).
+    workers: local processes that train the missing runs of one ``run_all`` at once (1: this
+    process alone); cluster: the address of a Ray cluster (or ``auto``) to train them on instead;
+    threads: torch intra-op threads of each worker (None: torch's default). See :mod:`bench.executor`.
 
     checkpoint_dir: where best-epoch weights are kept (``<run_id>.pt``; default
     ``<data_dir>/checkpoints``), so that figures needing a trained model (the GIM heatmap) can
     reload it instead of retraining.
-
-    lock_timeout: seconds a study waits on a run locked by a process that shows no sign of life
-    (the owner refreshes its lock at every evaluation) before it stops with :class:`LockTimeout`
-    (default ``$MIAN_LOCK_TIMEOUT`` or 1800); while it waits it logs the lock, its owner and how
-    to clear it at once and every ``lock_log_seconds``.
     """
 
     store: RunStore = field(default_factory=RunStore)
@@ -55,11 +52,9 @@ class Runner:
     force: bool = False
     progress: bool = True
     log_dir: Path | None = None
-    poll_seconds: float = 2.0
     workers: int = 1
     threads: int | None = None
-    lock_timeout: float = field(default_factory=lock_timeout)
-    lock_log_seconds: float = 300.0
+    cluster: str | None = None
     _datasets: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str, params=None):
@@ -114,22 +109,30 @@ class Runner:
                 model = self.load_model(record) if keep_model else None
                 return record, model
         record, model = self._train(spec, rid, config)
+        return self._save(record), model
+
+    def _save(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Seal and save ``record``; the sealed record. An unwritable store raises StoreError
+        naming the file and the run's test metrics."""
         record = sealed(record)
         try:
             self.store.save(record)
         except OSError as exc:
             t = record["test"]
             raise StoreError(
-                f"could not write the run record {self.store.path(rid)} ({exc.strerror or exc}); the run trained "
-                f"(test AUC {t['auc']:.4f}, logloss {t['logloss']:.4f}, gAUC {t['gauc']:.4f}) but is not saved: "
-                f"make {self.store.root} writable and run the command again") from None
-        return record, model
+                f"could not write the run record {self.store.path(record['run_id'])} ({exc.strerror or exc}); the run "
+                f"trained (test AUC {t['auc']:.4f}, logloss {t['logloss']:.4f}, gAUC {t['gauc']:.4f}) but is not "
+                f"saved: make {self.store.root} writable and run the command again") from None
+        return record
+
+    def _train_model(self, spec: RunSpec, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+        """Train ``spec`` with its resolved ``config`` here: (record, not saved; best-epoch model)."""
+        return train_mod.train_run(self.dataset_for(spec), spec.model, config, spec.seed, variant=spec.variant,
+                                   device=self.device, log_dir=self.log_dir, progress=self.progress)
 
     def _train(self, spec: RunSpec, rid: str, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
-        """Train ``spec`` and keep its best-epoch weights as ``<rid>.pt`` (the record is not saved)."""
-        record, model = train_mod.train_run(self.dataset_for(spec), spec.model, config, spec.seed,
-                                            variant=spec.variant, device=self.device, log_dir=self.log_dir,
-                                            progress=self.progress, on_eval=lambda _: self.store.refresh(rid))
+        """Train ``spec`` here and keep its best-epoch weights as ``<rid>.pt`` (the record is not saved)."""
+        record, model = self._train_model(spec, config)
         self.save_checkpoint(rid, model, record)
         return record, model
 
@@ -156,13 +159,12 @@ class Runner:
     def save_checkpoint(self, rid: str, model: torch.nn.Module, record: dict[str, Any] | None = None) -> None:
         """Write ``<checkpoint_dir>/<rid>.pt`` atomically: the model's state dict and the
         :data:`MODEL_IDENTITY` fields of the training's ``record`` (what the weights scored)."""
-        from bench.io import atomic_write_bytes
-        import io
+        self._write_checkpoint(rid, checkpoint_bytes(model, record))
 
-        buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(),
-                    "trained": _identity(record) if record is not None else None}, buf)
-        atomic_write_bytes(self.checkpoint_dir / f"{rid}.pt", buf.getvalue())
+    def _write_checkpoint(self, rid: str, data: bytes) -> None:
+        from bench.io import atomic_write_bytes
+
+        atomic_write_bytes(self.checkpoint_dir / f"{rid}.pt", data)
 
     def _load_checkpoint(self, rid: str) -> dict[str, Any] | None:
         path = self.checkpoint_dir / f"{rid}.pt"
@@ -208,135 +210,130 @@ class Runner:
         return model_differences(record, ckpt["trained"])
 
     def run_all(self, specs: Sequence[RunSpec], desc: str = "runs") -> list[dict[str, Any]]:
-        """Records of all ``specs`` in order, running only the missing ones.
+        """Records of all ``specs`` in order, training only the runs without a record (with
+        ``force``: every run).
 
-        Several processes may work on the same study at once (e.g. one per core with
-        ``--threads 1``): each run is claimed with a lock file before it is trained, a run claimed
-        by another worker is skipped and its record picked up when that worker saves it.
+        This process alone decides what trains: it resolves every spec, loads the records that
+        exist, submits each missing run once (however often its spec appears) to the executor of
+        ``workers`` / ``cluster`` (:mod:`bench.executor`) and writes the run's checkpoint and record
+        as soon as the run returns. Ctrl-C, SIGTERM or an error stops the workers and keeps every
+        record written; the same command run again trains only what has no record.
+
+        Raises RecordError for an existing record failing its check (before anything trains), a
+        worker's own error (TrainingError, DataError, ...), StoreError when a record cannot be
+        written, ExecutorError when a worker dies, Ray is missing or out of reach, or a worker's
+        prepared data is not this process's.
         """
-        return self._run_all(specs, desc, since=time.time() if self.force else None)
-
-    def _run_all(self, specs: Sequence[RunSpec], desc: str, since: float | None) -> list[dict[str, Any]]:
-        """``run_all``; with ``since`` (``force``), a record counts as done only when it was written
-        after that time (by this study's workers), so forced runs are still trained once."""
-        rids = [self.resolve(spec)[0] for spec in specs]
-        records: list[dict[str, Any] | None] = [self._done(r, since) for r in rids]
-        pending = [i for i, rec in enumerate(records) if rec is None]
-        log.info("%s: %d runs: %d done, %d to run", desc, len(specs), len(specs) - len(pending), len(pending))
-        helpers = self._start_helpers(specs, since, min(self.workers, len(pending)) - 1)
-        bar = tqdm(total=len(pending), desc=desc, unit="run", disable=not self.progress or None)
+        resolved = [self.resolve(spec) for spec in specs]
+        records: list[dict[str, Any] | None] = [self._existing(rid) for rid, _ in resolved]
+        todo: dict[str, list[int]] = {}  # run id -> indices of the specs it answers
+        for i, ((rid, _), rec) in enumerate(zip(resolved, records)):
+            if rec is None:
+                todo.setdefault(rid, []).append(i)
+        pending = sum(len(ix) for ix in todo.values())
+        log.info("%s: %d runs: %d done, %d to run", desc, len(specs), len(specs) - pending, pending)
+        if not todo:
+            return records  # type: ignore[return-value]
+        jobs = [Job(specs[ix[0]], rid, resolved[ix[0]][1]) for rid, ix in todo.items()]
+        bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not self.progress or None)
         try:
-            self._work(specs, rids, records, pending, bar, since)
+            with make_executor(min(self.workers, len(jobs)), self.threads, self.cluster) as ex:
+                fn = self._trained_run if ex.in_process else functools.partial(_train_in_worker, self._worker_copy())
+                for k, trained in ex.completed(fn, jobs):
+                    job = jobs[k]
+                    record = self._keep(job, trained)
+                    for i in todo[job.run_id]:
+                        records[i] = record
+                    bar.update(1)
+                    spec, t = job.spec, record["test"]
+                    log.info("%s %s %s seed %d: test AUC %.4f logloss %.4f gAUC %.4f (%.0f s)", spec.dataset,
+                             spec.model, spec.variant, spec.seed, t["auc"], t["logloss"], t["gauc"],
+                             sum(record["wall_seconds"].values()))
         finally:
             bar.close()
-            for proc in helpers:  # they stop by themselves once every record exists
-                proc.join(self.poll_seconds + 30 if not pending else 5)
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join()
-        failed = [p.exitcode for p in helpers if p.exitcode != 0]
-        if failed:
-            log.warning("%s: %d helper worker(s) ended with exit codes %s; their runs were finished here",
-                        desc, len(failed), failed)
         return records  # type: ignore[return-value]
 
-    def _done(self, rid: str, since: float | None) -> dict[str, Any] | None:
-        rec = self.store.load(rid, refuse=since is None)  # --force retrains a record failing its check
-        if rec is not None and since is not None:
+    def _existing(self, rid: str) -> dict[str, Any] | None:
+        """The record of ``rid`` to reuse: None when there is none or with ``force`` (which only
+        logs a record failing its check; without ``force`` such a record raises RecordError)."""
+        rec = self.store.load(rid, refuse=not self.force)
+        return None if self.force else rec
+
+    def _trained_run(self, job: "Job") -> "TrainedRun":
+        """Train ``job`` here (in this process or a worker's): its record (not saved) and checkpoint bytes."""
+        record, model = self._train_model(job.spec, job.config)
+        return TrainedRun(record, checkpoint_bytes(model, record))
+
+    def _worker_copy(self) -> "Runner":
+        """What a worker process gets of this runner: no datasets (it loads its own), no progress bar."""
+        return dataclasses.replace(self, progress=False, workers=1, cluster=None, _datasets={})
+
+    def _keep(self, job: "Job", trained: "TrainedRun") -> dict[str, Any]:
+        """Write the checkpoint and the record of a run a worker trained; the sealed record."""
+        rid = trained.record.get("run_id")
+        if rid != job.run_id:
+            raise ExecutorError(
+                f"run {job.run_id} ({job.spec.dataset} {job.spec.model} {job.spec.variant} seed {job.spec.seed}) "
+                f"trained as run {rid} on {trained.record.get('machine', {}).get('cpu', 'a worker')}: the worker's "
+                "prepared data is not this one's (its fingerprint differs); give every worker the same --data-dir")
+        if trained.checkpoint is not None:
+            self._write_checkpoint(rid, trained.checkpoint)
+        return self._save(trained.record)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run for a worker: its spec, run id and resolved config (from :meth:`Runner.resolve`)."""
+
+    spec: RunSpec
+    run_id: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a worker returns: the run record (not yet saved) and the checkpoint file's bytes."""
+
+    record: dict[str, Any]
+    checkpoint: bytes | None
+
+
+#: per worker process: the runner copies it trained with (their datasets stay loaded between runs)
+_WORKER_RUNNERS: dict[tuple, "Runner"] = {}
+
+
+def _train_in_worker(template: Runner, job: Job) -> TrainedRun:
+    """Entry point of a run in a worker process (local pool or Ray task): train ``job`` with a copy
+    of the parent's runner, kept for the next runs of this process. On a node where the parent's
+    log folder cannot be made, the run logs nowhere rather than fail."""
+    key = (str(template.data_dir), str(template.raw_dir), template.device, str(template.log_dir))
+    runner = _WORKER_RUNNERS.get(key)
+    if runner is None:
+        runner = _WORKER_RUNNERS[key] = template
+        if runner.log_dir is not None:
             try:
-                if self.store.path(rid).stat().st_mtime < since:
-                    return None
-            except FileNotFoundError:
-                return None
-        return rec
-
-    def _start_helpers(self, specs: Sequence[RunSpec], since: float | None, n: int) -> list:
-        if n <= 0:
-            return []
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        helper = dataclasses.replace(self, progress=False, workers=1, force=since is not None, _datasets={})
-        procs = []
-        for k in range(n):
-            proc = ctx.Process(target=_helper_main, args=(helper, list(specs), since, logging.getLogger().level),
-                               name=f"mian-worker-{k + 1}", daemon=True)
-            proc.start()
-            procs.append(proc)
-        log.info("started %d helper worker process(es) (%s threads each)", n, self.threads or "default")
-        return procs
-
-    def _work(self, specs, rids, records, pending, bar, since) -> None:
-        next_log = 0.0  # when to log the locks waited on next
-        while pending:
-            progressed = False
-            for i in list(pending):
-                spec, rid = specs[i], rids[i]
-                rec = self._done(rid, since)
-                if rec is None:
-                    if not self.store.claim(rid):
-                        continue  # claimed by another worker
-                    rec = self._done(rid, since)  # saved by a worker between the check and the claim
-                    if rec is not None:
-                        self.store.release(rid)
-                if rec is not None:  # finished meanwhile by another worker
-                    records[i] = rec
-                    pending.remove(i)
-                    bar.update(1)
-                    progressed = True
-                    continue
-                try:
-                    bar.set_postfix_str(f"{spec.dataset}/{spec.model}/{spec.variant}/seed{spec.seed}")
-                    records[i], _ = self.run(spec)
-                finally:
-                    self.store.release(rid)
-                pending.remove(i)
-                bar.update(1)
-                progressed = True
-                t = records[i]["test"]
-                log.info(
-                    "%s %s %s seed %d: test AUC %.4f logloss %.4f gAUC %.4f (%.0f s)",
-                    spec.dataset, spec.model, spec.variant, spec.seed, t["auc"], t["logloss"], t["gauc"],
-                    sum(records[i]["wall_seconds"].values()),
-                )
-            if progressed:
-                next_log = 0.0
-            elif pending:
-                self._wait_on_locks([rids[i] for i in pending], next_log)
-                if time.monotonic() >= next_log:
-                    next_log = time.monotonic() + self.lock_log_seconds
-                time.sleep(self.poll_seconds)
-
-    def _wait_on_locks(self, rids: list[str], next_log: float) -> None:
-        """Log the locks of ``rids`` (every one is held by another process) when ``next_log`` is
-        due; raise :class:`LockTimeout` for one whose owner gave no sign of life for
-        ``lock_timeout`` seconds."""
-        for rid in rids:
-            silent = self.store.lock_silence(rid)
-            if silent is not None and silent > self.lock_timeout:
-                path = self.store.lock_path(rid)
-                raise LockTimeout(
-                    f"run {rid} is locked by {self.store.describe_lock(rid)} ({path}), which has not refreshed it for "
-                    f"{silent:.0f} s (MIAN_LOCK_TIMEOUT = {self.lock_timeout:.0f} s); if no study is running there, "
-                    f"delete the lock (rm {path}) and run the command again")
-        if time.monotonic() < next_log:
-            return
-        for rid in rids[:3]:
-            silent = self.store.lock_silence(rid)
-            if silent is None:
-                continue
-            path = self.store.lock_path(rid)
-            log.info("waiting for run %s: its lock %s is held by %s (refreshed %.0f s ago; giving up after %.0f s "
-                     "without a refresh, MIAN_LOCK_TIMEOUT); if no study is running there, delete the lock (rm %s)",
-                     rid, path, self.store.describe_lock(rid), silent, self.lock_timeout, path)
-        if len(rids) > 3:
-            log.info("... and %d more run(s) locked by other workers", len(rids) - 3)
+                Path(runner.log_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("no run logs on this worker: cannot create %s (%s)", runner.log_dir, exc)
+                runner.log_dir = None
+    return runner._trained_run(job)
 
 
 #: format tag of the checkpoints written by :meth:`Runner.save_checkpoint`
 CHECKPOINT_FORMAT = "mian-checkpoint-v1"
 #: the fields of a run record that identify the trained model (what its weights scored)
 MODEL_IDENTITY = ("best_epoch", "epochs_run", "steps", "valid_history", "valid", "test")
+
+
+def checkpoint_bytes(model: torch.nn.Module, record: dict[str, Any] | None = None) -> bytes:
+    """The checkpoint file of ``model`` (``torch.save`` of its state dict, :data:`CHECKPOINT_FORMAT`
+    and the :data:`MODEL_IDENTITY` fields of the training's ``record``)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(),
+                "trained": _identity(record) if record is not None else None}, buf)
+    return buf.getvalue()
 
 
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
@@ -387,40 +384,6 @@ def model_differences(record: dict[str, Any], other: dict[str, Any]) -> list[str
         first = next((i for i, (x, y) in enumerate(zip(ha, hb)) if not _same(x, y)), min(len(ha), len(hb)))
         out.append(f"validation history from evaluation {first + 1} on ({len(hb)} vs {len(ha)} evaluations)")
     return out
-
-
-def _exit_with_parent(poll_seconds: float = 1.0) -> None:
-    """End this helper process as soon as the process that spawned it is gone (killed with SIGKILL
-    or SIGTERM, whose default action skips multiprocessing's clean-up of daemon children): an
-    orphan would go on training the study's runs after the study was stopped. Its lock is then
-    one of a dead process, which the next study takes over."""
-    import os
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _helper_main(runner: Runner, specs: list[RunSpec], since: float | None, level: int) -> None:
-    """Entry point of a spawned helper worker of :meth:`Runner.run_all`: ``runner`` is a copy of
-    the main process's (no progress bar, one worker)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s: %(message)s", datefmt="%H:%M:%S")
-    _exit_with_parent()
-    if runner.threads:
-        torch.set_num_threads(runner.threads)
-    try:
-        runner._run_all(specs, "helper", since)
-    except StoreError as exc:  # the main process meets (and reports) the same record or lock
-        logging.getLogger(__name__).error("%s", exc)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the main process reports it
-        raise SystemExit(130) from None
 
 
 def main_specs(dataset: str, models: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> list[RunSpec]:

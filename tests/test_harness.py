@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,112 +224,14 @@ def test_training_survives_a_last_batch_of_one_sample():
     assert record["steps"] == 3
 
 
-def test_parallel_workers_never_train_the_same_run(runner, monkeypatch):
-    import threading
-
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
-    specs = [RunSpec("toyset", "toy", s) for s in range(3)]
-    rid1 = runner.resolve(specs[1])[0]
-    assert runner.store.claim(rid1)  # another (live) worker holds seed 1
-    assert not runner.store.claim(rid1)
-    calls = []
-    real = train_mod.train_run
-
-    def counting(ds, model, cfg, seed, **kw):
-        calls.append(seed)
-        return real(ds, model, cfg, seed, **kw)
-
-    monkeypatch.setattr(train_mod, "train_run", counting)
-    runner.poll_seconds = 0.05
-    out = {}
-    worker = threading.Thread(target=lambda: out.setdefault("records", runner.run_all(specs)))
-    worker.start()
-    import time
-
-    deadline = time.time() + 20
-    while len(calls) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
-    assert sorted(calls) == [0, 2] and worker.is_alive()  # waits for the run held by the other worker
-    # the other worker finishes seed 1: its record appears, its lock goes
-    other = Runner(store=RunStore(runner.store.root), data_dir=runner.data_dir, progress=False)
-    other._datasets = runner._datasets
-    other.force = True
-    rec1, _ = other.run(specs[1])
-    runner.store.release(rid1)
-    worker.join(20)
-    assert not worker.is_alive()
-    assert [r["seed"] for r in out["records"]] == [0, 1, 2]
-    assert out["records"][1]["run_id"] == rec1["run_id"]
-    assert sorted(calls) == [0, 1, 2]  # seed 1 trained once, by the other worker
-    assert not list(runner.store.root.glob("*.lock"))
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(runner, monkeypatch):
-    import subprocess
-    import sys
-
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
-    spec = RunSpec("toyset", "toy", 0)
-    rid = runner.resolve(spec)[0]
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
-
-    runner.store.root.mkdir(parents=True, exist_ok=True)
-    runner.store.lock_path(rid).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": 0}))
-    runner.poll_seconds = 0.05
-    records = runner.run_all([spec])
-    assert records[0]["seed"] == 0
-    assert not runner.store.lock_path(rid).exists()
-
-
-# --------------------------------------------------------------------------- parallel workers
+# --------------------------------------------------------------------------- the CLI on a tiny movielens-100k
 
 @pytest.fixture(scope="module")
 def tiny_ml100k(tmp_path_factory):
     """A tiny movielens-100k prepared from synthetic raw files in its own data dir."""
     from datagen import prepare_tiny_ml100k
 
-    return prepare_tiny_ml100k(tmp_path_factory.mktemp("workers"))
-
-
-def _reproduce(data_dir, results_dir, *extra):
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    # enough work (12 runs of ~0.5 s) that the spawned helper starts before the main process is done
-    args = ["reproduce", "--table", "main", "--models", "din", "--models", "dien", "--seeds", "6", "--threads", "1",
-            "--data-dir", str(data_dir), "--results-dir", str(results_dir), "--set", "train.max_epochs=3",
-            "--set", "train.patience=5", *extra]
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return {(r["model"], r["seed"]): r for r in RunStore(Path(results_dir) / "runs").records()}
-
-
-def test_workers_share_a_study_and_give_the_same_results(tiny_ml100k, tmp_path):
-    """--workers 2 spawns a helper process; both train runs, each run once, and every metric equals
-    the single-process study's (the work split does not change any result)."""
-    one = _reproduce(tiny_ml100k, tmp_path / "one", "--workers", "1")
-    two = _reproduce(tiny_ml100k, tmp_path / "two", "--workers", "2")
-    assert set(one) == set(two) == {(m, s) for m in ("din", "dien") for s in range(6)}
-    for k in one:
-        assert two[k]["run_id"] == one[k]["run_id"]
-        assert two[k]["test"] == one[k]["test"]
-        assert two[k]["valid_history"] == one[k]["valid_history"]
-    logs = sorted((tmp_path / "two" / "logs").glob("*.log"))
-    assert len(logs) == 12
-    trainers = [re.search(r"\[([\w-]+)\] run ", p.read_text()).group(1) for p in logs]
-    # which process gets which run depends on timing (the helper may start late on a busy machine);
-    # that a helper trains runs on its own is checked deterministically below
-    assert set(trainers) <= {"MainProcess", "mian-worker-1"} and "MainProcess" in trainers
-    assert not list((tmp_path / "two" / "runs").glob("*.lock"))
-    # --force with two workers retrains every run exactly once more (none skipped, none twice)
-    before = {k: (tmp_path / "two" / "runs" / f"{r['run_id']}.json").stat().st_mtime_ns for k, r in two.items()}
-    again = _reproduce(tiny_ml100k, tmp_path / "two", "--workers", "2", "--force")
-    for k, r in again.items():
-        assert (tmp_path / "two" / "runs" / f"{r['run_id']}.json").stat().st_mtime_ns > before[k]
-        assert r["test"] == one[k]["test"]
+    return prepare_tiny_ml100k(tmp_path_factory.mktemp("tiny"))
 
 
 def test_default_parallelism_is_one_thread_per_core(monkeypatch):
@@ -361,31 +262,6 @@ def test_train_defaults_to_one_thread_and_records_it(tiny_ml100k, tmp_path):
     assert record["threads"] == 1
 
 
-def test_lock_appears_complete_and_only_its_owner_releases_it(tmp_path):
-    import os
-    import socket
-    import time
-
-    store = RunStore(tmp_path / "runs")
-    assert store.claim("abc")
-    owner = json.loads(store.lock_path("abc").read_text())  # written before the lock existed
-    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-    assert not list(store.root.glob(".*.tmp"))
-    # an empty lock (not ours) is respected while fresh, taken over once old
-    store.lock_path("fresh").write_text("")
-    assert not store.claim("fresh")
-    old = time.time() - 3600
-    os.utime(store.lock_path("fresh"), (old, old))
-    assert store.claim("fresh")
-    # a live process's lock (pid 1 on this host) is neither taken nor released by us
-    store.lock_path("other").write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": 0}))
-    assert not store.claim("other")
-    store.release("other")
-    assert store.lock_path("other").exists()
-    store.release("abc")
-    assert not store.lock_path("abc").exists()
-
-
 def test_records_are_readable_by_others(tmp_path):
     from bench.runs import run_id
 
@@ -400,37 +276,6 @@ def test_records_are_readable_by_others(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
-
-
-def test_a_helper_worker_trains_the_runs_it_claims(tiny_ml100k, tmp_path):
-    """The spawned helper's entry point, started alone, trains every run of the study (each run
-    log names it), leaves no lock, and gives the single-process records."""
-    import logging
-    import multiprocessing as mp
-
-    from bench.config import parse_overrides
-
-    specs = main_specs("movielens-100k", ["lr", "dcn"], range(2), parse_overrides(["train.max_epochs=1"]))
-    helper = Runner(store=RunStore(tmp_path / "runs"), data_dir=tiny_ml100k, log_dir=tmp_path / "logs",
-                    progress=False, poll_seconds=0.2, threads=1)
-    proc = mp.get_context("spawn").Process(target=studies_mod._helper_main,
-                                           args=(helper, specs, None, logging.INFO), name="mian-worker-7")
-    proc.start()
-    proc.join(300)
-    assert proc.exitcode == 0
-    logs = sorted((tmp_path / "logs").glob("*.log"))
-    assert len(logs) == 4 and all("[mian-worker-7] run " in p.read_text() for p in logs)
-    assert not list((tmp_path / "runs").glob("*.lock"))
-    here = Runner(store=RunStore(tmp_path / "here"), data_dir=tiny_ml100k, progress=False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        mine = here.run_all(specs)
-    finally:
-        torch.set_num_threads(n)
-    theirs = {r["run_id"]: r for r in RunStore(tmp_path / "runs").records()}
-    for r in mine:
-        assert theirs[r["run_id"]]["test"] == r["test"]
 
 
 def test_subset_studies_never_replace_the_protocol_tables(tiny_ml100k, tmp_path):
@@ -466,53 +311,3 @@ def test_visualize_attention_retrains_a_missing_checkpoint_but_keeps_the_record(
     assert record_path.read_bytes() == before  # commit, date and timings of the record kept
     assert (out / "gim_weights.csv").read_text() == weights  # same seed -> same model -> same figure
     assert (tiny_ml100k / "checkpoints" / f"{record_path.stem}.pt").exists()
-
-
-def test_a_helper_worker_ends_when_its_study_is_killed(tiny_ml100k, tmp_path):
-    """SIGKILL of the study process skips multiprocessing's clean-up of its daemon helpers; the
-    helper must notice and end instead of training on as an orphan."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    script = f"""
-import logging, multiprocessing as mp, sys, time
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from bench import studies
-from bench.config import parse_overrides
-from bench.runs import RunStore
-if __name__ == "__main__":
-    specs = studies.main_specs("movielens-100k", ["mian"], range(4),
-                               parse_overrides(["train.max_epochs=500", "train.patience=500"]))
-    helper = studies.Runner(store=RunStore({str(tmp_path / 'runs')!r}), data_dir={str(tiny_ml100k)!r},
-                            progress=False, threads=1)
-    proc = mp.get_context("spawn").Process(target=studies._helper_main, args=(helper, specs, None, logging.INFO),
-                                           daemon=True)
-    proc.start()
-    print(proc.pid, flush=True)
-    time.sleep(600)
-"""
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        child = int(parent.stdout.readline())
-        deadline = time.time() + 120
-        while not list((tmp_path / "runs").glob("*.lock")) and time.time() < deadline:
-            time.sleep(0.2)  # the helper has claimed a run: it is training
-        assert list((tmp_path / "runs").glob("*.lock")), "the helper never started a run"
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                os.kill(child, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.kill(child, signal.SIGKILL)
-            raise AssertionError("the helper went on after its study process was killed")
-    finally:
-        if parent.poll() is None:
-            parent.kill()

@@ -1,13 +1,12 @@
 """Faults around what the harness writes: untrustworthy run records, unwritable folders, damaged
-checkpoints, full disks, interrupted writes and locks held by others. Each test checks the one-line
-error (or the recovery) and that nothing already written changed."""
+checkpoints, full disks and interrupted writes. Each test checks the one-line error (or the
+recovery) and that nothing already written changed."""
 from __future__ import annotations
 
 import errno
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from click.testing import CliRunner
 from bench import io as io_mod
 from bench import studies as studies_mod
 from bench import train as train_mod
-from bench.runs import (LockTimeout, RecordError, RunStore, StoreError, checksum, lock_timeout, process_start,
-                        record_problems, seal)
+from bench.runs import RecordError, RunStore, StoreError, checksum, record_problems, seal
 from bench.train import RunSpec
 from cli import cli
 from test_harness import config, runner  # noqa: F401 - the fixture
@@ -264,9 +262,9 @@ def test_stale_temporaries_are_removed_at_start_and_live_ones_kept(tiny, tmp_pat
     raw = data / "raw" / "movielens-100k"
     raw.mkdir(parents=True)
     old = time.time() - 3600
-    stale = [results / "runs" / f".0123.json.{DEAD_PID}~abc.tmp", results / "runs" / f".0123.lock.{DEAD_PID}~.tmp",
-             results / "movielens-100k" / ".main_table.md.x1y2.tmp", data / "movielens-100k" / f".LATEST.{DEAD_PID}~q.tmp",
-             raw / f".pip-{DEAD_PID}~zz", raw / f".u.data.{DEAD_PID}~a.part"]
+    stale = [results / "runs" / f".0123.json.{DEAD_PID}~abc.tmp", results / "movielens-100k" / ".main_table.md.x1y2.tmp",
+             data / "movielens-100k" / f".LATEST.{DEAD_PID}~q.tmp", raw / f".pip-{DEAD_PID}~zz",
+             raw / f".u.data.{DEAD_PID}~a.part"]
     live = [results / "runs" / f".0123.json.{os.getpid()}~abc.tmp", results / "movielens-100k" / ".fresh.md.abc.tmp"]
     for p in stale + live:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +273,7 @@ def test_stale_temporaries_are_removed_at_start_and_live_ones_kept(tiny, tmp_pat
             (p / "x.whl").write_bytes(b"w")
         else:
             p.write_text("partial")
-    os.utime(stale[2], (old, old))  # an older release's name (no pid): stale once old
+    os.utime(stale[1], (old, old))  # an older release's name (no pid): stale once old
     keep = results / "runs" / ".not-ours"
     keep.write_text("x")
     res = CliRunner().invoke(cli, ["train", "--model", "lr", *_args(data, results)], catch_exceptions=False)
@@ -322,61 +320,7 @@ def test_a_table_is_published_with_one_stamp_and_a_kill_between_renames_shows(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
 
 
-# --------------------------------------------------------------------------- locks and seeds (5)
-
-def _lock(store, rid, **owner):
-    store.root.mkdir(parents=True, exist_ok=True)
-    store.lock_path(rid).write_text(json.dumps({"host": socket.gethostname(), "since": 0, **owner}))
-
-
-def test_a_lock_whose_pid_was_reused_is_taken_over(runner, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
-    spec = RunSpec("toyset", "toy", 0)
-    rid = runner.resolve(spec)[0]
-    assert process_start(1) is not None
-    _lock(runner.store, rid, pid=1, start="0")  # pid 1 is alive, but started at another time
-    runner.poll_seconds = 0.05
-    assert runner.run_all([spec])[0]["seed"] == 0
-    assert not runner.store.lock_path(rid).exists()
-    assert runner.store.claim("x") and json.loads(runner.store.lock_path("x").read_text())["start"] == process_start(os.getpid())
-
-
-def test_waiting_on_a_live_lock_is_logged_and_times_out_naming_the_file(runner, monkeypatch, caplog):  # noqa: F811
-    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
-    spec = RunSpec("toyset", "toy", 0)
-    rid = runner.resolve(spec)[0]
-    _lock(runner.store, rid, pid=1)  # alive, start time unknown: cannot be taken over
-    lock = runner.store.lock_path(rid)
-    content = lock.read_bytes()
-    runner.poll_seconds, runner.lock_timeout = 0.05, 0.5
-    t0 = time.monotonic()
-    with caplog.at_level("INFO"), pytest.raises(LockTimeout) as err:
-        runner.run_all([spec])
-    assert time.monotonic() - t0 < 10
-    assert f"its lock {lock} is held by pid 1 on this host" in caplog.text and f"rm {lock}" in caplog.text
-    assert "1 runs: 0 done, 1 to run" in caplog.text
-    assert str(lock) in str(err.value) and "MIAN_LOCK_TIMEOUT" in str(err.value) and f"rm {lock}" in str(err.value)
-    assert lock.read_bytes() == content and not runner.store.path(rid).exists()
-    runner.store.release(rid)  # not ours: kept
-    assert lock.exists()
-    monkeypatch.setenv("MIAN_LOCK_TIMEOUT", "soon")
-    with pytest.raises(StoreError, match="MIAN_LOCK_TIMEOUT='soon': expected a number of seconds"):
-        lock_timeout()
-
-
-def test_a_refreshed_lock_is_not_timed_out(tmp_path):
-    store = RunStore(tmp_path / "runs")
-    assert store.claim("r")
-    old = time.time() - 100
-    os.utime(store.lock_path("r"), (old, old))
-    assert store.lock_silence("r") > 99
-    store.refresh("r")
-    assert store.lock_silence("r") < 5
-    _lock(store, "other", pid=1)
-    os.utime(store.lock_path("other"), (old, old))
-    store.refresh("other")  # not ours: untouched
-    assert store.lock_silence("other") > 99
-
+# --------------------------------------------------------------------------- seeds
 
 def test_seeds_have_an_upper_bound(tmp_path):
     for cmd in ("reproduce", "ablate"):
