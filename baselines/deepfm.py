@@ -39,6 +39,6 @@ class DeepFM(nn.Module):
         return ModelOutput(logits=logits)
 
 
-#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
 #: the label in the tables, the class built.
 NAME, LABEL, MODEL = "deepfm", "DeepFM", DeepFM

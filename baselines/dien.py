@@ -173,6 +173,6 @@ class DIEN(nn.Module):
         return (nll * m).sum() / m.sum().clamp_min(1.0)
 
 
-#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
 #: the label in the tables, the class built.
 NAME, LABEL, MODEL = "dien", "DIEN", DIEN

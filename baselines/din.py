@@ -53,6 +53,6 @@ class DIN(nn.Module):
         return ModelOutput(logits=self.mlp(x).squeeze(-1), attention={"din": weights})
 
 
-#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
 #: the label in the tables, the class built.
 NAME, LABEL, MODEL = "din", "DIN", DIN

@@ -35,6 +35,6 @@ class LR(nn.Module):
         return ModelOutput(logits=self.linear(batch))
 
 
-#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
 #: the label in the tables, the class built.
 NAME, LABEL, MODEL = "lr", "LR", LR

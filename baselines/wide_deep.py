@@ -40,6 +40,6 @@ class WideDeep(nn.Module):
         return ModelOutput(logits=self.linear(batch) + self.dnn(x).squeeze(-1))
 
 
-#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
 #: the label in the tables, the class built.
 NAME, LABEL, MODEL = "wide_deep", "Wide&Deep", WideDeep

@@ -267,6 +267,6 @@ def _behaviour_mean(e_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (e_b * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-#: Registry entry (bench/registry.py lists this module): the name in the CLI and the run records,
+#: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
 #: the label in the tables, the class built.
 NAME, LABEL, MODEL = "mian", "MIAN", MIAN

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import registry
+from bench.training import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 #: folder -> the top-level packages its modules may import besides the standard library
@@ -52,13 +52,37 @@ def test_models_and_their_library_import_only_torch_the_standard_library_and_ben
     assert not bad, "\n".join(bad)
 
 
+#: the harness's rooms, lowest first: a room imports only the rooms below it (and bench.io /
+#: bench.metrics, two leaf utilities); cli.py imports any
+ROOMS = ("nn", "data", "training", "report", "perf")
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_the_harness_rooms_import_only_downward(room):
+    below = {f"bench.{r}" for r in ROOMS[: ROOMS.index(room) + 1]} | {"bench.io", "bench.metrics"}
+    third_party = {"torch", "numpy", "pandas", "scipy", "sklearn", "pyarrow", "matplotlib", "seaborn", "tabulate",
+                   "tqdm", "click", "tomli", "deepctr_torch", "ray"}
+    files = sorted((ROOT / "bench" / room).rglob("*.py"))
+    assert files, room
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in files for line, name in imported_modules(p)
+           if not allowed(name, below | third_party)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_leaf_utilities_import_nothing_of_the_harness():
+    bad = [f"{p.name}:{line} imports {name}" for p in (ROOT / "bench" / "io.py", ROOT / "bench" / "metrics.py")
+           for line, name in imported_modules(p) if name.startswith("bench")]
+    assert not bad, bad
+    assert sorted(p.name for p in (ROOT / "bench").glob("*.py")) == ["__init__.py", "io.py", "metrics.py"]
+
+
 def test_the_import_check_sees_a_harness_import(tmp_path, monkeypatch):
     pkg = tmp_path / "baselines"
     pkg.mkdir()
-    (pkg / "bad.py").write_text("import torch\nfrom bench.train import train_run\nfrom . import layers\n")
+    (pkg / "bad.py").write_text("import torch\nfrom bench.training.train import train_run\nfrom . import layers\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     names = [n for _, n in imported_modules(pkg / "bad.py")]
-    assert names == ["torch", "bench.train", "baselines"]
+    assert names == ["torch", "bench.training.train", "baselines"]
     assert [allowed(n, ALLOWED["baselines"]) for n in names] == [True, False, True]
 
 

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from bench.nn.contract import ModelOutput
-from bench.registry import build_model, model_class
+from bench.training.registry import build_model, model_class
 from bench.nn.attention import DINAttention, masked_softmax
 from bench.nn.embedding import _GroupEmbedding, field_matrix, n_fields
 from bench.nn.interaction import CIN, CrossNetwork, LinearPart, fm_second_order

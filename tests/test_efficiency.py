@@ -8,11 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import data, efficiency
-from bench.config import resolve_config
-from bench.efficiency import BenchOptions, CSV_COLUMNS
+from bench import data
+
+from bench.perf import efficiency
+from bench.training.config import resolve_config
+from bench.perf.efficiency import BenchOptions, CSV_COLUMNS
 from bench.metrics import gauc
-from bench.registry import build_model, count_params
+from bench.training.registry import build_model, count_params
 from datagen import prepare_tiny_ml100k
 
 
@@ -79,7 +81,7 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
 
 
 def _model_cfg(name: str) -> dict:
-    from bench.config import resolve_config
+    from bench.training.config import resolve_config
 
     return resolve_config("movielens-100k", name)["model"]
 
@@ -267,7 +269,7 @@ def test_gauc_same_value_for_every_user_key_encoding():
     assert gauc(labels, scores, users.astype(np.int32) - 100) == ref  # negative, narrow keys
 
 
-# --------------------------------------------------------------------------- developer step timing (bench.stepbench)
+# --------------------------------------------------------------------------- developer step timing (bench.perf.stepbench)
 
 
 def _finite_positive(res, names):
@@ -283,9 +285,8 @@ def _finite_positive(res, names):
 def test_stepbench_times_baselines_and_mian_on_synthetic_batches(one_thread, caplog):
     import logging
 
-    from bench import stepbench
-
-    caplog.set_level(logging.INFO, logger="bench.stepbench")
+    from bench.perf import stepbench
+    caplog.set_level(logging.INFO, logger="bench.perf.stepbench")
     names = ("lr", "din", "dien", "mian")
     res = stepbench.main(["--models", ",".join(names), "--steps", "2", "--warmup", "1", "--batch", "8",
                           "--threads", "1", "--cpu-time", "--set", "model.transformer=none", "gim_dim=8"])
@@ -301,8 +302,7 @@ def test_stepbench_times_baselines_and_mian_on_synthetic_batches(one_thread, cap
 
 
 def test_stepbench_on_prepared_training_batches(prepared, one_thread):
-    from bench import stepbench
-
+    from bench.perf import stepbench
     data_dir, ds = prepared
     res = stepbench.main(["--models", "din,dien", "--dataset", "movielens-100k", "--data-dir", str(data_dir),
                           "--steps", "2", "--warmup", "1", "--batch", "32", "--threads", "1"])
@@ -312,8 +312,7 @@ def test_stepbench_on_prepared_training_batches(prepared, one_thread):
 
 
 def test_stepbench_refuses_unknown_models_and_keys(one_thread, capsys):
-    from bench import stepbench
-
+    from bench.perf import stepbench
     for argv, words in ((["--models", "din,nosuchmodel"], ["nosuchmodel", "expected one of"]),
                         (["--models", "din", "--set", "transformer=none"], ["transformer", "din"]),
                         (["--models", "din", "--set", "train.lr=0.1"], ["train.lr"])):

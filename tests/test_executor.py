@@ -1,4 +1,4 @@
-"""The executor of a study's missing runs (bench/executor.py): the same records in this process, on
+"""The executor of a study's missing runs (bench/training/executor.py): the same records in this process, on
 two local worker processes and on a Ray cluster; a worker's error raised in the parent as itself;
 a killed or terminated study keeps its records, leaves no worker behind, and a rerun trains only
 the runs without a record."""
@@ -16,11 +16,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import train as train_mod
-from bench.config import ConfigError, parse_overrides
-from bench.executor import ExecutorError, LocalPool, make_executor
-from bench.runs import RunStore
-from bench.studies import Runner
+from bench.training import train as train_mod
+from bench.training.config import ConfigError, parse_overrides
+from bench.training.executor import ExecutorError, LocalPool, make_executor
+from bench.training.runs import RunStore
+from bench.training.studies import Runner
 from cli import cli
 
 REPO = Path(__file__).resolve().parents[1]

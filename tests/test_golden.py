@@ -16,7 +16,7 @@ Two checks, because float results are exact only on one CPU instruction set:
   docs/REPRODUCIBILITY.md has the figures.
 
 The recorded values are in ``tests/golden.json`` (those of the eight Table 2 models were recorded
-with the code of commit 29ef94b, before any speed work on bench/train.py). A new model gets its
+with the code of commit 29ef94b, before any speed work on bench/training/train.py). A new model gets its
 values with ``python tests/test_golden.py --update --model NAME``; if a change is MEANT to alter
 results (a bug fix, a new model default), rewrite the affected models' values the same way
 (``--update`` alone: every model) and say so in the commit.
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.data import PreparedDataset  # noqa: E402
-from bench.registry import MODEL_NAMES  # noqa: E402
-from bench.train import train_run  # noqa: E402
+from bench.training.registry import MODEL_NAMES  # noqa: E402
+from bench.training.train import train_run  # noqa: E402
 from conftest import make_split, tiny_schema  # noqa: E402
 
 TOL = 1e-6  # cross-CPU spread measured at <= 1.9e-7 (module docstring)

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from bench import studies as studies_mod
-from bench import train as train_mod
-from bench.config import ConfigError, resolve_config
+from bench.training import studies as studies_mod
+from bench.training import train as train_mod
+from bench.training.config import ConfigError, resolve_config
 from bench.nn.contract import FeatureSchema, ModelOutput, Split
 from bench.data import PreparedDataset
-from bench.registry import register
-from bench.runs import RunStore
-from bench.studies import Runner, main_specs
-from bench.train import RunSpec, TrainingError
+from bench.training.registry import register
+from bench.training.runs import RunStore
+from bench.training.studies import Runner, main_specs
+from bench.training.train import RunSpec, TrainingError
 from conftest import make_split, tiny_schema
 
 
@@ -156,7 +156,7 @@ def test_interrupted_study_runs_only_missing(runner, monkeypatch):
 
 
 def test_corrupt_record_is_refused_and_force_retrains_it(runner, monkeypatch, caplog):
-    from bench.runs import RecordError
+    from bench.training.runs import RecordError
 
     monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     spec = RunSpec("toyset", "toy", 0)
@@ -263,7 +263,7 @@ def test_train_defaults_to_one_thread_and_records_it(tiny_ml100k, tmp_path):
 
 
 def test_records_are_readable_by_others(tmp_path):
-    from bench.runs import run_id
+    from bench.training.runs import run_id
 
     key = {"protocol": "p", "dataset": "d", "fingerprint": "f", "model": "m", "variant": "v", "seed": 0,
            "config": {"train": {}, "model": {}}, "results_version": 1}

@@ -24,13 +24,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from bench.config import TrainConfig
+from bench.training.config import TrainConfig
 from bench.data import check_ids
 from bench.nn.contract import BATCH_FIELDS, Batch, ModelOutput, Split
 from bench.metrics import split_metrics
-from bench.perf import tune_allocator
-from bench.registry import build_model, count_params
-from bench.runs import REPO_ROOT, run_id, run_key
+from bench.training.allocator import tune_allocator
+from bench.training.registry import build_model, count_params
+from bench.training.runs import REPO_ROOT, run_id, run_key
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Where a study's runs train: in this process, in local worker processes, or on a Ray cluster.
 
-The parent process alone decides what runs (:meth:`bench.studies.Runner.run_all`): it hands each
+The parent process alone decides what runs (:meth:`bench.training.studies.Runner.run_all`): it hands each
 missing run to an executor as ``fn(item)`` (a run spec in, its record and checkpoint bytes out) and
 writes every record itself as the result comes back. Workers write no record, so no locks are needed
 and a killed study leaves only whole records. Backends (:func:`make_executor`):

@@ -1,7 +1,7 @@
 """Studies are lists of runs: build the specs, run what is missing, return the records.
 
 A finished run is loaded from its record, never recomputed unless ``force``. The missing runs train
-on the executor of :mod:`bench.executor` (this process, local worker processes or a Ray cluster),
+on the executor of :mod:`bench.training.executor` (this process, local worker processes or a Ray cluster),
 and this process writes each record as soon as its run ends, so an interrupted study started again
 runs only the missing runs.
 """
@@ -18,11 +18,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bench import train as train_mod
-from bench.config import data_params, resolve_config
-from bench.executor import ExecutorError, make_executor
-from bench.runs import DEFAULT_RESULTS_DIR, RunStore, StoreError, run_id, run_key, sealed
-from bench.train import RunSpec
+from bench.training import train as train_mod
+from bench.training.config import data_params, resolve_config
+from bench.training.executor import ExecutorError, make_executor
+from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore, StoreError, run_id, run_key, sealed
+from bench.training.train import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Runner:
 
     workers: local processes that train the missing runs of one ``run_all`` at once (1: this
     process alone); cluster: the address of a Ray cluster (or ``auto``) to train them on instead;
-    threads: torch intra-op threads of each worker (None: torch's default). See :mod:`bench.executor`.
+    threads: torch intra-op threads of each worker (None: torch's default). See :mod:`bench.training.executor`.
 
     checkpoint_dir: where best-epoch weights are kept (``<run_id>.pt``; default
     ``<data_dir>/checkpoints``), so that figures needing a trained model (the GIM heatmap) can
@@ -59,7 +59,7 @@ class Runner:
 
     def dataset(self, name: str, params=None):
         """The prepared dataset ``name`` with protocol parameters ``params`` (a
-        :class:`bench.samples.ProtocolParams`; None = the defaults), loaded once per runner."""
+        :class:`bench.data.samples.ProtocolParams`; None = the defaults), loaded once per runner."""
         from bench.data import PARAMS, latest_name, load_prepared
 
         key = name if params is None or params == PARAMS else f"{name}@{latest_name(params)}"
@@ -182,12 +182,12 @@ class Runner:
     def load_model(self, record: dict[str, Any]) -> torch.nn.Module | None:
         """The trained model of ``record`` from its checkpoint, or None when there is none or it
         is damaged (truncated, not a state dict of this model: logged, naming the file)."""
-        from bench.registry import build_model
+        from bench.training.registry import build_model
 
         ckpt = self._load_checkpoint(record["run_id"])
         if ckpt is None:
             return None
-        from bench.samples import ProtocolParams
+        from bench.data.samples import ProtocolParams
 
         ds = self.dataset(record["dataset"], ProtocolParams(**record.get("data_params", {})))
         model = build_model(record["model"], ds.schema, record["config"]["model"], item_table=ds.item_table)
@@ -215,7 +215,7 @@ class Runner:
 
         This process alone decides what trains: it resolves every spec, loads the records that
         exist, submits each missing run once (however often its spec appears) to the executor of
-        ``workers`` / ``cluster`` (:mod:`bench.executor`) and writes the run's checkpoint and record
+        ``workers`` / ``cluster`` (:mod:`bench.training.executor`) and writes the run's checkpoint and record
         as soon as the run returns. Ctrl-C, SIGTERM or an error stops the workers and keeps every
         record written; the same command run again trains only what has no record.
 
@@ -445,7 +445,7 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
 
     import dataclasses
 
-    from bench.samples import ProtocolParams
+    from bench.data.samples import ProtocolParams
 
     variants = {**ABLATION_VARIANTS, **TRANSFORMER_VARIANTS}
     default_data = dataclasses.asdict(ProtocolParams())

@@ -2,7 +2,7 @@
 peak memory of every model, optionally against DeepCTR-Torch on the same prepared arrays.
 
     python cli.py bench --dataset movielens-100k [--peer deepctr-torch] [--threads 1]
-    python -m bench.efficiency --gauc          # gAUC on 10^6 predictions from 10^4 users
+    python -m bench.perf.efficiency --gauc          # gAUC on 10^6 predictions from 10^4 users
 
 Each model is measured in a fresh child process (multiprocessing ``spawn``), so its peak resident
 set size (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the prepared dataset in memory, the
@@ -19,7 +19,7 @@ model, its optimiser state and the largest batch's activations. In the child, in
    ``warmup`` steps (the step-level figure, free of epoch-level overheads);
 5. peak RSS (and on CUDA the peak allocated device memory).
 
-Test metrics of our models come from the run records (``bench.studies.Runner``: an existing
+Test metrics of our models come from the run records (``bench.training.studies.Runner``: an existing
 main-table run is reused, a missing one is trained with the protocol). The DeepCTR-Torch peer is
 trained by the same protocol inside its child: ``fit(..., epochs=1)`` per epoch, validation AUC with
 ``bench.metrics`` after each, early stopping with the config's patience, best epoch restored, the
@@ -130,7 +130,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _child_setup(opts: BenchOptions) -> torch.device:
-    from bench.perf import tune_allocator
+    from bench.training.allocator import tune_allocator
 
     tune_allocator()
     if opts.threads:
@@ -163,9 +163,9 @@ def _load(opts: BenchOptions):
 
 def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     """Figures 1-5 of the module docstring for our ``model_name`` (run in a child process)."""
-    from bench.config import TrainConfig, resolve_config
-    from bench.registry import build_model, count_params
-    from bench.train import evaluate, predict, seed_everything, shuffled_batches, train_step
+    from bench.training.config import TrainConfig, resolve_config
+    from bench.training.registry import build_model, count_params
+    from bench.training.train import evaluate, predict, seed_everything, shuffled_batches, train_step
 
     dev = _child_setup(opts)
     ds = _load(opts)
@@ -413,7 +413,7 @@ def measure_peer(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     """The DeepCTR-Torch peer of ``model_name`` (run in a child process): parameters, epoch-based
     training samples/s, inference samples/s, evaluation time, peak RSS; with ``opts.accuracy`` its
     test metrics after the protocol's early stopping."""
-    from bench.config import TrainConfig, resolve_config
+    from bench.training.config import TrainConfig, resolve_config
     from bench.metrics import auc, gauc, logloss
 
     dev = _child_setup(opts)
@@ -625,13 +625,13 @@ def run_bench(
 
     Args:
         ds: the loaded PreparedDataset (its cache folder is ``opts.cache``).
-        runner: a ``bench.studies.Runner`` giving our test metrics (existing run records reused,
+        runner: a ``bench.training.studies.Runner`` giving our test metrics (existing run records reused,
             missing runs trained); None (or ``opts.accuracy`` False) leaves them empty.
     Returns (table, written paths). Raises PeerUnavailable when ``peer`` is not installed.
     """
-    from bench import train as train_mod
-    from bench.perf import allocator_note, tune_allocator
-    from bench.train import RunSpec
+    from bench.training import train as train_mod
+    from bench.training.allocator import allocator_note, tune_allocator
+    from bench.training.train import RunSpec
 
     if peer is not None and not peer_installed(peer):
         raise PeerUnavailable(f"--peer {peer} needs DeepCTR-Torch: {PEER_INSTALL}")

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.figures import PAIRS
+from bench.report.figures import PAIRS
 from bench.report import (
     PAPER_TABLE2,
     PAPER_TABLE3,
@@ -171,7 +171,7 @@ def dataset_claims(
 def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequence[str] = (),
                     dataset_notes: dict[str, Sequence[str]] | None = None) -> str:
     """``results/CLAIMS.md``: one section per dataset, one row per claim, then that dataset's
-    ``dataset_notes`` (e.g. what a change of machine moves: :func:`bench.crosscheck.cross_machine_notes`)."""
+    ``dataset_notes`` (e.g. what a change of machine moves: :func:`bench.report.crosscheck.cross_machine_notes`)."""
     from tabulate import tabulate
 
     parts = [

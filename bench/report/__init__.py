@@ -23,9 +23,9 @@ from bench.metrics import impr, rela_impr
 
 
 def model_label(name: str) -> str:
-    """The tables' label of model ``name`` (its module's LABEL, :data:`bench.registry.MODEL_LABELS`);
+    """The tables' label of model ``name`` (its module's LABEL, :data:`bench.training.registry.MODEL_LABELS`);
     the name itself for a model the registry does not list."""
-    from bench.registry import MODEL_LABELS  # imports the models (torch) only when a label is needed
+    from bench.training.registry import MODEL_LABELS  # imports the models (torch) only when a label is needed
 
     return MODEL_LABELS.get(name, name)
 
@@ -33,7 +33,7 @@ def model_label(name: str) -> str:
 def __getattr__(name: str) -> Any:
     """``bench.report.MODEL_LABELS``: the registry's, read when first asked for (PEP 562)."""
     if name == "MODEL_LABELS":
-        from bench.registry import MODEL_LABELS
+        from bench.training.registry import MODEL_LABELS
 
         return MODEL_LABELS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,7 @@ def _entries() -> dict[str, types.ModuleType]:
         missing = [k for k in ("NAME", "LABEL", "MODEL") if not hasattr(module, k)]
         if missing:
             raise ValueError(f"model module {path} lacks its registry entry {', '.join(missing)} "
-                             "(NAME, LABEL, MODEL = ...; see bench/registry.py)")
+                             "(NAME, LABEL, MODEL = ...; see bench/training/registry.py)")
         if module.NAME in out:
             raise ValueError(f"model name {module.NAME!r} is declared by {out[module.NAME].__name__} and {path}")
         out[module.NAME] = module
