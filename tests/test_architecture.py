@@ -109,3 +109,13 @@ def test_a_new_model_is_one_module_and_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "MODEL_MODULES", registry.MODEL_MODULES + ("no_entry",))
     with pytest.raises(ValueError, match="no_entry lacks its registry entry NAME, LABEL, MODEL"):
         registry._entries()
+
+
+def test_every_dataset_comes_from_its_reader_module_and_has_a_config():
+    from bench.data import DATASETS, SOURCES, _FAMILY
+    from bench.training.config import config_path
+
+    assert list(DATASETS) == [name for source in SOURCES for name in source.DATASETS]
+    for name in DATASETS:
+        assert name in _FAMILY[name].DATASETS
+        assert config_path(name).is_file(), f"{name} has no config file {config_path(name)}"

@@ -43,22 +43,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The protocol the three Amazon datasets are prepared with: ``amazon-ctr-v1`` (the committed run
-#: records were made with it; one train and one validation sample of Beauty are copies of test
-#: samples) or ``amazon-ctr-v2`` (those negatives redrawn, the splits share no sample; a
-#: different fingerprint, so every Amazon run is trained again). docs/DATA.md, "Amazon".
-AMAZON_PROTOCOL = amazon.PROTOCOL_V1
-
+#: the raw-data readers, one module per dataset family; each declares ``DATASETS`` (name ->
+#: protocol) and may declare ``DISJOINT_PROTOCOLS``. A new family is one module and one entry here.
+SOURCES: tuple[ModuleType, ...] = (movielens, amazon)
 #: dataset name -> protocol name (written into every run record)
-DATASETS: dict[str, str] = {
-    "movielens-100k": "ml100k-ctr-v1",
-    "movielens-1m": "ml1m-ctr-v1",
-    "amazon-beauty": AMAZON_PROTOCOL,
-    "amazon-books": AMAZON_PROTOCOL,
-    "amazon-electronics": AMAZON_PROTOCOL,
-}
+DATASETS: dict[str, str] = {name: protocol for source in SOURCES for name, protocol in source.DATASETS.items()}
 #: protocols under which a sample found in two splits is a DataError (older ones: a warning)
-DISJOINT_PROTOCOLS = frozenset({amazon.PROTOCOL_V2})
+DISJOINT_PROTOCOLS = frozenset().union(*(getattr(source, "DISJOINT_PROTOCOLS", ()) for source in SOURCES))
 DEFAULT_DATASET = "movielens-100k"
 #: bump when preparation code changes what is written (invalidates every cache)
 PREP_VERSION = 1
@@ -67,13 +58,7 @@ META = "meta.json"
 LATEST = "LATEST"
 ROOT = Path(__file__).resolve().parents[2]
 
-_FAMILY: dict[str, ModuleType] = {
-    "movielens-100k": movielens,
-    "movielens-1m": movielens,
-    "amazon-beauty": amazon,
-    "amazon-books": amazon,
-    "amazon-electronics": amazon,
-}
+_FAMILY: dict[str, ModuleType] = {name: source for source in SOURCES for name in source.DATASETS}
 
 
 def default_data_dir() -> Path:

@@ -54,6 +54,15 @@ log = logging.getLogger(__name__)
 PROTOCOL_V1 = "amazon-ctr-v1"  # the negatives as drawn (1 train and 1 valid sample of Beauty copy test samples)
 PROTOCOL_V2 = "amazon-ctr-v2"  # v1 with colliding negatives redrawn: the splits share no sample
 PROTOCOLS = (PROTOCOL_V1, PROTOCOL_V2)
+#: The protocol the Amazon datasets are prepared with: ``amazon-ctr-v1`` (the committed run records
+#: were made with it; one train and one validation sample of Beauty are copies of test samples) or
+#: ``amazon-ctr-v2`` (those negatives redrawn, the splits share no sample; a different fingerprint,
+#: so every Amazon run is trained again). docs/DATA.md, "Amazon".
+PROTOCOL = PROTOCOL_V1
+#: the datasets this reader serves: name -> protocol (written into every run record)
+DATASETS: dict[str, str] = {name: PROTOCOL for name in ("amazon-beauty", "amazon-books", "amazon-electronics")}
+#: protocols under which a sample found in two splits is a DataError (older ones: a warning)
+DISJOINT_PROTOCOLS = frozenset({PROTOCOL_V2})
 MISSING = -1  # raw code of a missing category (its own vocabulary entry)
 GAP_DAY_EDGES = (1, 2, 8, 31, 181)  # 0, 1, 2-7, 8-30, 31-180, >180 days
 POSITION_EDGES = (2, 3, 5, 9, 17)  # t = 1, 2, 3-4, 5-8, 9-16, 17+

@@ -101,6 +101,9 @@ class MovieLensSpec:
     items_sha256: str | None = None
 
 
+#: the datasets this reader serves: name -> protocol (written into every run record)
+DATASETS: dict[str, str] = {"movielens-100k": "ml100k-ctr-v1", "movielens-1m": "ml1m-ctr-v1"}
+
 #: dataset name -> expected content (read at call time, so tests can substitute tiny copies)
 SPECS: dict[str, MovieLensSpec] = {
     "movielens-100k": MovieLensSpec(
