@@ -9,7 +9,7 @@ set size (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the prepared dataset
 model, its optimiser state and the largest batch's activations. In the child, in this order:
 
 1. one full training epoch of a freshly seeded model on the prepared train split (the trainer's
-   own ``shuffled_batches`` and ``train_step``, batch size from the dataset config), timed as
+   own ``Split.batches(shuffle=True)`` and ``train_step``, batch size from the dataset config), timed as
    *data* (gathering the batch from the split tensors) and *compute* (forward, loss, backward,
    Adam update, the non-finite check); epoch samples/s = N_train / (data + compute);
 2. one validation pass as the trainer does it (``evaluate``: scores + AUC/logloss/gAUC), timed;
@@ -165,7 +165,7 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     """Figures 1-5 of the module docstring for our ``model_name`` (run in a child process)."""
     from bench.config import TrainConfig, resolve_config
     from bench.registry import build_model, count_params
-    from bench.train import evaluate, predict, seed_everything, shuffled_batches, train_step
+    from bench.train import evaluate, predict, seed_everything, train_step
 
     dev = _child_setup(opts)
     ds = _load(opts)
@@ -184,7 +184,7 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     # 1. one epoch, data vs compute
     model.train()
     data_s = compute_s = 0.0
-    batches = shuffled_batches(train, tcfg.batch_size, gen)
+    batches = train.batches(tcfg.batch_size, shuffle=True, generator=gen)
     while True:
         t0 = clock()
         batch = next(batches, None)
@@ -217,7 +217,7 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     need = max(opts.steps, 1) + max(opts.warmup, 0)
     seen = 0
     while seen < need:
-        for batch in shuffled_batches(train, tcfg.batch_size, gen):
+        for batch in train.batches(tcfg.batch_size, shuffle=True, generator=gen):
             if len(batch) < full:
                 continue
             _sync(dev)
