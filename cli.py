@@ -34,7 +34,7 @@ def _dataset_choice() -> click.Choice:
 
 
 def _model_choice() -> click.Choice:
-    from bench.registry import MODEL_NAMES
+    from bench.training.registry import MODEL_NAMES
 
     return click.Choice(list(MODEL_NAMES))
 
@@ -77,7 +77,7 @@ def _join_names(ctx, param, value):
 
 
 def _models_option(help_text: str, none: str | None = None, baselines_only: bool = False):
-    from bench.registry import MODEL_NAMES
+    from bench.training.registry import MODEL_NAMES
 
     names = [m for m in MODEL_NAMES if not (baselines_only and m == "mian")]
     return click.option("--models", "models", type=NameList(names, "baseline" if baselines_only else "model", none),
@@ -85,7 +85,7 @@ def _models_option(help_text: str, none: str | None = None, baselines_only: bool
 
 
 def _variant_names() -> list[str]:
-    from bench.studies import ABLATION_VARIANTS, TRANSFORMER_VARIANTS
+    from bench.training.studies import ABLATION_VARIANTS, TRANSFORMER_VARIANTS
 
     return list(dict.fromkeys([*ABLATION_VARIANTS, *TRANSFORMER_VARIANTS]))
 
@@ -157,8 +157,8 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, d
     (:func:`_output_dirs`)."""
     import torch
 
-    from bench.runs import DEFAULT_RESULTS_DIR, RunStore
-    from bench.studies import Runner
+    from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore
+    from bench.training.studies import Runner
 
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise click.BadParameter(f"expected cpu, cuda or cuda:N, got {device!r}", param_hint="--device")
@@ -196,7 +196,7 @@ def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, tr
 
     from bench.data import default_data_dir
     from bench.io import PathError, check_writable, remove_stale_temps
-    from bench.runs import DEFAULT_RESULTS_DIR
+    from bench.training.runs import DEFAULT_RESULTS_DIR
 
     checks, flat, deep = [], [], []
     if results:
@@ -230,11 +230,11 @@ def _errors():
     click errors."""
     import contextlib
 
-    from bench.config import ConfigError
+    from bench.training.config import ConfigError
     from bench.data import DataError
     from bench.io import PathError
-    from bench.runs import StoreError
-    from bench.train import TrainingError
+    from bench.training.runs import StoreError
+    from bench.training.train import TrainingError
 
     @contextlib.contextmanager
     def guard():
@@ -248,7 +248,7 @@ def _errors():
 
 def _overrides(items, models) -> dict:
     """Parse ``--set`` items and refuse keys that no model of the command knows."""
-    from bench.config import check_overrides, parse_overrides
+    from bench.training.config import check_overrides, parse_overrides
 
     extra = parse_overrides(items)
     check_overrides(extra, list(models))
@@ -283,7 +283,7 @@ def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None
 
 def _subset(models: list[str] | None, seeds: int) -> str | None:
     """Tag of a study that is not the protocol's full one (None when it is)."""
-    from bench.registry import MODEL_NAMES
+    from bench.training.registry import MODEL_NAMES
 
     parts = []
     if models is not None and list(models) != list(MODEL_NAMES):
@@ -300,7 +300,7 @@ def _subset(models: list[str] | None, seeds: int) -> str | None:
 @_run_options
 def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads, force, overrides):
     """Train one model on one dataset with one seed and print its metrics."""
-    from bench.train import RunSpec
+    from bench.training.train import RunSpec
 
     with _errors():
         runner, _ = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
@@ -333,10 +333,10 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @_workers_option
 def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
-    from bench.registry import MODEL_NAMES
-    from bench.crosscheck import cross_machine_notes
+    from bench.training.registry import MODEL_NAMES
+    from bench.report.crosscheck import cross_machine_notes
     from bench.report import main_table
-    from bench.studies import main_specs
+    from bench.training.studies import main_specs
 
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
@@ -376,12 +376,12 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
 
     With --variants, --models or another number of seeds than 5 the tables go to
     results/<dataset>/subsets/<tag>/, never over the full study's."""
-    from bench.figures import convergence_plot
-    from bench.registry import MODEL_NAMES
-    from bench.crosscheck import cross_machine_notes
+    from bench.report.figures import convergence_plot
+    from bench.training.registry import MODEL_NAMES
+    from bench.report.crosscheck import cross_machine_notes
     from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves, fmt_pm,
                               steps_to_fraction, variant_table)
-    from bench.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
+    from bench.training.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
                                variant_specs)
 
     datasets = datasets or ["movielens-100k"]
@@ -444,7 +444,7 @@ def _study_selection(study: str, study_variants: dict, variants: list[str] | Non
     """(the variants to run, in the study's order, the full MIAN always included; the subsets/ tag
     of the selection, None for the full study). Refuses variants of the other study and --models
     with --study transformer (click errors)."""
-    from bench.registry import MODEL_NAMES
+    from bench.training.registry import MODEL_NAMES
 
     if variants is not None:
         foreign = [v for v in variants if v not in study_variants]
@@ -486,9 +486,9 @@ def visualize_attention(cases, dataset, seed, case_seed, data_dir, raw_dir, resu
 
     import pandas as pd
 
-    from bench.figures import FIGURE6_ROWS, GIM_INPUTS, gim_heatmap, gim_summary, select_cases
+    from bench.report.figures import FIGURE6_ROWS, GIM_INPUTS, gim_heatmap, gim_summary, select_cases
     from bench.io import atomic_write_text
-    from bench.train import RunSpec, collect_output
+    from bench.training.train import RunSpec, collect_output
 
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
@@ -558,12 +558,12 @@ def report(results_dir):
     """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict."""
     import json
 
-    from bench.claims import claims_markdown, dataset_claims
+    from bench.report.claims import claims_markdown, dataset_claims
     from bench.io import atomic_write_text
-    from bench.runs import DEFAULT_RESULTS_DIR, RunStore
+    from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore
 
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
-    from bench.studies import protocol_records
+    from bench.training.studies import protocol_records
 
     _output_dirs(results_dir, None, data=False, training=False)
     with _errors():  # a record failing its check is refused, never used
@@ -601,8 +601,8 @@ def crosscheck(other_dir, tag, results_dir):
     results/<dataset>/cross_machine/<TAG>.{md,csv,tex} and keeps their records in results/machines/<TAG>/runs/."""
     import re
 
-    from bench.crosscheck import crosscheck_table, machine_label, pair_frame
-    from bench.runs import DEFAULT_RESULTS_DIR, RunStore
+    from bench.report.crosscheck import crosscheck_table, machine_label, pair_frame
+    from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore
 
     results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
     other_runs = other_dir / "runs" if (other_dir / "runs").is_dir() else other_dir
@@ -663,8 +663,8 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
 
     Only the full measurement (all eight models, --peer deepctr-torch, the default --steps,
     --warmup, --seed and --accuracy) writes there; any other goes to results/<dataset>/subsets/<tag>/."""
-    from bench.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
-    from bench.registry import MODEL_NAMES
+    from bench.perf.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
+    from bench.training.registry import MODEL_NAMES
 
     if peer is not None and not peer_installed(peer):
         raise click.ClickException(f"--peer {peer}: DeepCTR-Torch is not installed; install it with {PEER_INSTALL}")
@@ -687,7 +687,7 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
 def _bench_subset(opts, models: list[str], peer: str | None) -> str | None:
     """Tag of a ``bench`` that is not the full one of results/<dataset>/efficiency.* (None when it
     is): all eight models, the peer, the default steps, warm-up, seed and test metrics."""
-    from bench.efficiency import BenchOptions
+    from bench.perf.efficiency import BenchOptions
 
     ref = BenchOptions(dataset=opts.dataset, cache=opts.cache)
     parts = [_subset(models, PROTOCOL_SEEDS)] if _subset(models, PROTOCOL_SEEDS) else []
@@ -734,8 +734,8 @@ def prepare(dataset, data_dir, raw_dir, force):
 def datasets(data_dir, results_dir):
     """Statistics of every prepared dataset (the paper's Table 1); writes results/datasets.csv."""
     from bench.data import prepared_metas
-    from bench.runs import DEFAULT_RESULTS_DIR
-    from bench.stats import render_tables, stats_rows, write_csv_atomic
+    from bench.training.runs import DEFAULT_RESULTS_DIR
+    from bench.data.stats import render_tables, stats_rows, write_csv_atomic
 
     _output_dirs(results_dir, None, data=False, training=False)
     with _errors():

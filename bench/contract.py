@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from bench.datasets.common import DataError
+from bench.data.sources.common import DataError
 
 PAD = 0
 OOV = 1
@@ -168,7 +168,7 @@ def check_ids(schema: FeatureSchema, data: "Split | Batch", where: str,
     0 <= min, max < vocab_size. Vectorised: one min/max reduction per tensor (no per-step cost
     when called once per split).
 
-    Raises :class:`bench.datasets.common.DataError` naming ``where`` (e.g. "movielens-100k train"),
+    Raises :class:`bench.data.sources.common.DataError` naming ``where`` (e.g. "movielens-100k train"),
     the group, the field, the bad value and the vocabulary size.
     """
     groups = (("item", "item", schema.item_fields), ("hist", "item", schema.item_fields),

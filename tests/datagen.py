@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.datasets import amazon, movielens
+from bench.data.sources import amazon, movielens
 
 GENRES = movielens.GENRES_100K
 DAY = 86_400
@@ -98,7 +98,6 @@ def prepare_tiny_ml100k(root: Path, n_users: int = 30, n_items: int = 40, per_us
     import pytest
 
     from bench import data
-
     root = Path(root)
     frames = ml100k_frames(n_users=n_users, n_items=n_items, per_user=per_user)
     with pytest.MonkeyPatch.context() as mp:

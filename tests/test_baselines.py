@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from bench.contract import ModelOutput
-from bench.registry import build_model, model_class
+from bench.training.registry import build_model, model_class
 from baselines.blocks import (
     CIN,
     CrossNetwork,

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.registry import build_model
-from bench.train import loss_fn
+from bench.training.registry import build_model
+from bench.training.train import loss_fn
 from baselines.blocks import AUGRU, _GRUFunction, active_counts, gru_sequence, left_align, right_align
 from baselines.dien import DIEN
 from conftest import make_split, repad, tiny_schema

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.runs import RunStore, sealed
+from bench.training.runs import RunStore, sealed
 from cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_a_retrain_that_differs_from_its_record_never_replaces_the_figure(tiny, 
 def test_a_checkpoint_of_the_recorded_model_writes_the_figure_as_usual(tiny, tmp_path):
     """An exact retrain (same validation history and metrics) and an older checkpoint without
     metrics (a bare state dict) both count as the recorded model."""
-    from bench.studies import Runner, model_differences
+    from bench.training.studies import Runner, model_differences
 
     data, results = tmp_path / "data", tmp_path / "results"
     shutil.copytree(tiny, data)
@@ -118,7 +118,7 @@ def test_a_checkpoint_of_the_recorded_model_writes_the_figure_as_usual(tiny, tmp
 
 
 def test_model_differences_names_what_differs():
-    from bench.studies import model_differences
+    from bench.training.studies import model_differences
 
     rec = {"best_epoch": 3, "epochs_run": 5, "steps": 50, "test": {"auc": 0.7107, "logloss": 0.6, "gauc": 0.7},
            "valid": {"auc": 0.69, "logloss": 0.63, "gauc": float("nan")},
@@ -139,15 +139,15 @@ def test_model_differences_names_what_differs():
 def test_report_reads_only_the_protocol_folders_gim_summary(tmp_path, monkeypatch):
     """A local/ (this machine's retrain) summary is never read; a summary marked as another model
     than its record is left out with a note."""
-    import bench.claims
+    import bench.report.claims
 
     results = tmp_path / "results"
     (results / "movielens-100k").mkdir(parents=True)
     shutil.copytree(REPO / "results" / "runs", results / "runs")
     committed = json.loads((REPO / "results" / "movielens-100k" / "gim_summary.json").read_text())
     seen = {}
-    real = bench.claims.dataset_claims
-    monkeypatch.setattr(bench.claims, "dataset_claims",
+    real = bench.report.claims.dataset_claims
+    monkeypatch.setattr(bench.report.claims, "dataset_claims",
                         lambda records, ds, gim: seen.__setitem__(ds, gim) or real(records, ds, gim))
     local = dict(committed, share_interactive_larger={**committed["share_interactive_larger"], "R_ibim>e_b": 0.0848},
                  model_differs_from_record=["test AUC 0.7125 vs 0.7107"])
@@ -232,8 +232,8 @@ def test_name_lists_take_commas_and_repeats_in_the_order_given():
 def test_only_the_full_bench_writes_the_efficiency_table():
     """(tests/test_efficiency.py runs a subset bench and checks the table itself is untouched.)"""
     import cli as cli_mod
-    from bench.efficiency import BenchOptions
-    from bench.registry import MODEL_NAMES
+    from bench.perf.efficiency import BenchOptions
+    from bench.training.registry import MODEL_NAMES
 
     full = BenchOptions(dataset="movielens-100k", cache="x")
     assert cli_mod._bench_subset(full, list(MODEL_NAMES), "deepctr-torch") is None
@@ -248,7 +248,7 @@ def test_only_the_full_bench_writes_the_efficiency_table():
 
 
 def test_the_same_set_key_twice_is_one_clear_error(tmp_path):
-    from bench.config import ConfigError, check_overrides, parse_overrides
+    from bench.training.config import ConfigError, check_overrides, parse_overrides
 
     res = invoke("train", "--model", "lr", "--set", "train.lr=0.1", "--set", "train.lr=0.2", "--results-dir", tmp_path)
     assert res.exit_code == 1
@@ -275,8 +275,7 @@ def test_heatmap_is_sequential_with_horizontal_row_labels(tmp_path, monkeypatch)
     import numpy as np
     import pandas as pd
 
-    from bench import figures
-
+    from bench.report import figures
     figs = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig))
     w = np.random.default_rng(0).dirichlet(np.ones(7), size=5)

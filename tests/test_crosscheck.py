@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.runs import sealed
+from bench.training.runs import sealed
 from cli import cli
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from bench import data
-from bench.datasets import amazon, common
-from bench.datasets.common import DataError
+from bench.data.sources import amazon, common
+from bench.data.sources.common import DataError
 from bench.contract import BATCH_FIELDS
-from bench.samples import ProtocolParams, build, cross_split_duplicates, decode
+from bench.data.samples import ProtocolParams, build, cross_split_duplicates, decode
 from conftest import AMAZON_BEAUTY_DIR
 from datagen import beauty_bytes, beauty_rows, pin_beauty, serve, write_beauty, write_mcauley
 

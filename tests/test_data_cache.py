@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from bench import data
-from bench.datasets import common
-from bench.datasets.common import DataError
+from bench.data.sources import common
+from bench.data.sources.common import DataError
 from datagen import beauty_bytes, beauty_rows, serve, write_beauty
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,7 +267,7 @@ def test_model_input_check_refuses_an_id_past_its_field(schema):
 
 
 def test_training_checks_each_split_once_before_the_first_step(monkeypatch):
-    from bench import train
+    from bench.training import train
     from bench.data import PreparedDataset
     from conftest import make_split, tiny_schema
 

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from bench import data
-from bench.config import ConfigError, check_overrides, data_params, parse_overrides, resolve_config
-from bench.datasets import movielens
-from bench.samples import ProtocolParams, decode
+from bench.training.config import ConfigError, check_overrides, data_params, parse_overrides, resolve_config
+from bench.data.sources import movielens
+from bench.data.samples import ProtocolParams, decode
 from datagen import ml100k_frames, ml100k_spec, write_ml100k_files
 
 
@@ -97,7 +97,7 @@ def test_cli_train_with_max_len_trains_on_its_own_cache(ml_raw, tmp_path):
 
 
 def test_max_len_studies_are_left_out_of_the_protocol_records():
-    from bench.studies import protocol_records
+    from bench.training.studies import protocol_records
 
     cfg = resolve_config("movielens-100k", "lr", {}, {})
     recs = [{"run_id": f"r{i}", "dataset": "movielens-100k", "model": "lr", "variant": "default", "config": cfg,

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from bench import data
-from bench.datasets import common, movielens
-from bench.datasets.common import DataError, RawFiles
-from bench.samples import ProtocolParams, decode
+from bench.data.sources import common, movielens
+from bench.data.sources.common import DataError, RawFiles
+from bench.data.samples import ProtocolParams, decode
 from datagen import (
     ml100k_bytes,
     ml100k_frames,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.contract import OOV
-from bench.datasets import amazon, movielens
-from bench.datasets.common import DataError, RawFiles
-from bench.samples import ProtocolParams, SampleTable, build, decode, gather_history, history_bounds
+from bench.data.sources import amazon, movielens
+from bench.data.sources.common import DataError, RawFiles
+from bench.data.samples import ProtocolParams, SampleTable, build, decode, gather_history, history_bounds
 from datagen import beauty_bytes, beauty_rows, ml100k_frames, ml100k_spec, write_beauty, write_ml100k_files
 
 

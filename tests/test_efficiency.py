@@ -1,5 +1,5 @@
 """The efficiency benchmark (issue 7): `cli.py bench` on a tiny prepared MovieLens-100K, the
-measurement functions, the DeepCTR-Torch peer's input conversion and models (bench.peer), gAUC timing."""
+measurement functions, the DeepCTR-Torch peer's input conversion and models (bench.perf.peer), gAUC timing."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +8,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import data, efficiency
-from bench import peer as peer_mod
-from bench.config import resolve_config
-from bench.efficiency import BenchOptions, CSV_COLUMNS
+from bench import data
+
+from bench.perf import efficiency
+from bench.perf import peer as peer_mod
+from bench.training.config import resolve_config
+from bench.perf.efficiency import BenchOptions, CSV_COLUMNS
 from bench.metrics import gauc
-from bench.registry import build_model, count_params
+from bench.training.registry import build_model, count_params
 from datagen import prepare_tiny_ml100k
 
 
@@ -80,7 +82,7 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
 
 
 def _model_cfg(name: str) -> dict:
-    from bench.config import resolve_config
+    from bench.training.config import resolve_config
 
     return resolve_config("movielens-100k", name)["model"]
 
@@ -197,9 +199,9 @@ def test_every_peer_model_trains_by_the_protocol_on_tiny_data(prepared, deepctr,
 
 
 def test_peer_goes_through_the_trainers_early_stopping(prepared, deepctr, one_thread):
-    """bench.peer.DeepCTRAdapter under bench.train.Trainer: their fit once per epoch, the validation
+    """bench.perf.peer.DeepCTRAdapter under bench.training.train.Trainer: their fit once per epoch, the validation
     AUC (forced to a sequence here) selects the epoch, the best epoch's weights come back, test last."""
-    from bench.train import Trainer
+    from bench.training.train import Trainer
 
     _, ds = prepared
     cfg = resolve_config("movielens-100k", "lr")
@@ -300,7 +302,7 @@ def test_gauc_same_value_for_every_user_key_encoding():
     assert gauc(labels, scores, users.astype(np.int32) - 100) == ref  # negative, narrow keys
 
 
-# --------------------------------------------------------------------------- developer step timing (bench.stepbench)
+# --------------------------------------------------------------------------- developer step timing (bench.perf.stepbench)
 
 
 def _finite_positive(res, names):
@@ -316,9 +318,8 @@ def _finite_positive(res, names):
 def test_stepbench_times_baselines_and_mian_on_synthetic_batches(one_thread, caplog):
     import logging
 
-    from bench import stepbench
-
-    caplog.set_level(logging.INFO, logger="bench.stepbench")
+    from bench.perf import stepbench
+    caplog.set_level(logging.INFO, logger="bench.perf.stepbench")
     names = ("lr", "din", "dien", "mian")
     res = stepbench.main(["--models", ",".join(names), "--steps", "2", "--warmup", "1", "--batch", "8",
                           "--threads", "1", "--cpu-time", "--set", "model.transformer=none", "gim_dim=8"])
@@ -334,8 +335,7 @@ def test_stepbench_times_baselines_and_mian_on_synthetic_batches(one_thread, cap
 
 
 def test_stepbench_on_prepared_training_batches(prepared, one_thread):
-    from bench import stepbench
-
+    from bench.perf import stepbench
     data_dir, ds = prepared
     res = stepbench.main(["--models", "din,dien", "--dataset", "movielens-100k", "--data-dir", str(data_dir),
                           "--steps", "2", "--warmup", "1", "--batch", "32", "--threads", "1"])
@@ -345,8 +345,7 @@ def test_stepbench_on_prepared_training_batches(prepared, one_thread):
 
 
 def test_stepbench_refuses_unknown_models_and_keys(one_thread, capsys):
-    from bench import stepbench
-
+    from bench.perf import stepbench
     for argv, words in ((["--models", "din,nosuchmodel"], ["nosuchmodel", "expected one of"]),
                         (["--models", "din", "--set", "transformer=none"], ["transformer", "din"]),
                         (["--models", "din", "--set", "train.lr=0.1"], ["train.lr"])):

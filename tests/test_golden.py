@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.contract import FeatureSchema, Split  # noqa: E402
 from bench.data import PreparedDataset  # noqa: E402
-from bench.registry import MODEL_NAMES  # noqa: E402
-from bench.train import train_run  # noqa: E402
+from bench.training.registry import MODEL_NAMES  # noqa: E402
+from bench.training.train import train_run  # noqa: E402
 from conftest import make_split, tiny_schema  # noqa: E402
 
 TOL = 1e-6  # cross-CPU spread measured at <= 1.9e-7 (module docstring)
@@ -84,7 +84,7 @@ def golden_figures(model: str) -> dict[str, float]:
     return out
 
 
-# Recorded with the code of commit 29ef94b (before any speed work on bench/train.py).
+# Recorded with the code of commit 29ef94b (before any speed work on bench/training/train.py).
 EXPECTED: dict[str, dict[str, float]] = {
     'lr': {
         'valid_auc': 0.7102672292545711,

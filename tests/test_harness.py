@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from bench import studies as studies_mod
-from bench import train as train_mod
-from bench.config import ConfigError, resolve_config
+from bench.training import studies as studies_mod
+from bench.training import train as train_mod
+from bench.training.config import ConfigError, resolve_config
 from bench.contract import FeatureSchema, ModelOutput, Split
 from bench.data import PreparedDataset
-from bench.registry import register
-from bench.runs import RunStore
-from bench.studies import Runner, main_specs
-from bench.train import RunSpec, TrainingError
+from bench.training.registry import register
+from bench.training.runs import RunStore
+from bench.training.studies import Runner, main_specs
+from bench.training.train import RunSpec, TrainingError
 from conftest import make_split, tiny_schema
 
 
@@ -157,7 +157,7 @@ def test_interrupted_study_runs_only_missing(runner, monkeypatch):
 
 
 def test_corrupt_record_is_refused_and_force_retrains_it(runner, monkeypatch, caplog):
-    from bench.runs import RecordError
+    from bench.training.runs import RecordError
 
     monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=1))
     spec = RunSpec("toyset", "toy", 0)
@@ -387,7 +387,7 @@ def test_lock_appears_complete_and_only_its_owner_releases_it(tmp_path):
 
 
 def test_records_are_readable_by_others(tmp_path):
-    from bench.runs import run_id
+    from bench.training.runs import run_id
 
     key = {"protocol": "p", "dataset": "d", "fingerprint": "f", "model": "m", "variant": "v", "seed": 0,
            "config": {"train": {}, "model": {}}, "results_version": 1}
@@ -408,7 +408,7 @@ def test_a_helper_worker_trains_the_runs_it_claims(tiny_ml100k, tmp_path):
     import logging
     import multiprocessing as mp
 
-    from bench.config import parse_overrides
+    from bench.training.config import parse_overrides
 
     specs = main_specs("movielens-100k", ["lr", "dcn"], range(2), parse_overrides(["train.max_epochs=1"]))
     helper = Runner(store=RunStore(tmp_path / "runs"), data_dir=tiny_ml100k, log_dir=tmp_path / "logs",
@@ -480,9 +480,9 @@ def test_a_helper_worker_ends_when_its_study_is_killed(tiny_ml100k, tmp_path):
     script = f"""
 import logging, multiprocessing as mp, sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from bench import studies
-from bench.config import parse_overrides
-from bench.runs import RunStore
+from bench.training import studies
+from bench.training.config import parse_overrides
+from bench.training.runs import RunStore
 if __name__ == "__main__":
     specs = studies.main_specs("movielens-100k", ["mian"], range(4),
                                parse_overrides(["train.max_epochs=500", "train.patience=500"]))

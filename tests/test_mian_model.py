@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from bench.contract import Batch
-from bench.registry import build_model, count_params, make_config
+from bench.training.registry import build_model, count_params, make_config
 from conftest import make_split, repad, separable_split, tiny_schema
 from mian.model import GIM_INPUTS, MIAN, MIANOutput
 
@@ -350,7 +350,7 @@ def test_invalid_configs_and_batches_are_rejected():
 
 
 def test_step_benchmark_times_a_training_step():
-    from bench.stepbench import step_times, synthetic_batch
+    from bench.perf.stepbench import step_times, synthetic_batch
 
     schema = tiny_schema(max_len=6)
     batches = [synthetic_batch(schema, 16, full=False)]

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from bench import io as io_mod
-from bench import studies as studies_mod
-from bench import train as train_mod
-from bench.runs import (LockTimeout, RecordError, RunStore, StoreError, checksum, lock_timeout, process_start,
+from bench.training import studies as studies_mod
+from bench.training import train as train_mod
+from bench.training.runs import (LockTimeout, RecordError, RunStore, StoreError, checksum, lock_timeout, process_start,
                         record_problems, seal)
-from bench.train import RunSpec
+from bench.training.train import RunSpec
 from cli import cli
 from test_harness import config, runner  # noqa: F401 - the fixture
 
@@ -214,7 +214,7 @@ def test_a_record_that_cannot_be_written_names_its_path_and_metrics(runner, monk
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("bench.runs.atomic_write_text", full)
+    monkeypatch.setattr("bench.training.runs.atomic_write_text", full)
     spec = RunSpec("toyset", "toy", 0)
     with pytest.raises(StoreError) as err:
         runner.run(spec)

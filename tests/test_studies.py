@@ -3,10 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, claims_markdown, dataset_claims, verdict
-from bench.figures import FIGURE6_ROWS, GIM_INPUTS, convergence_plot, gim_heatmap, gim_summary, select_cases
+from bench.report.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, claims_markdown, dataset_claims, verdict
+from bench.report.figures import FIGURE6_ROWS, GIM_INPUTS, convergence_plot, gim_heatmap, gim_summary, select_cases
 from bench.report import convergence_curves, steps_to_fraction, variant_table
-from bench.studies import ABLATION_VARIANTS
+from bench.training.studies import ABLATION_VARIANTS
 
 
 def test_heatmap_writer_known_weights(tmp_path):
@@ -141,8 +141,8 @@ def test_ablation_table_rows_deltas_and_pvalues(tmp_path):
 
 
 def test_protocol_records_leave_out_overridden_configs_and_other_fingerprints():
-    from bench.config import resolve_config
-    from bench.studies import protocol_records
+    from bench.training.config import resolve_config
+    from bench.training.studies import protocol_records
 
     proto = resolve_config("movielens-100k", "mian", {"use_gim": False}, {})
     good = _rec("no_gim", 0, 0.7, dataset="movielens-100k")
@@ -158,7 +158,7 @@ def test_protocol_records_leave_out_overridden_configs_and_other_fingerprints():
 
 
 def test_set_values_are_type_checked():
-    from bench.config import ConfigError, check_overrides, resolve_config
+    from bench.training.config import ConfigError, check_overrides, resolve_config
 
     assert resolve_config("movielens-100k", "mian", None, {"use_gim": "False"})["model"]["use_gim"] is False
     for bad in ({"use_gim": "maybe"}, {"n_heads": 2.0}, {"mlp": "200,80"}, {"train.lr": "abc"}, {"train.max_epochs": 0}):
@@ -174,7 +174,7 @@ def test_set_values_are_type_checked():
 def test_datasets_csv_keeps_rows_of_datasets_not_prepared_here(tmp_path):
     import csv
 
-    from bench.stats import CSV_COLUMNS, write_csv_atomic
+    from bench.data.stats import CSV_COLUMNS, write_csv_atomic
 
     row = {c: "" for c in CSV_COLUMNS}
     a = dict(row, dataset="a", split="train", samples=10)

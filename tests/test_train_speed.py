@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench import perf
-from bench import train as train_mod
+from bench.training import allocator as perf
+from bench.training import train as train_mod
 from bench.contract import BATCH_FIELDS, FeatureSchema, ModelOutput
-from bench.registry import register
-from bench.train import TrainingError
+from bench.training.registry import register
+from bench.training.train import TrainingError
 from conftest import make_split, tiny_schema
 from test_golden import golden_dataset
 

@@ -1,4 +1,4 @@
-"""bench.train.Trainer: one epoch loop with early stopping on validation AUC, for any adapter
+"""bench.training.train.Trainer: one epoch loop with early stopping on validation AUC, for any adapter
 (a fake one whose validation AUC follows a given sequence; StepLoop, our models'); the DeepCTR-Torch
 adapter's pass through it is in tests/test_efficiency.py."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench import train as train_mod
-from bench.train import Trainer
+from bench.training import train as train_mod
+from bench.training.train import Trainer
 from test_golden import golden_dataset
 
 

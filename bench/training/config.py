@@ -1,4 +1,4 @@
-"""Per-dataset configuration: one TOML file per dataset in ``bench/configs/`` holding every
+"""Per-dataset configuration: one TOML file per dataset in ``bench/training/configs/`` holding every
 hyper-parameter (PROTOCOL section 3), resolved per model into a plain dict stored in each run record.
 
 File layout::
@@ -31,12 +31,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from bench.registry import check_model_ranges, config_class, make_config
+from bench.training.registry import check_model_ranges, config_class, make_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-from bench.registry import ConfigError  # noqa: E402,F401  (defined there; re-exported for the CLI)
+from bench.training.registry import ConfigError  # noqa: E402,F401  (defined there; re-exported for the CLI)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def load_dataset_config(dataset: str) -> dict[str, Any]:
     return data
 
 
-#: ``--set`` keys that are data-protocol parameters (fields of bench.samples.ProtocolParams), with
+#: ``--set`` keys that are data-protocol parameters (fields of bench.data.samples.ProtocolParams), with
 #: their accepted range; written ``data.<key>`` (a bare ``<key>`` is accepted and rewritten so)
 DATA_KEYS: dict[str, tuple[int, int]] = {"max_len": (1, 1000)}
 
@@ -106,11 +106,11 @@ def _data_key(key: str) -> str | None:
 
 
 def data_params(overrides: dict[str, Any] | None):
-    """The :class:`bench.samples.ProtocolParams` that ``overrides`` ask for (defaults elsewhere).
+    """The :class:`bench.data.samples.ProtocolParams` that ``overrides`` ask for (defaults elsewhere).
 
     Raises ConfigError for an unknown ``data.<key>`` or a value that is not an integer in the
     key's range (``max_len``: 1 to 1000 behaviour slots)."""
-    from bench.samples import ProtocolParams
+    from bench.data.samples import ProtocolParams
 
     values = {}
     for key, value in (overrides or {}).items():

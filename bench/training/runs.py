@@ -25,7 +25,7 @@ from bench.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 RESULTS_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 
 REQUIRED_KEYS = ("run_id", "protocol", "dataset", "model", "variant", "seed", "config", "test")

@@ -1,4 +1,4 @@
-"""MovieLens 100K and 1M: raw files -> :class:`bench.samples.SampleTable` (PROTOCOL 2.1, 2.4).
+"""MovieLens 100K and 1M: raw files -> :class:`bench.data.samples.SampleTable` (PROTOCOL 2.1, 2.4).
 
 Sources of MovieLens 100K (``ml100k-ctr-v1``), tried in this order when no ``--raw-dir`` is given:
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.datasets.common import (
+from bench.data.sources.common import (
     DataError,
     DownloadUnavailable,
     RawFiles,
@@ -47,7 +47,7 @@ from bench.datasets.common import (
     read_bytes,
     weekday_utc,
 )
-from bench.samples import ProtocolParams, SampleTable, history_bounds
+from bench.data.samples import ProtocolParams, SampleTable, history_bounds
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from bench import samples, stats
+from bench.data import samples, stats
 from bench.contract import BATCH_FIELDS, FeatureSchema, Split, check_ids
-from bench.datasets import amazon, movielens
-from bench.datasets.common import DataError, RawFiles, sha256_file
+from bench.data.sources import amazon, movielens
+from bench.data.sources.common import DataError, RawFiles, sha256_file
 from bench.io import atomic_write_text
 
 __all__ = [
@@ -65,7 +65,7 @@ PREP_VERSION = 1
 PARAMS = samples.ProtocolParams()
 META = "meta.json"
 LATEST = "LATEST"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 _FAMILY: dict[str, ModuleType] = {
     "movielens-100k": movielens,
@@ -103,7 +103,7 @@ class PreparedDataset:
 
     item_table: LongTensor [V_item_id, F_i], the item fields of each item-id index (row 0 padding
     zeros, row 1 all OOV). Splits follow :class:`bench.contract.Split` (int64 ids, bool mask,
-    float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.stats`.
+    float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.data.stats`.
     ``vocabs``: ``<group>.<field>`` -> sorted raw values (index k >= 2 means ``vocab[k - 2]``).
     ``params``: the protocol parameters it was prepared with (max_len, data_seed).
     """
@@ -224,7 +224,7 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
 
 def check_disjoint(dataset: str, protocol: str, splits: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
     """Count the samples that are exact copies of a sample of another split
-    (:func:`bench.samples.cross_split_duplicates`) and return the counts.
+    (:func:`bench.data.samples.cross_split_duplicates`) and return the counts.
 
     Under a protocol of :data:`DISJOINT_PROTOCOLS` any copy is a :class:`DataError`; under the
     others (v1 protocols, kept so that their run records stay valid) one warning gives the counts.

@@ -1,6 +1,6 @@
 """The DeepCTR-Torch 0.3.0 peer of the efficiency benchmark (docs/EFFICIENCY.md): its import,
 feature columns and inputs converted from our prepared splits, its models built with our
-hyper-parameters, and :class:`DeepCTRAdapter`, through which ``bench.train.Trainer`` trains it by
+hyper-parameters, and :class:`DeepCTRAdapter`, through which ``bench.training.train.Trainer`` trains it by
 the protocol (``fit(..., epochs=1)`` per epoch, validation AUC with ``bench.metrics``, early
 stopping, best epoch restored, test scored once with their ``predict``).
 """
@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from bench.config import TrainConfig
+from bench.training.config import TrainConfig
 from bench.metrics import auc, gauc, logloss
-from bench.perf import synchronize
+from bench.training.allocator import synchronize
 
 PEERS = ("deepctr-torch",)
 PEER_VERSION = "0.3.0"
@@ -213,7 +213,7 @@ def _mean_bce(y_pred: torch.Tensor, y_true: torch.Tensor, reduction: str = "sum"
 
 
 class DeepCTRAdapter:
-    """A compiled DeepCTR-Torch model as a ``bench.train.EpochAdapter``: one ``fit(..., epochs=1,
+    """A compiled DeepCTR-Torch model as a ``bench.training.train.EpochAdapter``: one ``fit(..., epochs=1,
     shuffle=True)`` per epoch (stdout silenced, no mid-epoch validation), scores from their
     ``predict`` with ``bench.metrics`` (AUC, logloss and gAUC on their sigmoid outputs).
 

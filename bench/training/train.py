@@ -7,7 +7,7 @@ generator seeded by the run seed.
 
 One epoch loop, :class:`Trainer`, drives every model through an adapter (:class:`EpochAdapter`:
 "fit one epoch", "score a split"): ours through :class:`StepLoop` (Adam steps over the batches),
-the DeepCTR-Torch peer of the efficiency benchmark through ``bench.peer.DeepCTRAdapter``.
+the DeepCTR-Torch peer of the efficiency benchmark through ``bench.perf.peer.DeepCTRAdapter``.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from bench.config import TrainConfig
+from bench.training.config import TrainConfig
 from bench.contract import Batch, ModelOutput, Split, check_ids
 from bench.metrics import split_metrics
-from bench.perf import tune_allocator
-from bench.registry import build_model, count_params
-from bench.runs import REPO_ROOT, run_id, run_key
+from bench.training.allocator import tune_allocator
+from bench.training.registry import build_model, count_params
+from bench.training.runs import REPO_ROOT, run_id, run_key
 
 log = logging.getLogger(__name__)
 

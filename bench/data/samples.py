@@ -1,6 +1,6 @@
 """From raw samples to model-ready arrays: behaviour sequences, vocabularies, splits.
 
-A dataset family (``bench/datasets/``) describes its data as a :class:`SampleTable`: every sample
+A dataset family (``bench/data/sources/``) describes its data as a :class:`SampleTable`: every sample
 (raw user key, raw candidate item id, timestamp, label, split, user and context fields) plus the
 pool of behaviour events (user, item, timestamp) and one row of item fields per item.
 :func:`build` then applies the rules of PROTOCOL section 1, all vectorised (sorts, searchsorted,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.contract import OOV, FeatureSchema, Field
-from bench.datasets.common import DataError
+from bench.data.sources.common import DataError
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.datasets.common import (
+from bench.data.sources.common import (
     SECONDS_PER_DAY,
     DataError,
     DownloadUnavailable,
@@ -47,7 +47,7 @@ from bench.datasets.common import (
     read_bytes,
     weekday_utc,
 )
-from bench.samples import ProtocolParams, SampleTable
+from bench.data.samples import ProtocolParams, SampleTable
 
 log = logging.getLogger(__name__)
 

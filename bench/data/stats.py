@@ -16,7 +16,7 @@ import numpy as np
 
 from bench.contract import OOV
 from bench.io import atomic_write_text
-from bench.samples import SPLITS
+from bench.data.samples import SPLITS
 
 #: columns of results/datasets.csv, in order
 CSV_COLUMNS: tuple[str, ...] = (
@@ -29,7 +29,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray) -> dict[str, float | int]:
     """Statistics of one split.
 
-    arrays: the split's arrays as written by :func:`bench.samples.build` (``item`` [N, F_i],
+    arrays: the split's arrays as written by :func:`bench.data.samples.build` (``item`` [N, F_i],
         ``hist`` [N, T, F_i], ``hist_mask`` [N, T], ``user`` [N, J], ``label`` [N], ``user_index`` [N]);
         field 0 of ``item`` is the item id and field 0 of ``user`` the user id.
     raw_items: [N, F_i] raw candidate item fields (distinct counts are over raw values, so two

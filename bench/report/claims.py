@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.figures import PAIRS
+from bench.report.figures import PAIRS
 from bench.report import (
     PAPER_TABLE2,
     PAPER_TABLE3,

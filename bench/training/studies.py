@@ -16,11 +16,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bench import train as train_mod
-from bench.config import data_params, resolve_config
-from bench.runs import (DEFAULT_RESULTS_DIR, LockTimeout, RunStore, StoreError, lock_timeout, run_id, run_key,
+from bench.training import train as train_mod
+from bench.training.config import data_params, resolve_config
+from bench.training.runs import (DEFAULT_RESULTS_DIR, LockTimeout, RunStore, StoreError, lock_timeout, run_id, run_key,
                         sealed)
-from bench.train import RunSpec
+from bench.training.train import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Runner:
 
     def dataset(self, name: str, params=None):
         """The prepared dataset ``name`` with protocol parameters ``params`` (a
-        :class:`bench.samples.ProtocolParams`; None = the defaults), loaded once per runner."""
+        :class:`bench.data.samples.ProtocolParams`; None = the defaults), loaded once per runner."""
         from bench.data import PARAMS, latest_name, load_prepared
 
         key = name if params is None or params == PARAMS else f"{name}@{latest_name(params)}"
@@ -180,12 +180,12 @@ class Runner:
     def load_model(self, record: dict[str, Any]) -> torch.nn.Module | None:
         """The trained model of ``record`` from its checkpoint, or None when there is none or it
         is damaged (truncated, not a state dict of this model: logged, naming the file)."""
-        from bench.registry import build_model
+        from bench.training.registry import build_model
 
         ckpt = self._load_checkpoint(record["run_id"])
         if ckpt is None:
             return None
-        from bench.samples import ProtocolParams
+        from bench.data.samples import ProtocolParams
 
         ds = self.dataset(record["dataset"], ProtocolParams(**record.get("data_params", {})))
         model = build_model(record["model"], ds.schema, record["config"]["model"], item_table=ds.item_table)
@@ -482,7 +482,7 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
 
     import dataclasses
 
-    from bench.samples import ProtocolParams
+    from bench.data.samples import ProtocolParams
 
     variants = {**ABLATION_VARIANTS, **TRANSFORMER_VARIANTS}
     default_data = dataclasses.asdict(ProtocolParams())

@@ -1,18 +1,18 @@
 """Training-step time (ms, samples/s) of registered models on MovieLens-100K-shaped or real batches.
 
 A developer report, not a test; the user-facing benchmark is ``python cli.py bench``
-(``bench.efficiency``: child processes, epochs, inference, memory, accuracy).
+(``bench.perf.efficiency``: child processes, epochs, inference, memory, accuracy).
 
 Run::
 
-    python -m bench.stepbench [--models din,dien,mian] [--threads 2] [--steps 30] [--warmup 5]
+    python -m bench.perf.stepbench [--models din,dien,mian] [--threads 2] [--steps 30] [--warmup 5]
         [--batch 256] [--partial] [--dataset movielens-100k [--data-dir DIR]] [--threads 1 --cpu-time]
         [--set model.transformer=none ...]
 
-What is timed: one training step = :func:`bench.train.train_step` (the trainer's own step):
+What is timed: one training step = :func:`bench.training.train.train_step` (the trainer's own step):
 forward, loss (mean BCE on the logits plus the model's auxiliary loss, DIEN's), zero_grad,
 backward, Adam update (lr 1e-3). Batch gathering and the non-finite-loss check lie outside the
-timed region. Each model is built by :func:`bench.registry.build_model` with its ``Config``
+timed region. Each model is built by :func:`bench.training.registry.build_model` with its ``Config``
 defaults (not the dataset's TOML file) overridden by the ``--set`` keys it has, seeded with
 ``torch.manual_seed(0)``.
 
@@ -46,10 +46,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from bench.config import ConfigError, parse_overrides
+from bench.training.config import ConfigError, parse_overrides
 from bench.contract import Batch, FeatureSchema, Field, Split
-from bench.registry import MODEL_NAMES, build_model, config_class, count_params
-from bench.train import train_step
+from bench.training.registry import MODEL_NAMES, build_model, config_class, count_params
+from bench.training.train import train_step
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def model_params(names: Sequence[str], overrides: dict[str, Any] | None) -> dict
 
 
 class _Stepper:
-    """One model and its Adam optimiser; :meth:`step` times one :func:`bench.train.train_step` on the
+    """One model and its Adam optimiser; :meth:`step` times one :func:`bench.training.train.train_step` on the
     next of ``batches`` (cycled)."""
 
     def __init__(self, name: str, schema: FeatureSchema, batches: list[Batch], table: torch.Tensor | None,
@@ -202,7 +202,7 @@ def step_times(
 
     Raises ValueError for ``steps < 1``, ``warmup < 0``, no batches or a model name listed twice;
     KeyError for an unknown model; ConfigError for an override no model has; ValueError from
-    :func:`bench.registry.build_model` for a bad value; RuntimeError for a non-finite loss.
+    :func:`bench.training.registry.build_model` for a bad value; RuntimeError for a non-finite loss.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
@@ -248,7 +248,7 @@ def report_lines(res: dict[str, StepTime]) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, StepTime]:
     """Command line (see the module docstring); logs the report and returns :func:`step_times`'s
     result. Exits with a usage error naming an unknown model or ``--set`` key."""
-    p = argparse.ArgumentParser(prog="python -m bench.stepbench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.perf.stepbench", description=__doc__.splitlines()[0])
     p.add_argument("--models", "--model", default=",".join(MODEL_NAMES),
                    help=f"comma-separated registry names (default: all, {','.join(MODEL_NAMES)})")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")

@@ -2,7 +2,7 @@
 peak memory of every model, optionally against DeepCTR-Torch on the same prepared arrays.
 
     python cli.py bench --dataset movielens-100k [--peer deepctr-torch] [--threads 1]
-    python -m bench.efficiency --gauc          # gAUC on 10^6 predictions from 10^4 users
+    python -m bench.perf.efficiency --gauc          # gAUC on 10^6 predictions from 10^4 users
 
 Each model is measured in a fresh child process (multiprocessing ``spawn``), so its peak resident
 set size (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the prepared dataset in memory, the
@@ -19,10 +19,10 @@ model, its optimiser state and the largest batch's activations. In the child, in
    ``warmup`` steps (the step-level figure, free of epoch-level overheads);
 5. peak RSS (and on CUDA the peak allocated device memory).
 
-Test metrics of our models come from the run records (``bench.studies.Runner``: an existing
+Test metrics of our models come from the run records (``bench.training.studies.Runner``: an existing
 main-table run is reused, a missing one is trained with the protocol). The DeepCTR-Torch peer
-(``bench.peer``) is trained by the same protocol inside its child, by the same loop as ours
-(``bench.train.Trainer`` over ``bench.peer.DeepCTRAdapter``): ``fit(..., epochs=1)`` per epoch,
+(``bench.perf.peer``) is trained by the same protocol inside its child, by the same loop as ours
+(``bench.training.train.Trainer`` over ``bench.perf.peer.DeepCTRAdapter``): ``fit(..., epochs=1)`` per epoch,
 validation AUC with ``bench.metrics`` after each, early stopping with the config's patience, best
 epoch restored, the test split scored once. Its throughput is epoch based (N_train / seconds of
 the first ``fit`` epoch), so the ratio ours / theirs uses OUR epoch-based figure too.
@@ -49,12 +49,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.config import TrainConfig, resolve_config
-from bench.peer import (DEEPCTR_MODELS, PEER_INSTALL, PEER_VERSION, PeerUnavailable, deepctr_adapter, import_deepctr,
+from bench.training.config import TrainConfig, resolve_config
+from bench.perf.peer import (DEEPCTR_MODELS, PEER_INSTALL, PEER_VERSION, PeerUnavailable, deepctr_adapter, import_deepctr,
                         peer_installed, peer_notes)
-from bench.perf import allocator_note, synchronize, tune_allocator
-from bench.registry import build_model, count_params
-from bench.train import RunSpec, StepLoop, Trainer, git_commit, machine_info, predict, seed_everything, train_step
+from bench.training.allocator import allocator_note, synchronize, tune_allocator
+from bench.training.registry import build_model, count_params
+from bench.training.train import RunSpec, StepLoop, Trainer, git_commit, machine_info, predict, seed_everything, train_step
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
 
 def _timed_epoch(loop: StepLoop, dev: torch.device) -> tuple[float, float]:
     """Seconds of (data, compute) of one training epoch of ``loop``: gathering each batch, and its
-    :func:`bench.train.train_step` with the trainer's per-step non-finite check. Raises
+    :func:`bench.training.train.train_step` with the trainer's per-step non-finite check. Raises
     RuntimeError on a non-finite loss."""
     loop.model.train()
     data_s = compute_s = 0.0
@@ -227,8 +227,8 @@ def _seconds(fn: Callable[[], Any], repeats: int, dev: torch.device) -> list[flo
 def measure_peer(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     """The DeepCTR-Torch peer of ``model_name`` (run in a child process): parameters, epoch-based
     training samples/s, inference samples/s, evaluation time, peak RSS; with ``opts.accuracy`` its
-    test metrics after the protocol's early stopping (``bench.train.Trainer`` over
-    ``bench.peer.DeepCTRAdapter``)."""
+    test metrics after the protocol's early stopping (``bench.training.train.Trainer`` over
+    ``bench.perf.peer.DeepCTRAdapter``)."""
     dev = _child_setup(opts)
     api = import_deepctr()
     version = api[3]
@@ -379,7 +379,7 @@ def run_bench(
 
     Args:
         ds: the loaded PreparedDataset (its cache folder is ``opts.cache``).
-        runner: a ``bench.studies.Runner`` giving our test metrics (existing run records reused,
+        runner: a ``bench.training.studies.Runner`` giving our test metrics (existing run records reused,
             missing runs trained); None (or ``opts.accuracy`` False) leaves them empty.
     Returns (table, written paths). Raises PeerUnavailable when ``peer`` is not installed.
     """
