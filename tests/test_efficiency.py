@@ -1,5 +1,5 @@
 """The efficiency benchmark (issue 7): `cli.py bench` on a tiny prepared MovieLens-100K, the
-measurement functions, the DeepCTR-Torch peer's input conversion and models, gAUC timing."""
+measurement functions, the DeepCTR-Torch peer's input conversion and models (bench.perf.peer), gAUC timing."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from bench import data
 
 from bench.perf import efficiency
+from bench.perf import peer as peer_mod
 from bench.training.config import resolve_config
 from bench.perf.efficiency import BenchOptions, CSV_COLUMNS
 from bench.metrics import gauc
@@ -130,22 +131,22 @@ def test_right_pad_moves_real_behaviours_first():
     N, T, F = 50, 7, 3
     lengths = rng.integers(0, T + 1, N)
     hist = rng.integers(2, 99, (N, T, F)) * (np.arange(T)[None, :] >= (T - lengths)[:, None])[..., None]
-    out = efficiency.right_pad(hist, lengths)
+    out = peer_mod.right_pad(hist, lengths)
     for i in range(N):
         L = lengths[i]
         assert (out[i, :L] == hist[i, T - L:]).all()
         assert (out[i, L:] == 0).all()
-    assert (efficiency.right_pad(hist[:, :, 0], lengths)[:, :] == out[:, :, 0]).all()
+    assert (peer_mod.right_pad(hist[:, :, 0], lengths)[:, :] == out[:, :, 0]).all()
 
 
 def test_deepctr_inputs_convert_padding_and_draw_negatives_from_the_item_table(prepared):
     _, ds = prepared
     split, schema = ds.valid, ds.schema
     table = ds.item_table.numpy()
-    x = efficiency.deepctr_inputs(split, schema, table, neg_seed=5)
+    x = peer_mod.deepctr_inputs(split, schema, table, neg_seed=5)
     lengths = split.hist_mask.sum(1).numpy()
     assert (x["hist_len"] == lengths).all()
-    items, users, ctx = efficiency._names(schema)
+    items, users, ctx = peer_mod._names(schema)
     T = schema.max_len
     for j, n in enumerate(items):
         assert (x[n] == split.item[:, j].numpy()).all()
@@ -161,9 +162,9 @@ def test_deepctr_inputs_convert_padding_and_draw_negatives_from_the_item_table(p
     rows = neg[real]
     assert (rows[:, 0] >= 2).all()
     assert (table[rows[:, 0]] == rows).all()
-    again = efficiency.deepctr_inputs(split, schema, table, neg_seed=5)
+    again = peer_mod.deepctr_inputs(split, schema, table, neg_seed=5)
     assert all((again[k] == x[k]).all() for k in x)
-    assert (efficiency.deepctr_inputs(split, schema, table, neg_seed=6)["neg_hist_" + items[0]] != neg[..., 0]).any()
+    assert (peer_mod.deepctr_inputs(split, schema, table, neg_seed=6)["neg_hist_" + items[0]] != neg[..., 0]).any()
     assert set(x) >= {*users, *ctx}
 
 
@@ -174,15 +175,15 @@ def test_deepctr_inputs_convert_padding_and_draw_negatives_from_the_item_table(p
 def deepctr():
     # not pytest.importorskip("deepctr_torch"): its package __init__ needs `requests` (undeclared) and
     # starts a PyPI version check; the benchmark imports its models without running it
-    if not efficiency.peer_installed():
+    if not peer_mod.peer_installed():
         pytest.skip("DeepCTR-Torch not installed (pip install -e '.[peer]')")
-    return efficiency.import_deepctr()
+    return peer_mod.import_deepctr()
 
 
 def test_every_peer_model_trains_by_the_protocol_on_tiny_data(prepared, deepctr, one_thread):
     _, ds = prepared
     opts = options(ds, accuracy=True)
-    for name, peer in efficiency.DEEPCTR_MODELS.items():
+    for name, peer in peer_mod.DEEPCTR_MODELS.items():
         if peer is None:
             continue
         out = efficiency.measure_peer(opts, name)
@@ -194,7 +195,39 @@ def test_every_peer_model_trains_by_the_protocol_on_tiny_data(prepared, deepctr,
         assert 1 <= out["peer_best_epoch"] <= out["peer_epochs_run"], name
         assert out["peer_epochs_run"] == stop, (name, out["peer_best_epoch"], out["peer_epochs_run"], stop)
         assert out["peer_epochs_run"] == 20 or out["peer_epochs_run"] == out["peer_best_epoch"] + 2, name
-        assert out["peer_version"] == efficiency.PEER_VERSION
+        assert out["peer_version"] == peer_mod.PEER_VERSION
+
+
+def test_peer_goes_through_the_trainers_early_stopping(prepared, deepctr, one_thread):
+    """bench.perf.peer.DeepCTRAdapter under bench.training.train.Trainer: their fit once per epoch, the validation
+    AUC (forced to a sequence here) selects the epoch, the best epoch's weights come back, test last."""
+    from bench.training.train import Trainer
+
+    _, ds = prepared
+    cfg = resolve_config("movielens-100k", "lr")
+    adapter = peer_mod.deepctr_adapter(ds, "lr", cfg, torch.device("cpu"), 0, deepctr)
+    aucs, snapshots, calls = iter([0.6, 0.7, 0.65, 0.66, 0.9]), [], []
+    real_score = adapter.score
+
+    def score(split):
+        calls.append(split)
+        if split == "test":
+            return real_score(split)
+        snapshots.append({k: v.clone() for k, v in adapter.model.state_dict().items()})
+        return {"auc": next(aucs), "logloss": 0.6, "gauc": 0.5}
+
+    adapter.score = score
+    trainer = Trainer(adapter, max_epochs=20, patience=2).fit()
+    assert (trainer.best_epoch, trainer.epochs_run) == (2, 4)
+    assert len(adapter.fit_seconds) == 4 and min(adapter.fit_seconds) > 0
+    assert adapter.steps == 4 * -(-len(ds.train) // cfg["train"]["batch_size"])
+    assert all(0 < h["train_loss"] < 5 for h in trainer.history)
+    state = adapter.model.state_dict()
+    assert all(torch.equal(state[k], snapshots[1][k]) for k in state)
+    assert not all(torch.equal(state[k], snapshots[3][k]) for k in state)
+    test = trainer.test()
+    assert calls == ["valid"] * 4 + ["test"]
+    assert test["auc"] == real_score("test")["auc"]
 
 
 def test_peer_models_match_our_sizes_where_the_architectures_agree(prepared, deepctr):
@@ -203,7 +236,7 @@ def test_peer_models_match_our_sizes_where_the_architectures_agree(prepared, dee
     # same DNN / cross / CIN widths; (DeepCTR's output bias stands in for our linear part's bias)
     for name in ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm"):
         cfg = _model_cfg(name)
-        peer = efficiency.build_deepctr(name, ds.schema, cfg, "cpu", 0, deepctr)
+        peer = peer_mod.build_deepctr(name, ds.schema, cfg, "cpu", 0, deepctr)
         ours = count_params(build_model(name, ds.schema, cfg, item_table=ds.item_table))
         theirs = sum(p.numel() for p in peer.parameters() if p.requires_grad)
         assert abs(ours - theirs) <= 1, (name, ours, theirs)
@@ -212,14 +245,14 @@ def test_peer_models_match_our_sizes_where_the_architectures_agree(prepared, dee
 def test_peer_workarounds_are_needed_and_applied(prepared, deepctr):
     _, ds = prepared
     models, inputs, layers, _ = deepctr
-    sparse, varlen, items = efficiency.deepctr_columns(ds.schema, inputs, 16, negatives=False)
+    sparse, varlen, items = peer_mod.deepctr_columns(ds.schema, inputs, 16, negatives=False)
     # DeepCTR's own xDeepFM sizes the CIN by embedding tables (fewer than the fields fed to it)
     raw = models.xDeepFM(sparse + varlen, sparse + varlen, cin_layer_size=(100, 100), cin_split_half=False, device="cpu")
     assert raw.cin.field_nums[0] == len(sparse) < len(sparse) + len(varlen)
-    fixed = efficiency.build_deepctr("xdeepfm", ds.schema, _model_cfg("xdeepfm"), "cpu", 0, deepctr)
+    fixed = peer_mod.build_deepctr("xdeepfm", ds.schema, _model_cfg("xdeepfm"), "cpu", 0, deepctr)
     assert fixed.cin.field_nums[0] == len(sparse) + len(varlen)
     # DIN's DNN with Dice: their DNN builds 3-D Dice; ours replaced by 2-D Dice
-    din = efficiency.build_deepctr("din", ds.schema, _model_cfg("din"), "cpu", 0, deepctr)
+    din = peer_mod.build_deepctr("din", ds.schema, _model_cfg("din"), "cpu", 0, deepctr)
     assert [type(a).__name__ for a in din.dnn.activation_layers] == ["Dice", "Dice"]
     assert all(a.dim == 2 for a in din.dnn.activation_layers)
 

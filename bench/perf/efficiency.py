@@ -9,9 +9,9 @@ set size (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the prepared dataset
 model, its optimiser state and the largest batch's activations. In the child, in this order:
 
 1. one full training epoch of a freshly seeded model on the prepared train split (the trainer's
-   own ``shuffled_batches`` and ``train_step``, batch size from the dataset config), timed as
-   *data* (gathering the batch from the split tensors) and *compute* (forward, loss, backward,
-   Adam update, the non-finite check); epoch samples/s = N_train / (data + compute);
+   own ``StepLoop`` set-up, ``Split.batches(shuffle=True)`` and ``train_step``, batch size from the
+   dataset config), timed as *data* (gathering the batch from the split tensors) and *compute*
+   (forward, loss, backward, Adam update, the non-finite check); epoch samples/s = N_train / (data + compute);
 2. one validation pass as the trainer does it (``evaluate``: scores + AUC/logloss/gAUC), timed;
 3. inference samples/s: N_valid / seconds of ``predict`` over the validation split at the config's
    eval batch size, median of ``infer_passes`` passes;
@@ -20,18 +20,16 @@ model, its optimiser state and the largest batch's activations. In the child, in
 5. peak RSS (and on CUDA the peak allocated device memory).
 
 Test metrics of our models come from the run records (``bench.training.studies.Runner``: an existing
-main-table run is reused, a missing one is trained with the protocol). The DeepCTR-Torch peer is
-trained by the same protocol inside its child: ``fit(..., epochs=1)`` per epoch, validation AUC with
-``bench.metrics`` after each, early stopping with the config's patience, best epoch restored, the
-test split scored once. Its throughput is epoch based (N_train / seconds of one ``fit`` epoch), so
-the ratio ours / theirs uses OUR epoch-based figure too.
+main-table run is reused, a missing one is trained with the protocol). The DeepCTR-Torch peer
+(``bench.perf.peer``) is trained by the same protocol inside its child, by the same loop as ours
+(``bench.training.train.Trainer`` over ``bench.perf.peer.DeepCTRAdapter``): ``fit(..., epochs=1)`` per epoch,
+validation AUC with ``bench.metrics`` after each, early stopping with the config's patience, best
+epoch restored, the test split scored once. Its throughput is epoch based (N_train / seconds of
+the first ``fit`` epoch), so the ratio ours / theirs uses OUR epoch-based figure too.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import io
 import logging
 import math
 import os
@@ -51,46 +49,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.training.config import TrainConfig, resolve_config
+from bench.perf.peer import (DEEPCTR_MODELS, PEER_INSTALL, PEER_VERSION, PeerUnavailable, deepctr_adapter, import_deepctr,
+                        peer_installed, peer_notes)
+from bench.training.allocator import allocator_note, synchronize, tune_allocator
+from bench.training.registry import build_model, count_params
+from bench.training.train import RunSpec, StepLoop, Trainer, git_commit, machine_info, predict, seed_everything, train_step
+
 log = logging.getLogger(__name__)
-
-PEERS = ("deepctr-torch",)
-PEER_VERSION = "0.3.0"
-PEER_INSTALL = f'pip install deepctr-torch=={PEER_VERSION}   (or: pip install -e ".[peer]")'
-
-#: our model -> the DeepCTR-Torch model run as its peer (None: no counterpart)
-DEEPCTR_MODELS: dict[str, str | None] = {
-    "lr": "WDL (linear part only)",
-    "wide_deep": "WDL",
-    "dcn": "DCN",
-    "deepfm": "DeepFM",
-    "xdeepfm": "xDeepFM",
-    "din": "DIN",
-    "dien": "DIEN",
-    "mian": None,
-}
-
-#: the workarounds the DeepCTR-Torch 0.3.0 peer needs; written under the table
-DEEPCTR_WORKAROUNDS = (
-    "imported without running its package __init__, which starts a PyPI version check in a thread "
-    "(and needs `requests`, not a declared dependency); the models and layers are imported directly",
-    "fit/predict cast every input column to float32 (ids included): checked exact (every vocabulary "
-    "< 2^24) before training",
-    "fit/predict print the device and a summary line: stdout silenced; verbose=0 (no tqdm bar, no "
-    "per-step training metrics)",
-    "their loss is BCE with reduction='sum': compiled with a mean-reduced BCE callable instead, the "
-    "protocol's loss (their DIEN auxiliary loss is added to it as in ours)",
-    "DNN(activation='dice') builds Dice for 3-D inputs (dice_dim=3) and fails on the 2-D DNN input: "
-    "DIN's and DIEN's DNN activations replaced by their own Dice(dim=2) after construction",
-    "xDeepFM sizes its CIN by the number of embedding tables, not of fields; with behaviour fields "
-    "sharing the item tables the CIN (and its output unit) is rebuilt for the real field count",
-    "histories converted from our left padding to right padding plus a length column, and DIEN's "
-    "negative sequences drawn, outside every timed region",
-)
-
-
-class PeerUnavailable(RuntimeError):
-    """The peer library is not installed; the message says how to install it."""
-
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -124,14 +90,7 @@ def rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _child_setup(opts: BenchOptions) -> torch.device:
-    from bench.training.allocator import tune_allocator
-
     tune_allocator()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -163,10 +122,6 @@ def _load(opts: BenchOptions):
 
 def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     """Figures 1-5 of the module docstring for our ``model_name`` (run in a child process)."""
-    from bench.training.config import TrainConfig, resolve_config
-    from bench.training.registry import build_model, count_params
-    from bench.training.train import evaluate, predict, seed_everything, shuffled_batches, train_step
-
     dev = _child_setup(opts)
     ds = _load(opts)
     base_rss = rss_mb()
@@ -174,64 +129,18 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     tcfg = TrainConfig(**cfg["train"])
     seed_everything(opts.seed)
     model = build_model(model_name, ds.schema, cfg["model"], item_table=ds.item_table).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    train, valid = ds.train.to(dev), ds.valid.to(dev)
+    loop = StepLoop(model, {"train": ds.train, "valid": ds.valid}, tcfg, opts.seed, dev, run=model_name)
+    train, valid = loop.splits["train"], loop.splits["valid"]
     if len(train) == 0 or len(valid) == 0:
         raise ValueError(f"{ds.name}: empty train or validation split")
-    gen = torch.Generator().manual_seed(opts.seed)
-    clock = time.perf_counter
-
-    # 1. one epoch, data vs compute
-    model.train()
-    data_s = compute_s = 0.0
-    batches = shuffled_batches(train, tcfg.batch_size, gen)
-    while True:
-        t0 = clock()
-        batch = next(batches, None)
-        _sync(dev)
-        t1 = clock()
-        if batch is None:
-            break
-        loss = train_step(model, optimizer, batch)
-        finite = bool(torch.isfinite(loss))  # the trainer's per-step check (synchronises)
-        t2 = clock()
-        data_s += t1 - t0
-        compute_s += t2 - t1
-        if not finite:
-            raise RuntimeError(f"{model_name}: non-finite loss during the timed epoch")
-    # 2. one validation pass as the trainer does it
-    t0 = clock()
-    valid_metrics = evaluate(model, valid, tcfg.eval_batch_size)
-    eval_s = clock() - t0
-    # 3. inference throughput
-    infer_s = []
-    for _ in range(max(opts.infer_passes, 1)):
-        t0 = clock()
-        predict(model, valid, tcfg.eval_batch_size)
-        _sync(dev)
-        infer_s.append(clock() - t0)
-    # 4. median training step over full batches
-    model.train()
-    per_step: list[float] = []
+    data_s, compute_s = _timed_epoch(loop, dev)  # 1.
+    t0 = time.perf_counter()  # 2. one validation pass as the trainer does it
+    valid_metrics = loop.score("valid")
+    eval_s = time.perf_counter() - t0
+    infer_s = _seconds(lambda: predict(model, valid, tcfg.eval_batch_size), opts.infer_passes, dev)  # 3.
     full = min(tcfg.batch_size, len(train))
-    need = max(opts.steps, 1) + max(opts.warmup, 0)
-    seen = 0
-    while seen < need:
-        for batch in shuffled_batches(train, tcfg.batch_size, gen):
-            if len(batch) < full:
-                continue
-            _sync(dev)
-            t0 = clock()
-            loss = train_step(model, optimizer, batch)
-            bool(torch.isfinite(loss))
-            t1 = clock()
-            if seen >= opts.warmup:
-                per_step.append(t1 - t0)
-            seen += 1
-            if seen >= need:
-                break
+    per_step = _step_seconds(loop, full, opts, dev)  # 4.
     step_s = statistics.median(per_step)
-    n_train, n_valid = len(train), len(valid)
     return {
         "model": model_name,
         "n_params": count_params(model),
@@ -239,8 +148,8 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
         "eval_batch_size": tcfg.eval_batch_size,
         "train_samples_per_s": full / step_s,
         "step_ms": 1e3 * step_s,
-        "epoch_train_samples_per_s": n_train / (data_s + compute_s),
-        "infer_samples_per_s": n_valid / statistics.median(infer_s),
+        "epoch_train_samples_per_s": len(train) / (data_s + compute_s),
+        "infer_samples_per_s": len(valid) / statistics.median(infer_s),
         "epoch_data_s": data_s,
         "epoch_compute_s": compute_s,
         "eval_s": eval_s,
@@ -254,168 +163,72 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     }
 
 
+def _timed_epoch(loop: StepLoop, dev: torch.device) -> tuple[float, float]:
+    """Seconds of (data, compute) of one training epoch of ``loop``: gathering each batch, and its
+    :func:`bench.training.train.train_step` with the trainer's per-step non-finite check. Raises
+    RuntimeError on a non-finite loss."""
+    loop.model.train()
+    data_s = compute_s = 0.0
+    batches = loop.splits["train"].batches(loop.tcfg.batch_size, shuffle=True, generator=loop.generator)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        synchronize(dev)
+        t1 = time.perf_counter()
+        if batch is None:
+            return data_s, compute_s
+        loss = train_step(loop.model, loop.optimizer, batch)
+        finite = bool(torch.isfinite(loss))  # the trainer's per-step check (synchronises)
+        t2 = time.perf_counter()
+        data_s += t1 - t0
+        compute_s += t2 - t1
+        if not finite:
+            raise RuntimeError(f"{loop.run}: non-finite loss during the timed epoch")
+
+
+def _step_seconds(loop: StepLoop, full: int, opts: BenchOptions, dev: torch.device) -> list[float]:
+    """Seconds of ``opts.steps`` training steps on batches of ``full`` rows (shuffled batches of
+    the train split, smaller ones skipped) after ``opts.warmup`` untimed ones."""
+    loop.model.train()
+    per_step: list[float] = []
+    need = max(opts.steps, 1) + max(opts.warmup, 0)
+    seen = 0
+    while seen < need:
+        for batch in loop.splits["train"].batches(loop.tcfg.batch_size, shuffle=True, generator=loop.generator):
+            if len(batch) < full:
+                continue
+            synchronize(dev)
+            t0 = time.perf_counter()
+            loss = train_step(loop.model, loop.optimizer, batch)
+            bool(torch.isfinite(loss))
+            t1 = time.perf_counter()
+            if seen >= opts.warmup:
+                per_step.append(t1 - t0)
+            seen += 1
+            if seen >= need:
+                break
+    return per_step
+
+
+def _seconds(fn: Callable[[], Any], repeats: int, dev: torch.device) -> list[float]:
+    """Seconds of each of ``repeats`` (at least one) calls of ``fn``, the device synchronised."""
+    out = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(dev)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 # --------------------------------------------------------------------------- DeepCTR-Torch peer
-
-
-def peer_installed(peer: str = "deepctr-torch") -> bool:
-    """True when the peer library can be imported (nothing is imported here)."""
-    import importlib.util
-
-    if peer not in PEERS:
-        raise ValueError(f"unknown peer {peer!r}; expected one of {', '.join(PEERS)}")
-    return importlib.util.find_spec("deepctr_torch") is not None
-
-
-def import_deepctr():
-    """``(deepctr_torch.models, deepctr_torch.inputs, deepctr_torch.layers, version)`` without
-    executing the package's ``__init__`` (a PyPI version check in a thread; it also needs
-    ``requests``). Raises PeerUnavailable naming the install command when it is absent."""
-    import importlib
-    import importlib.metadata
-    import importlib.util
-
-    if "deepctr_torch" not in sys.modules:
-        spec = importlib.util.find_spec("deepctr_torch")
-        if spec is None:
-            raise PeerUnavailable(f"--peer deepctr-torch needs DeepCTR-Torch: {PEER_INSTALL}")
-        pkg = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
-        sys.modules["deepctr_torch"] = pkg
-    try:
-        version = importlib.metadata.version("deepctr-torch")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    models = importlib.import_module("deepctr_torch.models")
-    inputs = importlib.import_module("deepctr_torch.inputs")
-    layers = importlib.import_module("deepctr_torch.layers")
-    return models, inputs, layers, version
-
-
-def right_pad(hist: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Left-padded histories [N, T, ...] (real behaviours in the LAST ``lengths`` slots) ->
-    right-padded (real behaviours first, same order, zeros after). Vectorised gather."""
-    N, T = hist.shape[:2]
-    src = (np.arange(T)[None, :] + (T - lengths)[:, None]) % T  # slot j <- slot j + T - L
-    out = np.take_along_axis(hist, src.reshape(N, T, *([1] * (hist.ndim - 2))), axis=1)
-    keep = np.arange(T)[None, :] < lengths[:, None]
-    return out * keep.reshape(N, T, *([1] * (hist.ndim - 2))).astype(out.dtype)
-
-
-def _names(schema) -> tuple[list[str], list[str], list[str]]:
-    """DeepCTR feature names of the item, user and context fields (prefixed: field names of
-    different groups may coincide)."""
-    return ([f"item_{f.name}" for f in schema.item_fields], [f"user_{f.name}" for f in schema.user_fields],
-            [f"ctx_{f.name}" for f in schema.context_fields])
-
-
-def deepctr_columns(schema, inputs, embed_dim: int, negatives: bool):
-    """Feature columns from our FeatureSchema: SparseFeat per item/user/context field, and a
-    VarLenSparseFeat ``hist_<item field>`` per item field sharing that field's embedding (mean
-    combiner, length column ``hist_len``); with ``negatives`` also ``neg_hist_<item field>``."""
-    SparseFeat, VarLenSparseFeat = inputs.SparseFeat, inputs.VarLenSparseFeat
-    items, users, ctx = _names(schema)
-    fields = list(schema.item_fields) + list(schema.user_fields) + list(schema.context_fields)
-    sparse = [SparseFeat(n, f.vocab_size, embedding_dim=embed_dim, embedding_name=n)
-              for n, f in zip(items + users + ctx, fields)]
-    varlen = []
-    for prefix in ("hist_",) + (("neg_hist_",) if negatives else ()):
-        varlen += [VarLenSparseFeat(SparseFeat(prefix + n, f.vocab_size, embedding_dim=embed_dim, embedding_name=n),
-                                    maxlen=schema.max_len, combiner="mean", length_name="hist_len")
-                   for n, f in zip(items, schema.item_fields)]
-    return sparse, varlen, items
-
-
-def deepctr_inputs(split, schema, item_table: np.ndarray | None, neg_seed: int | None) -> dict[str, np.ndarray]:
-    """One split as DeepCTR's input dict {feature name: int64 array}: [N] per field, [N, T] per
-    history field (right-padded), ``hist_len`` [N]; with ``neg_seed`` also ``neg_hist_*``: item ids
-    drawn uniformly from [2, V_item_id) (numpy generator seeded by ``neg_seed``), their item fields
-    from ``item_table``, zero beyond each row's length."""
-    items, users, ctx = _names(schema)
-    lengths = split.hist_mask.sum(1).numpy().astype(np.int64)
-    hist = right_pad(split.hist.numpy(), lengths)
-    x: dict[str, np.ndarray] = {}
-    for j, n in enumerate(items):
-        x[n] = split.item[:, j].numpy()
-        x["hist_" + n] = np.ascontiguousarray(hist[:, :, j])
-    for j, n in enumerate(users):
-        x[n] = split.user[:, j].numpy()
-    for j, n in enumerate(ctx):
-        x[n] = split.context[:, j].numpy()
-    x["hist_len"] = lengths
-    if neg_seed is not None:
-        N, T = hist.shape[:2]
-        rng = np.random.default_rng(neg_seed)
-        neg_ids = rng.integers(2, item_table.shape[0], size=(N, T))
-        neg = item_table[neg_ids] * (np.arange(T)[None, :] < lengths[:, None])[..., None]
-        for j, n in enumerate(items):
-            x["neg_hist_" + n] = np.ascontiguousarray(neg[:, :, j])
-    return x
-
-
-def build_deepctr(name: str, schema, cfg: dict[str, Any], device: str, seed: int, api) -> torch.nn.Module:
-    """The DeepCTR-Torch peer of our ``name`` with our hyper-parameters: embedding ``embed_dim``,
-    DNN ``mlp`` (ReLU; Dice for DIN/DIEN as ours), cross ``cross_layers``, CIN ``cin``, DIN
-    attention ``att_mlp``; no L2, no dropout, embedding/DNN init N(0, 0.01^2) (our embedding
-    init; DeepCTR's default is 1e-4)."""
-    models, inputs, layers, _ = api
-    embed = int(cfg.get("embed_dim", 16))
-    mlp = tuple(cfg.get("mlp", (200, 80)))
-    sparse, varlen, items = deepctr_columns(schema, inputs, embed, negatives=(name == "dien"))
-    common = dict(init_std=0.01, seed=seed, device=device, l2_reg_embedding=0.0)
-    dice = False
-    if name == "lr":
-        model = models.WDL(sparse + varlen, [], dnn_hidden_units=(), l2_reg_linear=0.0, **common)
-    elif name == "wide_deep":
-        model = models.WDL(sparse + varlen, sparse + varlen, dnn_hidden_units=mlp, l2_reg_linear=0.0, **common)
-    elif name == "dcn":
-        model = models.DCN([], sparse + varlen, cross_num=int(cfg.get("cross_layers", 3)),
-                           cross_parameterization="vector", dnn_hidden_units=mlp, l2_reg_linear=0.0,
-                           l2_reg_cross=0.0, **common)
-    elif name == "deepfm":
-        model = models.DeepFM(sparse + varlen, sparse + varlen, dnn_hidden_units=mlp, l2_reg_linear=0.0, **common)
-    elif name == "xdeepfm":
-        cin = tuple(cfg.get("cin", (100, 100)))
-        split_half = bool(cfg.get("cin_split_half", False))
-        model = models.xDeepFM(sparse + varlen, sparse + varlen, dnn_hidden_units=mlp, cin_layer_size=cin,
-                               cin_split_half=split_half, cin_activation="linear", l2_reg_linear=0.0,
-                               l2_reg_cin=0.0, **common)
-        m = len(sparse) + len(varlen)  # fields fed to the CIN (pooled behaviours included)
-        if model.cin.field_nums[0] != m:  # workaround: CIN sized by embedding tables
-            model.cin = layers.CIN(m, cin, "linear", split_half, 0.0, seed, device=device)
-            model.cin_linear = torch.nn.Linear(model.featuremap_num, 1, bias=False).to(device)
-    elif name == "din":
-        model = models.DIN(sparse + varlen[: len(items)], items, dnn_hidden_units=mlp,
-                           att_hidden_size=tuple(cfg.get("att_mlp", (80, 40))),
-                           att_activation="Dice" if cfg.get("att_activation", "dice") == "dice" else cfg["att_activation"],
-                           att_weight_normalization=bool(cfg.get("softmax", False)), **common)
-        dice = cfg.get("mlp_activation", "dice") == "dice"
-    elif name == "dien":
-        model = models.DIEN(sparse + varlen, items, gru_type="AUGRU", use_negsampling=True,
-                            alpha=float(cfg.get("aux_weight", 1.0)), dnn_hidden_units=mlp,
-                            att_hidden_units=(80, 40), **common)
-        dice = cfg.get("mlp_activation", "dice") == "dice"
-    else:
-        raise ValueError(f"no DeepCTR-Torch peer for {name!r}")
-    if dice:  # workaround: DNN(activation="dice") builds 3-D Dice layers for a 2-D input
-        from deepctr_torch.layers.activation import Dice
-
-        model.dnn.activation_layers = torch.nn.ModuleList(
-            [Dice(h, dim=2, device=device) for h in mlp]).to(device)
-    return model
-
-
-def _mean_bce(y_pred: torch.Tensor, y_true: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """The protocol's loss for DeepCTR's ``compile``: mean BCE on their sigmoid outputs (their
-    fit passes ``reduction='sum'``, ignored on purpose)."""
-    return torch.nn.functional.binary_cross_entropy(y_pred, y_true)
 
 
 def measure_peer(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     """The DeepCTR-Torch peer of ``model_name`` (run in a child process): parameters, epoch-based
     training samples/s, inference samples/s, evaluation time, peak RSS; with ``opts.accuracy`` its
-    test metrics after the protocol's early stopping."""
-    from bench.training.config import TrainConfig, resolve_config
-    from bench.metrics import auc, gauc, logloss
-
+    test metrics after the protocol's early stopping (``bench.training.train.Trainer`` over
+    ``bench.perf.peer.DeepCTRAdapter``)."""
     dev = _child_setup(opts)
     api = import_deepctr()
     version = api[3]
@@ -423,81 +236,33 @@ def measure_peer(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     base_rss = rss_mb()
     cfg = resolve_config(opts.dataset, model_name)
     tcfg = TrainConfig(**cfg["train"])
-    schema = ds.schema
-    biggest = max(f.vocab_size for f in (*schema.item_fields, *schema.user_fields, *schema.context_fields))
-    if biggest >= 2**24:
-        raise ValueError(f"a vocabulary of {biggest} ids is not exact in DeepCTR's float32 input cast")
-    table = ds.item_table.numpy()
-    neg = model_name == "dien"
-    x = {s: deepctr_inputs(ds.split(s), schema, table, (opts.seed * 1000 + k) if neg else None)
-         for k, s in enumerate(("train", "valid", "test"))}
-    y = {s: ds.split(s).label.numpy().astype(np.float32) for s in ("train", "valid", "test")}
-    users = {s: ds.split(s).user_index.numpy() for s in ("valid", "test")}
-    model = build_deepctr(model_name, schema, cfg["model"], str(dev), opts.seed, api)
-    model.compile(torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay),
-                  loss=_mean_bce, metrics=[])
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    clock = time.perf_counter
-
-    def fit_epoch() -> float:
-        with contextlib.redirect_stdout(io.StringIO()):
-            t0 = clock()
-            model.fit(x["train"], y["train"], batch_size=tcfg.batch_size, epochs=1, verbose=0, shuffle=True)
-            _sync(dev)
-            return clock() - t0
-
-    def scores(split: str) -> np.ndarray:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return model.predict(x[split], batch_size=tcfg.eval_batch_size).reshape(-1)
-
-    def metrics(split: str, p: np.ndarray) -> dict[str, float]:
-        return {"auc": auc(y[split], p), "logloss": logloss(y[split], p), "gauc": gauc(y[split], p, users[split])}
-
-    epoch_s = fit_epoch()
-    t0 = clock()
-    valid1 = metrics("valid", scores("valid"))
-    eval_s = clock() - t0
-    infer_s = []
-    for _ in range(max(opts.infer_passes, 1)):
-        t0 = clock()
-        scores("valid")
-        _sync(dev)
-        infer_s.append(clock() - t0)
+    peer = deepctr_adapter(ds, model_name, cfg, dev, opts.seed, api)
+    trainer = Trainer(peer, tcfg.max_epochs, tcfg.patience)
+    valid1 = trainer.epoch()["valid"]  # the timed first epoch and one validation pass
+    eval_s = trainer.eval_seconds
+    infer_s = _seconds(lambda: peer.predict("valid"), opts.infer_passes, dev)
     out: dict[str, Any] = {
         "model": model_name,
         "peer_model": f"DeepCTR-Torch {version} {DEEPCTR_MODELS[model_name]}",
         "peer_version": version,
-        "peer_n_params": n_params,
-        "peer_train_samples_per_s": len(y["train"]) / epoch_s,
-        "peer_epoch_s": epoch_s,
+        "peer_n_params": sum(p.numel() for p in peer.model.parameters() if p.requires_grad),
+        "peer_train_samples_per_s": len(peer.y["train"]) / peer.fit_seconds[0],
+        "peer_epoch_s": peer.fit_seconds[0],
         "peer_eval_s": eval_s,
-        "peer_infer_samples_per_s": len(y["valid"]) / statistics.median(infer_s),
+        "peer_infer_samples_per_s": len(peer.y["valid"]) / statistics.median(infer_s),
         "peer_valid_auc_epoch1": valid1["auc"],
         "peer_peak_rss_mb": rss_mb(),
         "peer_base_rss_mb": base_rss,
         "peer_peak_gpu_mb": _gpu_peak_mb(dev),
         "peer_threads": torch.get_num_threads(),
     }
-    if not opts.accuracy:
-        return out
-    best_auc, best_epoch, best_state, bad = valid1["auc"], 1, copy.deepcopy(model.state_dict()), 0
-    epochs_run = 1
-    for epoch in range(2, tcfg.max_epochs + 1):
-        epochs_run = epoch
-        fit_epoch()
-        v = metrics("valid", scores("valid"))["auc"]
-        if v > best_auc:
-            best_auc, best_epoch, best_state, bad = v, epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= tcfg.patience:
-                break
-    model.load_state_dict(best_state)
-    test = metrics("test", scores("test"))
-    out.update({
-        "peer_test_auc": test["auc"], "peer_test_logloss": test["logloss"], "peer_test_gauc": test["gauc"],
-        "peer_valid_auc": best_auc, "peer_best_epoch": best_epoch, "peer_epochs_run": epochs_run,
-    })
+    if opts.accuracy:
+        test = trainer.fit().test()
+        out.update({
+            "peer_test_auc": test["auc"], "peer_test_logloss": test["logloss"], "peer_test_gauc": test["gauc"],
+            "peer_valid_auc": trainer.best_auc, "peer_best_epoch": trainer.best_epoch,
+            "peer_epochs_run": trainer.epochs_run,
+        })
     return out
 
 
@@ -535,17 +300,6 @@ def gauc_benchmark(n: int = 1_000_000, n_users: int = 10_000, repeats: int = 3, 
 
 
 # --------------------------------------------------------------------------- the table
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _n_cpus() -> int:
@@ -629,10 +383,6 @@ def run_bench(
             missing runs trained); None (or ``opts.accuracy`` False) leaves them empty.
     Returns (table, written paths). Raises PeerUnavailable when ``peer`` is not installed.
     """
-    from bench.training import train as train_mod
-    from bench.training.allocator import allocator_note, tune_allocator
-    from bench.training.train import RunSpec
-
     if peer is not None and not peer_installed(peer):
         raise PeerUnavailable(f"--peer {peer} needs DeepCTR-Torch: {PEER_INSTALL}")
     say = progress or (lambda msg: log.info("%s", msg))
@@ -648,32 +398,49 @@ def run_bench(
             row.update({k: v for k, v in run_in_child(_peer_safely, opts, name).items() if k != "model"})
         rows.append(row)
     load_end = os.getloadavg()
-    if opts.accuracy and runner is not None:
-        for row in rows:
-            say(f"{opts.dataset}: test metrics of {row['model']} (run record, trained if missing)")
-            record, _ = runner.run(RunSpec(opts.dataset, row["model"], opts.seed))
-            row.update({"test_auc": record["test"]["auc"], "test_logloss": record["test"]["logloss"],
-                        "test_gauc": record["test"]["gauc"], "best_epoch": record["best_epoch"],
-                        "run_id": record["run_id"]})
+    with_test = opts.accuracy and runner is not None
+    for row in rows if with_test else ():
+        say(f"{opts.dataset}: test metrics of {row['model']} (run record, trained if missing)")
+        record, _ = runner.run(RunSpec(opts.dataset, row["model"], opts.seed))
+        row.update({"test_auc": record["test"]["auc"], "test_logloss": record["test"]["logloss"],
+                    "test_gauc": record["test"]["gauc"], "best_epoch": record["best_epoch"],
+                    "run_id": record["run_id"]})
     for row in rows:
         peer_rate = row.get("peer_train_samples_per_s")
         row["ratio"] = row["epoch_train_samples_per_s"] / peer_rate if peer_rate else float("nan")
         peer_inf = row.get("peer_infer_samples_per_s")
         row["infer_ratio"] = row["infer_samples_per_s"] / peer_inf if peer_inf else float("nan")
+    notes = _notes(opts, ds, rows, with_test, (started, load_start[0], load_end[0]))
+    if peer is not None:
+        version = next((r.get("peer_version") for r in rows if r.get("peer_version")), PEER_VERSION)
+        notes += peer_notes(version)
+        failed = [f"{r['model']}: {r['peer_status']}" for r in rows if r.get("peer_status", "ok") != "ok"]
+        if failed:
+            notes.append("Peer failures: " + "; ".join(failed))
+    table = efficiency_table(rows, notes, opts.dataset, peer)
+    paths = write_table(table, Path(out_dir) / "efficiency") if out_dir is not None else []
+    return table, paths
+
+
+def _notes(opts: BenchOptions, ds, rows: Sequence[dict[str, Any]], with_test: bool,
+           when: tuple[datetime, float, float]) -> list[str]:
+    """The notes under the table: machine, dataset, what each figure is, the gAUC timing (measured
+    here). ``when``: the start of the measurements and the load averages at their start and end."""
+    started, load_start, load_end = when
     g = gauc_benchmark()
     tune_allocator()
     threads = sorted({r["threads"] for r in rows})
     first = rows[0] if rows else {}
-    notes = [
-        f"Machine: {_n_cpus()} CPUs available ({os.cpu_count()} online), {cpu_model()}; "
-        f"load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end of the measurements; "
+    return [
+        f"Machine: {_n_cpus()} CPUs available ({os.cpu_count()} online), {machine_info()['cpu']}; "
+        f"load average {load_start:.2f} at the start, {load_end:.2f} at the end of the measurements; "
         f"device {opts.device}; torch {torch.__version__} with {', '.join(map(str, threads))} intra-op thread(s) "
         f"per child; Python {platform.python_version()}; {allocator_note()}.",
         f"Dataset {ds.name} ({ds.protocol}), fingerprint {ds.fingerprint[:16]}; train {len(ds.train):,}, "
         f"valid {len(ds.valid):,}, test {len(ds.test):,} samples; batch {first.get('batch_size', '?')}, "
         f"eval batch {first.get('eval_batch_size', '?')} (dataset config); seed {opts.seed}; "
         f"measured {started.isoformat(timespec='seconds')} to "
-        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}; code {train_mod.git_commit()}.",
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}; code {git_commit()}.",
         "Each model in a fresh spawned process. Train samples/s (median step): batch / median time of "
         f"{opts.steps} full-batch training steps (forward, loss, backward, Adam, non-finite check) after "
         f"{opts.warmup} warm-up steps, real shuffled batches of the train split. Train samples/s (epoch): "
@@ -685,36 +452,11 @@ def run_bench(
         "child's peak after its imports and loading the dataset, before building the model).",
         ("Test AUC: our run records (the main table's runs when they exist; else trained now by the "
          "protocol: early stopping on validation AUC, patience and max epochs from the config, best "
-         "epoch restored, test scored once)." if opts.accuracy and runner is not None else
+         "epoch restored, test scored once)." if with_test else
          "Test metrics not computed (--no-accuracy): speed and memory only."),
         f"bench.metrics.gauc on {g['n']:,} predictions from {g['users']:,} users: "
         f"{g['min_s']:.3f} s (min of 3; median {g['median_s']:.3f} s).",
     ]
-    if peer is not None:
-        version = next((r.get("peer_version") for r in rows if r.get("peer_version")), PEER_VERSION)
-        notes += [
-            f"Peer: DeepCTR-Torch {version} (WDL, DCN, DeepFM, xDeepFM, DIN, DIEN; LR = WDL without DNN; "
-            "no MIAN) fed from the same prepared arrays: SparseFeat per item/user/context field, "
-            "VarLenSparseFeat hist_<item field> sharing the item field's embedding (mean-pooled for "
-            "the non-sequence models, as ours), right-padded with a length column; DIEN with "
-            "gru_type=AUGRU, use_negsampling=True, negatives drawn once per sample from the item table "
-            "(seeded), its attention MLP (80, 40); same embedding 16, DNN, cross layers, CIN, DIN "
-            "attention (80, 40), batch, Adam lr as ours; no L2 and no dropout (ours have none); "
-            "init std 0.01.",
-            "DeepCTR train samples/s = N_train / seconds of one fit(..., epochs=1) of a freshly seeded "
-            "model (their DataLoader and per-step host work included). Ratio = OUR epoch-based "
-            "train samples/s / theirs (infer_ratio in the CSV: the same for scoring). DeepCTR test "
-            "AUC: fit one epoch at a time, validation AUC with bench.metrics after each, patience and "
-            "max epochs from the config, best epoch's weights restored, test scored once with their "
-            "predict and bench.metrics.",
-            "Workarounds for DeepCTR-Torch: " + "; ".join(DEEPCTR_WORKAROUNDS) + ".",
-        ]
-        failed = [f"{r['model']}: {r['peer_status']}" for r in rows if r.get("peer_status", "ok") != "ok"]
-        if failed:
-            notes.append("Peer failures: " + "; ".join(failed))
-    table = efficiency_table(rows, notes, opts.dataset, peer)
-    paths = write_table(table, Path(out_dir) / "efficiency") if out_dir is not None else []
-    return table, paths
 
 
 def main(argv: list[str] | None = None) -> None:

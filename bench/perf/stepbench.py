@@ -49,7 +49,7 @@ import torch
 from bench.training.config import ConfigError, parse_overrides
 from bench.nn.contract import Batch, FeatureSchema, Field, Split
 from bench.training.registry import MODEL_NAMES, build_model, config_class, count_params
-from bench.training.train import shuffled_batches, train_step
+from bench.training.train import train_step
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,14 @@ def item_table(schema: FeatureSchema, seed: int = 0) -> torch.Tensor:
 
 def dataset_batches(split: Split, batch_size: int, n: int, seed: int = 0) -> list[Batch]:
     """The first ``n`` full batches (``min(batch_size, len(split))`` rows) of one shuffled epoch of
-    ``split`` (:func:`bench.training.train.shuffled_batches`, permutation seeded by ``seed``); fewer when the
+    ``split`` (``split.batches(shuffle=True)`` as the trainer draws them, permutation seeded by ``seed``); fewer when the
     epoch has fewer. Raises ValueError for an empty split."""
     if len(split) == 0:
         raise ValueError("empty training split: nothing to time")
     full = min(batch_size, len(split))
     gen = torch.Generator().manual_seed(seed)
     out: list[Batch] = []
-    for batch in shuffled_batches(split, batch_size, gen):
+    for batch in split.batches(batch_size, shuffle=True, generator=gen):
         if len(batch) == full:
             out.append(batch)
             if len(out) >= n:

@@ -7,6 +7,8 @@ half its CPU time in the kernel zeroing fresh pages, and an xDeepFM training ste
 (docs/EFFICIENCY.md). Raising the mmap and trim thresholds to 1 GiB keeps such blocks in the heap
 for reuse. The allocator does not touch tensor values, so results are bitwise the same
 (``tests/test_golden.py``); the process keeps its high-water memory instead of returning it.
+
+``synchronize(device)``: wait for an accelerator's queued work before reading a clock.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import ctypes
 import logging
 import os
 import platform
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +58,9 @@ def allocator_note() -> str:
     if _state.get("done"):
         return "glibc malloc mmap/trim thresholds raised to 1 GiB (bench.training.allocator.tune_allocator)"
     return "default allocator settings"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -4,9 +4,14 @@ Adam on mean-reduced BCE with logits (+ a model's auxiliary loss), early stoppin
 AUC with patience, best-epoch weights restored, the test split scored once after selection.
 Batches are slices of the in-memory split tensors under a per-epoch permutation drawn from a
 generator seeded by the run seed.
+
+One epoch loop, :class:`Trainer`, drives every model through an adapter (:class:`EpochAdapter`:
+"fit one epoch", "score a split"): ours through :class:`StepLoop` (Adam steps over the batches),
+the DeepCTR-Torch peer of the efficiency benchmark through ``bench.perf.peer.DeepCTRAdapter``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -17,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +31,7 @@ from tqdm.auto import tqdm
 
 from bench.training.config import TrainConfig
 from bench.data import check_ids
-from bench.nn.contract import BATCH_FIELDS, Batch, ModelOutput, Split
+from bench.nn.contract import Batch, ModelOutput, Split
 from bench.metrics import split_metrics
 from bench.training.allocator import tune_allocator
 from bench.training.registry import build_model, count_params
@@ -79,18 +84,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return loss.detach()
 
 
-def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator):
-    """The batches of ``split.batches(batch_size, shuffle=True, generator=generator)``, same
-    permutation and same tensors, gathered with ``index_select`` (about 0.15 ms less host time
-    per 256-sample MovieLens-100K batch than advanced indexing)."""
-    n = len(split)
-    perm = torch.randperm(n, generator=generator, device="cpu").to(split.label.device)
-    tensors = [getattr(split, k) for k in BATCH_FIELDS]
-    for start in range(0, n, batch_size):
-        idx = perm[start : start + batch_size]
-        yield Batch(*(torch.index_select(t, 0, idx) for t in tensors))
-
-
 #: on an accelerator the non-finite check reads the losses back every this many steps (one
 #: synchronisation per window instead of one per step); on the CPU it is every step.
 NONFINITE_WINDOW = 64
@@ -102,29 +95,27 @@ def nonfinite_window(device: torch.device) -> int:
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, split: Split, batch_size: int) -> np.ndarray:
-    """Logits [N] (float64) of ``model`` over ``split`` in eval mode, in split order."""
-    was_training = model.training
-    model.eval()
-    out = [model(b).logits.float() for b in split.batches(batch_size)]
-    model.train(was_training)
-    return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
-
-
-@torch.inference_mode()
-def collect_output(model: torch.nn.Module, split: Split, batch_size: int, name: str) -> np.ndarray:
-    """Concatenate output attribute ``name`` (e.g. MIAN's ``gim_weights`` [B, 7]) over ``split``
-    in eval mode -> [N, ...] float64. Raises ValueError when the model does not produce it."""
+def collect_output(model: torch.nn.Module, split: Split, batch_size: int, name: str = "logits") -> np.ndarray:
+    """Concatenate output attribute ``name`` (the logits [B], or e.g. MIAN's ``gim_weights``
+    [B, 7]) over ``split`` in eval mode, in split order -> [N, ...] float64 ([0] for an empty
+    split). Raises ValueError when the model does not produce it."""
     was_training = model.training
     model.eval()
     parts = []
-    for b in split.batches(batch_size):
-        value = getattr(model(b), name, None)
-        if value is None:
-            raise ValueError(f"{type(model).__name__} output has no {name!r} (is the module switched off?)")
-        parts.append(value.double().cpu())
-    model.train(was_training)
-    return torch.cat(parts).numpy()
+    try:
+        for b in split.batches(batch_size):
+            value = getattr(model(b), name, None)
+            if value is None:
+                raise ValueError(f"{type(model).__name__} output has no {name!r} (is the module switched off?)")
+            parts.append(value.double().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
+def predict(model: torch.nn.Module, split: Split, batch_size: int) -> np.ndarray:
+    """Logits [N] (float64) of ``model`` over ``split`` in eval mode, in split order."""
+    return collect_output(model, split, batch_size, "logits")
 
 
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int) -> dict[str, float]:
@@ -132,6 +123,163 @@ def evaluate(model: torch.nn.Module, split: Split, batch_size: int) -> dict[str,
     logits = predict(model, split, batch_size)
     return split_metrics(split.label.cpu().numpy(), logits, split.user_index.cpu().numpy())
 
+
+class EpochAdapter(Protocol):
+    """What :class:`Trainer` needs of a model: ``model`` (its weights are selected and restored),
+    ``steps`` (optimiser steps so far, for the history), and the three methods below."""
+
+    model: torch.nn.Module
+    steps: int
+
+    def fit_epoch(self, epoch: int) -> Iterator[None]:
+        """Train one epoch; the returned iterator yields wherever a mid-epoch validation is due
+        (the Trainer validates at each yield, then once more at the epoch's end)."""
+
+    def score(self, split: str) -> dict[str, float]:
+        """``{"auc", "logloss", "gauc"}`` of the current weights on split ``"valid"`` or ``"test"``."""
+
+    def take_train_loss(self) -> float:
+        """Mean training loss since the previous call (then reset)."""
+
+
+class Trainer:
+    """Epochs of an :class:`EpochAdapter` with early stopping on validation AUC (PROTOCOL 3).
+
+    After each epoch the validation split is scored; an epoch whose AUC beats every earlier one
+    (strictly) is the best and its weights are copied; training stops after ``patience`` epochs
+    in a row without a new best, or after ``max_epochs``. :meth:`fit` restores the best weights;
+    :meth:`test` scores the test split, the only time it is read. ``history`` holds one entry per
+    validation: epoch, step, epoch_end, valid metrics, train_loss (mean since the previous one);
+    ``on_eval`` is called with each. ``progress``: the description of a tqdm bar over epochs
+    (None: no bar). ``eval_seconds``: time spent scoring, test included.
+    """
+
+    def __init__(self, adapter: EpochAdapter, max_epochs: int, patience: int,
+                 on_eval: Callable[[dict[str, Any]], None] | None = None, progress: str | None = None):
+        self.adapter, self.max_epochs, self.patience, self.on_eval = adapter, max_epochs, patience, on_eval
+        self.history: list[dict[str, Any]] = []
+        self.epochs_run, self.eval_seconds = 0, 0.0
+        self.best_auc, self.best_epoch, self._best_state, self._bad_epochs = -1.0, 0, None, 0
+        self.stopped = max_epochs < 1
+        self._bar = tqdm(total=max_epochs, desc=progress, unit="epoch", leave=False,
+                         disable=True if progress is None else None)
+
+    def epoch(self) -> dict[str, Any]:
+        """Train the next epoch and update the early stopping; returns its epoch-end entry."""
+        if self.stopped:
+            raise RuntimeError("training has stopped: no further epoch")
+        epoch = self.epochs_run = self.epochs_run + 1
+        for _ in self.adapter.fit_epoch(epoch):
+            self._validate(epoch, epoch_end=False)
+        entry = self._validate(epoch, epoch_end=True)
+        self._bar.update(1)
+        self._bar.set_postfix(valid_auc=f"{entry['valid']['auc']:.4f}")
+        auc = entry["valid"]["auc"]
+        if auc > self.best_auc:
+            self.best_auc, self.best_epoch, self._bad_epochs = auc, epoch, 0
+            self._best_state = copy.deepcopy(self.adapter.model.state_dict())
+            self.stopped = epoch >= self.max_epochs
+        else:
+            self._bad_epochs += 1
+            self.stopped = self._bad_epochs >= self.patience or epoch >= self.max_epochs
+        return entry
+
+    def fit(self) -> "Trainer":
+        """Epochs until stopped; then the best epoch's weights restored, the model in eval mode."""
+        while not self.stopped:
+            self.epoch()
+        self._bar.close()
+        if self._best_state is not None:
+            self.adapter.model.load_state_dict(self._best_state)
+        self.adapter.model.eval()
+        return self
+
+    def test(self) -> dict[str, float]:
+        """Metrics of the current (after :meth:`fit`: the best) weights on the test split."""
+        t0 = time.perf_counter()
+        metrics = self.adapter.score("test")
+        self.eval_seconds += time.perf_counter() - t0
+        return metrics
+
+    @property
+    def best_valid(self) -> dict[str, float]:
+        """Validation metrics at the end of the best epoch."""
+        return next(h["valid"] for h in self.history if h["epoch"] == self.best_epoch and h["epoch_end"])
+
+    def _validate(self, epoch: int, epoch_end: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        metrics = self.adapter.score("valid")
+        self.eval_seconds += time.perf_counter() - t0
+        entry = {"epoch": epoch, "step": self.adapter.steps, "epoch_end": epoch_end, "valid": metrics,
+                 "train_loss": self.adapter.take_train_loss()}
+        self.history.append(entry)
+        log.info("epoch %d step %d valid %s train_loss %.5f", epoch, entry["step"], metrics, entry["train_loss"])
+        if self.on_eval is not None:
+            self.on_eval(entry)
+        return entry
+
+
+class StepLoop:
+    """Our models as an :class:`EpochAdapter`: :func:`train_step` (Adam with ``tcfg``'s lr and
+    weight decay) over ``splits["train"]`` in batches of ``tcfg.batch_size``, shuffled every epoch
+    by a generator seeded with ``seed``; a mid-epoch validation every ``tcfg.eval_every_steps``
+    steps (0: none); :func:`evaluate` at ``tcfg.eval_batch_size`` for the scores.
+
+    Raises TrainingError on the first non-finite loss, naming ``run`` (e.g. "din (default, seed
+    0) on movielens-100k"), epoch and step; on an accelerator the losses are read back every
+    ``NONFINITE_WINDOW`` steps, before each validation and at epoch ends.
+    """
+
+    def __init__(self, model: torch.nn.Module, splits: dict[str, Split], tcfg: TrainConfig, seed: int,
+                 device: torch.device, run: str):
+        self.model, self.tcfg, self.run = model, tcfg, run
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.splits = {name: s.to(device) for name, s in splits.items()}
+        self.steps = 0
+        self._loss_sum, self._loss_count = torch.zeros((), device=device), 0
+        self._window = nonfinite_window(device)
+        self._pending: list[torch.Tensor] = []  # losses of the steps not yet checked (accelerators only)
+
+    def fit_epoch(self, epoch: int) -> Iterator[None]:
+        self.model.train()
+        every = self.tcfg.eval_every_steps
+        for batch in self.splits["train"].batches(self.tcfg.batch_size, shuffle=True, generator=self.generator):
+            loss = train_step(self.model, self.optimizer, batch)
+            self.steps += 1
+            self._pending.append(loss)
+            if len(self._pending) >= self._window:
+                self._check_finite(epoch)
+            self._loss_sum += loss
+            self._loss_count += 1
+            if every and self.steps % every == 0:
+                self._check_finite(epoch)
+                yield
+        self._check_finite(epoch)
+
+    def score(self, split: str) -> dict[str, float]:
+        return evaluate(self.model, self.splits[split], self.tcfg.eval_batch_size)
+
+    def take_train_loss(self) -> float:
+        mean = float(self._loss_sum) / max(self._loss_count, 1)
+        self._loss_sum, self._loss_count = torch.zeros((), device=self._loss_sum.device), 0
+        return mean
+
+    def _check_finite(self, epoch: int) -> None:
+        """Raise on the first non-finite loss among the unchecked steps (one host read)."""
+        if not self._pending:
+            return
+        if len(self._pending) == 1:  # the CPU path: one scalar check per step
+            ok = bool(torch.isfinite(self._pending[0]))
+            losses = self._pending[0].reshape(1)
+        else:
+            losses = torch.stack(self._pending)
+            ok = bool(torch.isfinite(losses).all())
+        first = self.steps - len(self._pending)
+        self._pending.clear()
+        if not ok:
+            k = int((~torch.isfinite(losses)).nonzero()[0, 0])
+            raise TrainingError(f"{self.run}: non-finite loss {losses[k].item()} at epoch {epoch}, step {first + k + 1}")
 
 def library_versions() -> dict[str, str]:
     import pandas
@@ -215,16 +363,31 @@ def train_run(
     """
     tune_allocator()
     tcfg = TrainConfig(**config["train"])
-    key = run_key(
-        protocol=ds.protocol,
-        dataset=ds.name,
-        fingerprint=ds.fingerprint,
-        model=model_name,
-        variant=variant,
-        seed=seed,
-        config=config,
-    )
+    key = run_key(protocol=ds.protocol, dataset=ds.name, fingerprint=ds.fingerprint, model=model_name,
+                  variant=variant, seed=seed, config=config)
     rid = run_id(key)
+    with _run_log(log_dir, rid):
+        log.info("run %s: %s", rid, json.dumps({k: v for k, v in key.items()}, sort_keys=True))
+        t_start = time.perf_counter()
+        for name in ("train", "valid", "test"):  # once per split, not per step
+            check_ids(ds.schema, getattr(ds, name), f"{ds.name} {name} split",
+                      item_table=ds.item_table if name == "train" else None)
+        seed_everything(seed)
+        dev = torch.device(device)
+        model = build_model(model_name, ds.schema, config["model"], item_table=ds.item_table).to(dev)
+        loop = StepLoop(model, {"train": ds.train, "valid": ds.valid, "test": ds.test}, tcfg, seed, dev,
+                        run=f"{model_name} ({variant}, seed {seed}) on {ds.name}")
+        trainer = Trainer(loop, tcfg.max_epochs, tcfg.patience, on_eval=on_eval,
+                          progress=f"{model_name}/{variant}/s{seed}" if progress else None).fit()
+        t_train = time.perf_counter() - t_start - trainer.eval_seconds
+        test_metrics = trainer.test()
+        log.info("best epoch %d valid %s test %s", trainer.best_epoch, trainer.best_valid, test_metrics)
+        return _record(key, rid, trainer, test_metrics, t_train, ds, dev), model
+
+
+@contextlib.contextmanager
+def _run_log(log_dir: Path | None, rid: str) -> Iterator[None]:
+    """This module's INFO lines, also into ``<log_dir>/<rid>.log`` when ``log_dir`` is given."""
     handler = None
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -235,8 +398,7 @@ def train_run(
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     try:
-        log.info("run %s: %s", rid, json.dumps({k: v for k, v in key.items()}, sort_keys=True))
-        return _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progress, on_eval)
+        yield
     finally:
         log.setLevel(old_level)
         if handler is not None:
@@ -244,118 +406,21 @@ def train_run(
             handler.close()
 
 
-def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progress, on_eval):
-    t_start = time.perf_counter()
-    for name in ("train", "valid", "test"):  # once per split, not per step
-        check_ids(ds.schema, getattr(ds, name), f"{ds.name} {name} split",
-                  item_table=ds.item_table if name == "train" else None)
-    seed_everything(seed)
-    dev = torch.device(device)
-    model = build_model(model_name, ds.schema, config["model"], item_table=ds.item_table).to(dev)
-    n_params = count_params(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    train, valid, test = (s.to(dev) for s in (ds.train, ds.valid, ds.test))
-
-    history: list[dict[str, Any]] = []
-    best_auc, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
-    t_eval = 0.0
-    step = 0
-    loss_sum = torch.zeros((), device=dev)
-    loss_count = 0
-    epochs_run = 0
-
-    def do_eval(epoch: int, epoch_end: bool) -> dict[str, Any]:
-        nonlocal t_eval, loss_sum, loss_count
-        t0 = time.perf_counter()
-        metrics = evaluate(model, valid, tcfg.eval_batch_size)
-        t_eval += time.perf_counter() - t0
-        entry = {
-            "epoch": epoch,
-            "step": step,
-            "epoch_end": epoch_end,
-            "valid": metrics,
-            "train_loss": float(loss_sum) / max(loss_count, 1),
-        }
-        loss_sum = torch.zeros((), device=dev)
-        loss_count = 0
-        history.append(entry)
-        log.info("epoch %d step %d valid %s train_loss %.5f", epoch, step, metrics, entry["train_loss"])
-        if on_eval is not None:
-            on_eval(entry)
-        return entry
-
-    window = nonfinite_window(dev)
-    pending: list[torch.Tensor] = []  # losses of the steps not yet checked (accelerators only)
-
-    def check_finite(epoch: int) -> None:
-        """Raise on the first non-finite loss among the unchecked steps (one host read)."""
-        if not pending:
-            return
-        if len(pending) == 1:  # the CPU path: one scalar check per step
-            ok = bool(torch.isfinite(pending[0]))
-            losses = pending[0].reshape(1)
-        else:
-            losses = torch.stack(pending)
-            ok = bool(torch.isfinite(losses).all())
-        first = step - len(pending)
-        pending.clear()
-        if not ok:
-            k = int((~torch.isfinite(losses)).nonzero()[0, 0])
-            raise TrainingError(
-                f"{model_name} ({variant}, seed {seed}) on {ds.name}: non-finite loss {losses[k].item()} "
-                f"at epoch {epoch}, step {first + k + 1}"
-            )
-
-    model.train()
-    bar = tqdm(total=tcfg.max_epochs, desc=f"{model_name}/{variant}/s{seed}", unit="epoch", leave=False, disable=not progress or None)
-    for epoch in range(1, tcfg.max_epochs + 1):
-        epochs_run = epoch
-        for batch in shuffled_batches(train, tcfg.batch_size, shuffle_gen):
-            loss_value = train_step(model, optimizer, batch)
-            step += 1
-            pending.append(loss_value)
-            if len(pending) >= window:
-                check_finite(epoch)
-            loss_sum += loss_value
-            loss_count += 1
-            if tcfg.eval_every_steps and step % tcfg.eval_every_steps == 0:
-                check_finite(epoch)
-                do_eval(epoch, epoch_end=False)
-        check_finite(epoch)
-        entry = do_eval(epoch, epoch_end=True)
-        bar.update(1)
-        bar.set_postfix(valid_auc=f"{entry['valid']['auc']:.4f}")
-        auc = entry["valid"]["auc"]
-        if auc > best_auc:
-            best_auc, best_epoch, bad_epochs = auc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= tcfg.patience:
-                break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    t_train = time.perf_counter() - t_start - t_eval
-    t0 = time.perf_counter()
-    test_metrics = evaluate(model, test, tcfg.eval_batch_size)
-    t_eval += time.perf_counter() - t0
-    best_valid = next(h["valid"] for h in history if h["epoch"] == best_epoch and h["epoch_end"])
-    log.info("best epoch %d valid %s test %s", best_epoch, best_valid, test_metrics)
+def _record(key: dict[str, Any], rid: str, trainer: Trainer, test_metrics: dict[str, float], t_train: float,
+            ds: Any, dev: torch.device) -> dict[str, Any]:
+    """The run record (PROTOCOL 3): the key's fields, then the results, then provenance."""
     record = dict(key)
     record.update(
         {
             "run_id": rid,
             "test": test_metrics,
-            "valid": best_valid,
-            "valid_history": history,
-            "best_epoch": best_epoch,
-            "epochs_run": epochs_run,
-            "steps": step,
-            "wall_seconds": {"train": round(t_train, 3), "eval": round(t_eval, 3)},
-            "n_params": n_params,
+            "valid": trainer.best_valid,
+            "valid_history": trainer.history,
+            "best_epoch": trainer.best_epoch,
+            "epochs_run": trainer.epochs_run,
+            "steps": trainer.adapter.steps,
+            "wall_seconds": {"train": round(t_train, 3), "eval": round(trainer.eval_seconds, 3)},
+            "n_params": count_params(trainer.adapter.model),
             "versions": library_versions(),
             "machine": machine_info(),
             "git_commit": git_commit(),
@@ -366,4 +431,4 @@ def _train(ds, model_name, config, tcfg, seed, variant, device, rid, key, progre
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    return record, model
+    return record
