@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.training import allocator as perf
+from bench.training import runtime as perf
 from bench.training import train as train_mod
 from bench.nn.contract import BATCH_FIELDS, FeatureSchema, ModelOutput
 from bench.training.registry import register

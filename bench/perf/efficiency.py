@@ -52,7 +52,7 @@ import torch
 from bench.training.config import TrainConfig, resolve_config
 from bench.perf.peer import (DEEPCTR_MODELS, PEER_INSTALL, PEER_VERSION, PeerUnavailable, deepctr_adapter, import_deepctr,
                         peer_installed, peer_notes)
-from bench.training.allocator import allocator_note, synchronize, tune_allocator
+from bench.training.runtime import allocator_note, synchronize, tune_allocator
 from bench.training.registry import build_model, count_params
 from bench.training.train import RunSpec, StepLoop, Trainer, git_commit, machine_info, predict, seed_everything, train_step
 

@@ -17,7 +17,7 @@ import torch
 
 from bench.training.config import TrainConfig
 from bench.metrics import auc, gauc, logloss
-from bench.training.allocator import synchronize
+from bench.training.runtime import synchronize
 
 PEERS = ("deepctr-torch",)
 PEER_VERSION = "0.3.0"

@@ -33,7 +33,7 @@ from bench.training.config import TrainConfig
 from bench.data import check_ids
 from bench.nn.contract import Batch, ModelOutput, Split
 from bench.metrics import split_metrics
-from bench.training.allocator import tune_allocator
+from bench.training.runtime import tune_allocator
 from bench.training.registry import build_model, count_params
 from bench.training.runs import REPO_ROOT, run_id, run_key
 

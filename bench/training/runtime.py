@@ -56,7 +56,7 @@ def tune_allocator() -> bool:
 def allocator_note() -> str:
     """One line for table notes: whether :func:`tune_allocator` is active in this process."""
     if _state.get("done"):
-        return "glibc malloc mmap/trim thresholds raised to 1 GiB (bench.training.allocator.tune_allocator)"
+        return "glibc malloc mmap/trim thresholds raised to 1 GiB (bench.training.runtime.tune_allocator)"
     return "default allocator settings"
 
 
