@@ -253,6 +253,9 @@ def _errors():
             yield
         except (ConfigError, DataError, TrainingError, StoreError, PathError, ExecutorError) as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a file-system fault the checks above could not foresee (disk full, ...)
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc} (nothing already written was changed)") from None
 
     return guard()
 

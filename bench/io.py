@@ -52,9 +52,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_many(files: Mapping[Path, bytes]) -> None:
     """Write several files as one publication: every content goes to a temporary file first
     (written and fsynced), and only when all are complete are they renamed into place, one
-    ``os.replace`` after another. An error before that leaves every old file as it was and no
-    temporary file behind."""
+    ``os.replace`` after another. An error before the renames leaves every old file as it was and
+    no temporary file behind; an error or an interrupt during them (a target that cannot be
+    replaced: :class:`PathError` naming it; Ctrl-C) puts back the files already replaced, from
+    hard-linked backups taken just before. Only a kill (SIGKILL) between two renames can leave a
+    mixed publication: the tables' stamps show it, and the next command removes the left-over
+    temporaries.
+    """
     temps: list[tuple[str, Path]] = []
+    backups: dict[Path, str | None] = {}
     try:
         for path, data in files.items():
             path = Path(path)
@@ -66,8 +72,21 @@ def atomic_write_many(files: Mapping[Path, bytes]) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        if len(temps) > 1:
+            for _, path in temps:
+                backups[path] = _backup(path)
+        done: list[Path] = []
         for tmp, path in temps:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                _restore(done, backups)
+                raise PathError(f"{path} cannot be written ({exc.strerror or exc}); the "
+                                f"{len(temps)} files of this publication were left as they were.") from None
+            except BaseException:  # Ctrl-C between two renames: all old again
+                _restore(done, backups)
+                raise
+            done.append(path)
     except BaseException:
         for tmp, _ in temps:
             try:
@@ -75,6 +94,40 @@ def atomic_write_many(files: Mapping[Path, bytes]) -> None:
             except FileNotFoundError:
                 pass
         raise
+    finally:
+        for backup in backups.values():
+            if backup is not None:
+                try:
+                    os.unlink(backup)
+                except FileNotFoundError:
+                    pass
+
+
+def _backup(path: Path) -> str | None:
+    """A hard link to ``path``'s current content under a temporary name (None when there is none)."""
+    if not path.exists():
+        return None
+    backup = str(path.parent / f"{temp_prefix(path.name)}bak.tmp")
+    try:
+        os.unlink(backup)
+    except FileNotFoundError:
+        pass
+    os.link(path, backup)
+    return backup
+
+
+def _restore(done: list[Path], backups: dict[Path, str | None]) -> None:
+    """Put back the old content of the already replaced ``done`` files (or remove a new one)."""
+    for path in reversed(done):
+        backup = backups.get(path)
+        try:
+            if backup is None:
+                path.unlink()
+            else:
+                os.replace(backup, path)
+                backups[path] = None
+        except OSError as exc:
+            log.error("could not restore %s after a failed publication (%s)", path, exc)
 
 
 def _umask() -> int:

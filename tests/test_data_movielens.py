@@ -174,6 +174,7 @@ def test_pinned_content_of_the_real_release():
 
 @pytest.mark.parametrize("case, match", [
     ("three_columns", r"u\.data: found 3 columns .* expected 4 columns"),
+    ("user_field_missing", r"u\.user: not a 5-column table separated by '\|' \(line 1 has 4 fields\)\.$"),
     ("truncated_line", r"u\.data: row 172, field rating is missing; expected an integer"),
     ("truncated_value", r"u\.data.*: sorted-ratings sha256 is .*, expected"),
     ("text_rating", r"u\.data: row 1, field rating is 'five'; expected an integer"),
@@ -185,6 +186,9 @@ def test_malformed_ml100k_inputs_are_one_clear_error(case, match, frames, tmp_pa
     files = ml100k_bytes(*frames)
     if case == "three_columns":
         files["u.data"] = b"".join(b"\t".join(line.split(b"\t")[:3]) + b"\n" for line in files["u.data"].splitlines())
+    elif case == "user_field_missing":  # the first line lost its zip code: pandas would blame line 2
+        first, rest = files["u.user"].split(b"\n", 1)
+        files["u.user"] = b"|".join(first.split(b"|")[:4]) + b"\n" + rest
     elif case == "truncated_line":  # the file ends inside its last line
         lines = files["u.data"].rstrip(b"\n").split(b"\n")
         files["u.data"] = b"\n".join(lines[:-1] + [b"\t".join(lines[-1].split(b"\t")[:2])])

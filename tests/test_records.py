@@ -305,19 +305,47 @@ def test_a_table_is_published_with_one_stamp_and_a_kill_between_renames_shows(tm
     done = []
 
     def replace(src, dst):
-        if done:
-            raise KeyboardInterrupt  # killed after the md was renamed
-        real(src, dst)
         done.append(dst)
+        if len(done) == 2:
+            raise KeyboardInterrupt  # interrupted after the md was renamed
+        real(src, dst)
 
     monkeypatch.setattr(io_mod.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after the md was renamed: the md is put back
+        tab2.write(tmp_path / "main_table")
+    assert {p: p.read_bytes() for p in paths} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
+
+    done.clear()
+    monkeypatch.setattr(io_mod, "_restore", lambda done, backups: None)  # SIGKILL: nothing runs after the md
     with pytest.raises(KeyboardInterrupt):
         tab2.write(tmp_path / "main_table")
     monkeypatch.undo()
     md_stamp2, csv_stamp2, _ = stamps()
     assert md_stamp2 == tab2.stamp() != md_stamp and csv_stamp2 == {md_stamp}  # the mismatch is visible
     assert paths[1].read_bytes() == before[paths[1]] and paths[2].read_bytes() == before[paths[2]]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
+
+
+def test_a_table_file_that_cannot_be_replaced_leaves_the_whole_table_as_it_was(tmp_path, monkeypatch):
+    from bench.report import main_table
+    from test_report import rec
+
+    recs = [rec(m, s, 0.6 + 0.01 * s + (m == "mian") * 0.01, 0.5) for m in ("lr", "mian") for s in range(3)]
+    paths = main_table(recs, "ds", ["lr", "mian"]).write(tmp_path / "main_table")
+    before = {p: p.read_bytes() for p in paths}
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".csv"):  # e.g. an immutable file (chattr +i), a full quota
+            raise PermissionError(1, "Operation not permitted")
+        real(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", replace)
+    with pytest.raises(io_mod.PathError, match=r"main_table.csv cannot be written \(Operation not permitted\); the 3 files"):
+        main_table(recs[:-1], "ds", ["lr", "mian"]).write(tmp_path / "main_table")
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in paths} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 
 
 # --------------------------------------------------------------------------- seeds

@@ -334,8 +334,15 @@ def load_cache(path: Path) -> PreparedDataset:
 
 
 def prepared_metas(data_dir: Path | None = None) -> list[dict]:
-    """``meta.json`` of the latest cache of every prepared dataset under ``data_dir`` (name order)."""
+    """``meta.json`` of the latest cache of every prepared dataset under ``data_dir`` (name order).
+
+    Raises DataError when ``data_dir`` (or ``$MIAN_DATA_DIR``) exists but is not a folder."""
+    source = f"--data-dir {data_dir}" if data_dir is not None else (
+        f"MIAN_DATA_DIR={os.environ['MIAN_DATA_DIR']}" if os.environ.get("MIAN_DATA_DIR") else "the default ./data")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir} (from {source}) is a file, not a folder; choose a folder with --data-dir or "
+                        "MIAN_DATA_DIR.")
     metas = []
     for name in DATASETS:
         latest = _latest(data_dir / name)

@@ -21,6 +21,7 @@ the prepared dataset (:func:`data_params`), which has its own cache and fingerpr
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,8 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"train.lr must be a finite number > 0, got {self.lr}")
         for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -68,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"train.eval_every_steps must be >= 0 (0 = epoch ends only), got {self.eval_every_steps}")
         if self.weight_decay < 0:
             raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not math.isfinite(self.weight_decay):
+            raise ValueError(f"train.weight_decay must be finite, got {self.weight_decay}")
 
 
 def config_path(dataset: str) -> Path:

