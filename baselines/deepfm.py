@@ -6,32 +6,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
+from baselines.wide_deep import WideDeep
 from bench.nn.config import EmbeddingMLPConfig
-from bench.nn.contract import Batch, FeatureSchema, ModelOutput
-from bench.nn.embedding import FeatureEmbedding, field_matrix, n_fields
-from bench.nn.interaction import LinearPart, fm_second_order
-from bench.nn.mlp import MLP
+from bench.nn.contract import Batch, ModelOutput
+from bench.nn.embedding import field_matrix
+from bench.nn.interaction import fm_second_order
 
 
-class DeepFM(nn.Module):
+class DeepFM(WideDeep):
     """logit = linear(x) + sum_{i<j} <v_i, v_j> + DNN(concat v).
 
-    Shapes: batch -> ModelOutput(logits [B]). ``item_table`` is ignored.
+    Shapes: batch -> ModelOutput(logits [B]). ``item_table`` is ignored. Its layers are
+    Wide&Deep's (field embeddings, the first-order ``linear`` part, the ``dnn``); it adds the FM's
+    pairwise term, on the same embeddings.
     """
 
     @dataclass(frozen=True)
     class Config(EmbeddingMLPConfig):
         """embed_dim, mlp, mlp_activation, dropout (:class:`bench.nn.config.EmbeddingMLPConfig`)."""
-
-    def __init__(self, schema: FeatureSchema, cfg: "DeepFM.Config | None" = None, item_table: torch.Tensor | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or self.Config()
-        self.embedding = FeatureEmbedding(schema, cfg.embed_dim)
-        self.linear = LinearPart(schema)
-        self.dnn = MLP(n_fields(schema) * cfg.embed_dim, cfg.mlp, out_dim=1, activation=cfg.mlp_activation, dropout=cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         v = field_matrix(self.embedding(batch))  # [B, m, d]
