@@ -1,7 +1,7 @@
 """Tables from run records: aggregation over seeds, significance, markdown / CSV / LaTeX writers.
 
 Every figure here is computed from run records (``results/runs``); nothing is typed in by hand
-except the paper's own numbers (``PAPER_TABLE2``, from ../shared/paper/MIAN.md section 6.1),
+except the paper's own numbers (:mod:`bench.report.paper`, from ../shared/paper/MIAN.md section 6),
 shown beside ours for orientation only.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from bench.io import atomic_write_many
 from bench.metrics import impr, rela_impr
+from bench.report.paper import PAPER_TABLE2, PAPER_TABLE2_DATASETS, PAPER_TABLE3, PAPER_TABLE4  # noqa: F401 (re-exported)
 
 
 def model_label(name: str) -> str:
@@ -38,18 +39,6 @@ def __getattr__(name: str) -> Any:
         return MODEL_LABELS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-# The paper's Table 2 AUCs (MIAN.md section 6.1): Books, Electronics, Commercial.
-PAPER_TABLE2 = {
-    "lr": (0.7876, 0.8214, 0.7584),
-    "wide_deep": (0.7932, 0.8385, 0.7611),
-    "dcn": (0.7995, 0.8540, 0.7646),
-    "deepfm": (0.8067, 0.8636, 0.7609),
-    "xdeepfm": (0.8089, 0.8683, 0.7610),
-    "din": (0.8145, 0.8807, 0.7612),
-    "dien": (0.8159, 0.8836, 0.7634),
-    "mian": (0.8209, 0.8913, 0.7674),
-}
 
 METRICS = ("auc", "logloss", "gauc")
 HIGHER_IS_BETTER = {"auc": True, "logloss": False, "gauc": True}
@@ -274,7 +263,7 @@ def main_table(
     frame["Impr Logloss"] = impr_ll
     frame["RelaImpr"] = relaimpr
     frame["p (AUC)"] = pvals
-    for j, label in enumerate(("Books", "Electronics", "Commercial")):
+    for j, label in enumerate(PAPER_TABLE2_DATASETS):
         vals = [PAPER_TABLE2.get(m, (float("nan"),) * 3)[j] for m in agg["model"]]
         frame[f"paper {label} AUC"] = [f"{v:.4f}" if not math.isnan(v) else "" for v in vals]
         csv[f"paper_{label.lower()}_auc"] = vals
@@ -312,24 +301,6 @@ def main_table(
 
 
 # --------------------------------------------------------------------------- Tables 3 and 4
-
-# MIAN.md 6.3 (Table 3): variant -> (Books AUC, Books logloss, Electronics AUC, Electronics logloss)
-PAPER_TABLE3 = {
-    "default": (0.8209, 0.4018, 0.8913, 0.1136),
-    "no_iuim": (0.8187, 0.4066, 0.8875, 0.1197),
-    "no_icim": (0.8194, 0.4058, 0.8902, 0.1141),
-    "no_ibim": (0.8154, 0.4104, 0.8843, 0.1214),
-    "no_gim": (0.8189, 0.4060, 0.8872, 0.1186),
-    "no_iuim_icim": (0.8166, 0.4079, 0.8846, 0.1220),
-    "best_baseline": (0.8159, 0.4100, 0.8836, 0.1225),
-}
-# MIAN.md 6.4 (Table 4, commercial dataset): variant -> (AUC, logloss)
-PAPER_TABLE4 = {
-    "default": (0.7674, 0.3097),
-    "post_ln": (0.7662, 0.3103),
-    "no_transformer": (0.7612, 0.3205),
-}
-
 
 def best_baseline(records: Sequence[dict[str, Any]], dataset: str, proposed: str = "mian") -> str | None:
     """The baseline with the highest mean test AUC among ``records`` of ``dataset`` (variant
