@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +21,26 @@ from tabulate import tabulate
 from bench.io import atomic_write_many
 from bench.metrics import impr, rela_impr
 from bench.report.paper import PAPER_TABLE2, PAPER_TABLE2_DATASETS, PAPER_TABLE3, PAPER_TABLE4  # noqa: F401 (re-exported)
+
+
+class ReportError(Exception):
+    """A table or figure that cannot be made from what there is (no run records, no earlier figure to
+    redraw, too few test cases); ``option``: the command-line option whose value is at fault, if one is."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass
+class Output:
+    """What a command prints: ``text``, then a line naming the files it wrote (none: no line)."""
+
+    text: str
+    paths: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [self.text] + (["wrote " + ", ".join(str(p) for p in self.paths)] if self.paths else [])
 
 
 def model_label(name: str) -> str:

@@ -10,7 +10,9 @@ both fail, inconclusive when they disagree.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +22,8 @@ from bench.report.paper import (PAPER_FIGURE5, PAPER_FIGURE6, PAPER_FIGURE6_CASE
                                 PAPER_TABLE2_DATASETS, PAPER_TABLE2_LOGLOSS, PAPER_TABLE3, PAPER_TABLE4,
                                 paper_best_baseline)
 from bench.report import (
+    Output,
+    ReportError,
     best_baseline,
     convergence_curves,
     fmt_delta,
@@ -238,3 +242,35 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         parts.append("")
     parts += list(notes)
     return "\n".join(parts) + "\n"
+
+
+def claims_report(results: Path) -> Output:
+    """Write ``results/CLAIMS.md`` from the protocol's run records under ``results/runs`` and each
+    dataset's ``gim_summary.json`` (left out, with a note, when it is not of a protocol run's model);
+    returns its text. Raises ReportError when there is no run record, StoreError when one fails its check."""
+    from bench.io import atomic_write_text
+    from bench.report.crosscheck import cross_machine_notes
+    from bench.training.runs import RunStore
+    from bench.training.studies import protocol_records
+
+    records, left_out = protocol_records(list(RunStore(results / "runs").records()))
+    if not records:
+        raise ReportError(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
+    per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, left_out))
+           for ds in sorted({r["dataset"] for r in records})}
+    text = claims_markdown(per, notes=left_out, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
+    atomic_write_text(results / "CLAIMS.md", text)
+    return Output(text, [results / "CLAIMS.md"])
+
+
+def _gim_summary(path: Path, records: Sequence[dict[str, Any]], left_out: list[str]) -> dict[str, Any] | None:
+    """The Figure 6 summary at ``path`` if it is of a protocol run's model; else None, with a note
+    appended to ``left_out`` saying why."""
+    gim = json.loads(path.read_text()) if path.exists() else None
+    if gim is not None and gim.get("run_id") not in {r["run_id"] for r in records}:
+        left_out.append(f"{path} left out: it comes from run {gim.get('run_id')}, not a protocol run.")
+        return None
+    if gim is not None and gim.get("model_differs_from_record"):
+        left_out.append(f"{path} left out: its model is not the one of run {gim.get('run_id')}'s record.")
+        return None
+    return gim
