@@ -246,12 +246,17 @@ def _errors():
     from bench.io import PathError
     from bench.training.runs import StoreError
     from bench.training.train import TrainingError
+    from bench.report import ReportError
 
     @contextlib.contextmanager
     def guard():
         try:
             yield
         except (ConfigError, DataError, TrainingError, StoreError, PathError, ExecutorError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except ReportError as exc:
+            if exc.option:
+                raise click.BadParameter(str(exc), param_hint=exc.option) from None
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a file-system fault the checks above could not foresee (disk full, ...)
             where = f"{exc.filename}: " if exc.filename else ""
@@ -269,32 +274,16 @@ def _overrides(items, models) -> dict:
     return extra
 
 
+def _echo(output) -> None:
+    """Print a command's :class:`bench.report.Output`: its text, then the files it wrote."""
+    for line in output.lines():
+        click.echo(line)
+
+
 #: tables of the protocol use this many seeds (PROTOCOL section 3)
 PROTOCOL_SEEDS = 5
 #: upper bound of --seeds (a study of 1000 seeds x 8 models is already 8000 runs)
 MAX_SEEDS = 1000
-
-
-def _out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None, write: bool = True) -> Path:
-    """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config,
-    models and seeds. With ``--set`` overrides, a sub-folder named by them (holding
-    ``overrides.json`` unless ``write`` is False: a command that only reads); for a subset of the
-    models or another number of seeds, ``subsets/<tag>`` below that. So the protocol's tables are
-    never replaced by a partial or differently configured study."""
-    import hashlib
-    import json
-
-    from bench.io import atomic_write_text
-
-    out = results / dataset
-    if extra:
-        text = json.dumps(extra, sort_keys=True)
-        out = out / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-        if write:
-            atomic_write_text(out / "overrides.json", text + "\n")
-    if subset:
-        out = out / "subsets" / subset
-    return out
 
 
 def _subset(models: list[str] | None, seeds: int) -> str | None:
@@ -351,9 +340,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
               cluster):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
     from bench.training.registry import MODEL_NAMES
-    from bench.report.crosscheck import cross_machine_notes
-    from bench.report import main_table
-    from bench.training.studies import main_specs
+    from bench.report.studies import main_table_study
 
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
@@ -361,14 +348,7 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
         extra = _overrides(overrides, models)
         for ds in datasets:
-            records = runner.run_all(main_specs(ds, models, range(seeds), extra), desc=f"{ds} main table")
-            tab = main_table(records, ds, models)
-            if extra:
-                tab.notes.append(f"config overrides (--set): {extra}")
-            tab.notes.extend(cross_machine_notes(results / ds))
-            paths = tab.write(_out_dir(results, ds, extra, _subset(models, seeds)) / "main_table")
-            click.echo(tab.markdown())
-            click.echo("wrote " + ", ".join(str(p) for p in paths))
+            _echo(main_table_study(runner, results, ds, models, seeds, extra, _subset(models, seeds)))
 
 
 @cli.command()
@@ -393,67 +373,21 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
 
     With --variants, --models or another number of seeds than 5 the tables go to
     results/<dataset>/subsets/<tag>/, never over the full study's."""
-    from bench.report.figures import convergence_plot
     from bench.training.registry import MODEL_NAMES
-    from bench.report.crosscheck import cross_machine_notes
-    from bench.report import (PAPER_TABLE3, PAPER_TABLE4, best_baseline, convergence_curves, fmt_pm,
-                              steps_to_fraction, variant_table)
-    from bench.training.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, main_specs,
-                               variant_specs)
+    from bench.report.studies import ablation_study, transformer_study
+    from bench.training.studies import ABLATION_VARIANTS, TRANSFORMER_VARIANTS
 
     datasets = datasets or ["movielens-100k"]
     study_variants = ABLATION_VARIANTS if study == "ablation" else TRANSFORMER_VARIANTS
     chosen, tag = _study_selection(study, study_variants, variants, models, seeds)
-    baselines = [m for m in MODEL_NAMES if m != "mian" and (models is None or m in models)]
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
-            out = _out_dir(results, ds, extra, tag)
             if study == "ablation":
-                recs = runner.run_all(variant_specs(ds, chosen, range(seeds), extra), desc=f"{ds} ablation")
-                # the best baseline comes from the main table's runs (reused when `reproduce` made them)
-                base_recs = (runner.run_all(main_specs(ds, baselines, range(seeds), extra), desc=f"{ds} baselines")
-                             if baselines else [])
-                base = best_baseline(base_recs, ds)
-                tab = variant_table(recs + base_recs, ds, chosen, f"Table 3 reproduction (ablation): {ds}",
-                                    PAPER_TABLE3, ("books_auc", "books_logloss", "electronics_auc", "electronics_logloss"),
-                                    baseline=base)
-                if models is not None:
-                    tab.notes.append("Best baseline chosen among " + (", ".join(baselines) if baselines else
-                                     "no model (--models none): no baseline row") + " (--models).")
-                if extra:
-                    tab.notes.append(f"config overrides (--set): {extra}")
-                tab.notes.extend(cross_machine_notes(results / ds))
-                paths = tab.write(out / "ablation")
+                _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models))
             else:
-                recs = runner.run_all(variant_specs(ds, chosen, range(seeds), extra), desc=f"{ds} transformer")
-                tab = variant_table(recs, ds, chosen, f"Table 4 reproduction (Transformer variants): {ds}",
-                                    PAPER_TABLE4, ("commercial_auc", "commercial_logloss"))
-                curves = convergence_curves(recs, ds, list(chosen))
-                steps = steps_to_fraction(curves)
-                agg = steps.groupby("variant")["steps"].agg(["mean", "std"])
-                tab.frame["Steps to 99% best valid AUC"] = [
-                    (fmt_pm(agg.loc[v, "mean"], agg.loc[v, "std"], 0) if v in agg.index else "")
-                    for v in tab.csv["variant"]]
-                tab.csv["steps_to_99pct_mean"] = [agg["mean"].get(v, float("nan")) for v in tab.csv["variant"]]
-                tab.csv["steps_to_99pct_std"] = [agg["std"].get(v, float("nan")) for v in tab.csv["variant"]]
-                tab.notes.append("Steps to 99%: first evaluated optimiser step (batch of "
-                                 f"{recs[0]['config']['train']['batch_size']}) whose validation AUC reaches 99% of the run's "
-                                 f"best; validation is evaluated every {recs[0]['config']['train']['eval_every_steps']} "
-                                 "steps and at each epoch end; mean ± std over seeds.")
-                if extra:
-                    tab.notes.append(f"config overrides (--set): {extra}")
-                tab.notes.extend(cross_machine_notes(results / ds))
-                paths = tab.write(out / "transformer")
-                shown = [v for v in CONVERGENCE_VARIANTS if v in chosen]
-                labels = {v: TRANSFORMER_VARIANTS[v][0] for v in shown}
-                convergence_plot(curves[curves["variant"].isin(shown)], labels, out / "convergence.png",
-                                 f"Figure 5 reproduction on {ds}: validation metrics against training steps "
-                                 f"(mean ± std over {seeds} seeds; drawn while at least half the seeds still train)")
-                paths.append(out / "convergence.png")
-            click.echo(tab.markdown())
-            click.echo("wrote " + ", ".join(str(p) for p in paths))
+                _echo(transformer_study(runner, results, ds, chosen, seeds, extra, tag))
 
 
 def _study_selection(study: str, study_variants: dict, variants: list[str] | None, models: list[str] | None,
@@ -503,109 +437,19 @@ def visualize_attention(cases, dataset, seed, case_seed, redraw, data_dir, raw_d
     model that is not exactly the run record's (another machine's retrain: other validation or test
     metrics) never writes over the figure: its files go to <folder>/local/ beside it. --force
     retrains the run and replaces its record and the figure."""
-    import json
-
-    import pandas as pd
-
-    from bench.report.figures import FIGURE6_ROWS, GIM_INPUTS, gim_heatmap, gim_summary, select_cases
-    from bench.io import atomic_write_text
-    from bench.training.train import RunSpec, collect_output
-
-    tag = "_".join(p for p, default in ((f"seed{seed}", seed == 0), (f"cases{cases}", cases == 14),
-                                         (f"caseseed{case_seed}", case_seed == 2021)) if not default)
-    title = (f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
-             f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
-    if redraw:
-        _redraw_heatmap(results_dir, dataset, overrides, tag, title)
-        return
-    with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
-        extra = _overrides(overrides, ["mian"])
-        spec = RunSpec(dataset, "mian", seed, overrides=extra)
-        record, model = runner.run(spec, keep_model=True)
-        rid = record["run_id"]
-        if model is None:  # record without checkpoint (e.g. a fresh clone): retrain it
-            click.echo(f"no checkpoint for run {rid}; retraining it (the record is kept)")
-            model, diffs = runner.retrain_model(spec, record)
-            source = f"retrained MIAN seed {seed}"
-        else:
-            diffs = runner.checkpoint_differences(record) or []
-            source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
-        ds = runner.dataset_for(spec)
-        weights = collect_output(model, ds.test.to(device), 4096, "gim_weights")
-    labels = ds.test.label.cpu().numpy()
-    try:
-        idx = select_cases(labels, cases, case_seed)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--cases") from None
-    frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
-    frame.insert(0, "case", range(1, cases + 1))
-    frame.insert(1, "test_index", idx)
-    out = _out_dir(results, dataset, extra, tag or None)
-    if diffs:
-        # another model than the record's: beside the figure, never over it
-        committed, out = out, out / "local"
-        title += "\nretrained on this machine: not the model of the run record"
-        shown = "; ".join(diffs[:2]) + (f"; {len(diffs) - 2} more difference(s)" if len(diffs) > 2 else "")
-        click.echo(f"{source} differs from record {rid} ({shown}): this machine gives another model; writing the "
-                   f"figure to {out}/; the figure in {committed}/ is unchanged (use --force to retrain the run and "
-                   "replace its record and the figure)")
-    import io as _io
-
-    buf = _io.StringIO()
-    frame[["case", "test_index", *FIGURE6_ROWS]].to_csv(buf, index=False, float_format="%.6f")
-    atomic_write_text(out / "gim_weights.csv", buf.getvalue())
-    gim_heatmap(frame, out / "gim_heatmap.png", title)
-    summary = gim_summary(weights)
-    summary.update({"dataset": dataset, "run_id": rid, "seed": seed, "n_samples": int(len(weights)),
-                    "cases": cases, "case_seed": case_seed, "case_rule":
-                    "uniform draw without replacement among test positives, numpy default_rng(case_seed), sorted by index"})
-    if diffs:
-        summary["model_differs_from_record"] = diffs
-    atomic_write_text(out / "gim_summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    from tabulate import tabulate
-
-    click.echo(tabulate(frame[["case", *FIGURE6_ROWS]].T.iloc[1:].round(2).values.tolist(),
-                        headers=[str(c) for c in frame["case"]], showindex=list(FIGURE6_ROWS), tablefmt="github"))
-    click.echo("\nmean GIM weight over the whole test split (" + f"{len(weights):,} samples):")
-    for name, w in sorted(summary["mean_weight"].items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {name:7s} {w:.3f}")
-    for pair, share in summary["share_interactive_larger"].items():
-        click.echo(f"  {pair}: in {share:.1%} of test samples")
-    click.echo(f"wrote {out / 'gim_heatmap.png'}, {out / 'gim_weights.csv'}, {out / 'gim_summary.json'}")
-
-
-def _redraw_heatmap(results_dir, dataset, overrides, tag, title) -> None:
-    """``visualize-attention --redraw``: gim_heatmap.png from the folder's gim_weights.csv, after
-    checking that its gim_summary.json names the same figure (dataset, seed, cases, case seed)."""
-    import json
-
-    import pandas as pd
-
-    from bench.training.config import ConfigError, parse_overrides
-    from bench.report.figures import gim_heatmap
+    from bench.training.config import parse_overrides
+    from bench.report.studies import figure6, redraw_figure6
     from bench.training.runs import DEFAULT_RESULTS_DIR
 
-    try:
-        extra = parse_overrides(overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    out = _out_dir(Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR, dataset, extra, tag or None, write=False)
-    weights, summary_path = out / "gim_weights.csv", out / "gim_summary.json"
-    try:
-        frame = pd.read_csv(weights)
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise click.ClickException(f"--redraw needs {weights} and {summary_path} from an earlier run of this "
-                                   f"command: {exc}") from None
-    if len(frame) != summary.get("cases") or summary.get("dataset") != dataset:
-        raise click.ClickException(f"--redraw: {weights} holds {len(frame)} cases of {summary.get('dataset')}, "
-                                   f"its summary says {summary.get('cases')} of {dataset}; run the command without --redraw")
-    try:
-        gim_heatmap(frame, out / "gim_heatmap.png", title)
-    except ValueError as exc:
-        raise click.ClickException(f"--redraw: {weights}: {exc}") from None
-    click.echo(f"redrew {out / 'gim_heatmap.png'} from {weights} (run {summary.get('run_id')})")
+    with _errors():
+        if redraw:
+            extra = parse_overrides(overrides)
+            _echo(redraw_figure6(Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR, dataset, extra, seed, cases,
+                                 case_seed))
+            return
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
+        extra = _overrides(overrides, ["mian"])
+        _echo(figure6(runner, results, dataset, extra, seed, cases, case_seed, progress=click.echo))
 
 
 @cli.command()
@@ -613,37 +457,12 @@ def _redraw_heatmap(results_dir, dataset, overrides, tag, title) -> None:
               help="Where run records are read and CLAIMS.md is written (default: ./results).")
 def report(results_dir):
     """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict."""
-    import json
-
-    from bench.report.claims import claims_markdown, dataset_claims
-    from bench.report.crosscheck import cross_machine_notes
-    from bench.io import atomic_write_text
-    from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore
-
-    results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
-    from bench.training.studies import protocol_records
+    from bench.report.claims import claims_report
+    from bench.training.runs import DEFAULT_RESULTS_DIR
 
     _output_dirs(results_dir, None, data=False, training=False)
     with _errors():  # a record failing its check is refused, never used
-        all_records = list(RunStore(results / "runs").records())
-    records, left_out = protocol_records(all_records)
-    if not records:
-        raise click.ClickException(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
-    per = {}
-    for ds in sorted({r["dataset"] for r in records}):
-        gim_path = results / ds / "gim_summary.json"
-        gim = json.loads(gim_path.read_text()) if gim_path.exists() else None
-        if gim is not None and gim.get("run_id") not in {r["run_id"] for r in records}:
-            left_out.append(f"{gim_path} left out: it comes from run {gim.get('run_id')}, not a protocol run.")
-            gim = None
-        elif gim is not None and gim.get("model_differs_from_record"):
-            left_out.append(f"{gim_path} left out: its model is not the one of run {gim.get('run_id')}'s record.")
-            gim = None
-        per[ds] = dataset_claims(records, ds, gim)
-    text = claims_markdown(per, notes=left_out, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
-    atomic_write_text(results / "CLAIMS.md", text)
-    click.echo(text)
-    click.echo(f"wrote {results / 'CLAIMS.md'}")
+        _echo(claims_report(Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR))
 
 
 @cli.command()
@@ -657,38 +476,12 @@ def report(results_dir):
 def crosscheck(other_dir, tag, results_dir):
     """Compare runs trained on another machine with ours, run id by run id; writes
     results/<dataset>/cross_machine/<TAG>.{md,csv,tex} and keeps their records in results/machines/<TAG>/runs/."""
-    import re
+    from bench.report.crosscheck import crosscheck_report
+    from bench.training.runs import DEFAULT_RESULTS_DIR
 
-    from bench.report.crosscheck import crosscheck_table, machine_label, pair_frame
-    from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore
-
-    results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
-    other_runs = other_dir / "runs" if (other_dir / "runs").is_dir() else other_dir
     with _errors():
-        theirs = list(RunStore(other_runs).records())
-        ours_store = RunStore(results / "runs")
-        ours = [r for r in (ours_store.load(t["run_id"]) for t in theirs) if r is not None]
-    pairs = pair_frame(ours, theirs)
-    if pairs.empty:
-        raise click.ClickException(f"--other {other_dir}: none of its {len(theirs)} run records has a record of the "
-                                   f"same run id under {results / 'runs'}")
-    by_id = {r["run_id"]: r for r in theirs}
-    if tag is None:
-        m = next((r["machine"] for r in theirs if r.get("machine")), {})
-        tag = f"{m.get('cpu', 'unknown')}-{m.get('isa', '')}"
-    tag = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-") or "other"
-    keep = RunStore(results / "machines" / tag / "runs")
-    if keep.root.resolve() != other_runs.resolve():
-        for rid in pairs["run_id"]:
-            keep.save(by_id[rid])
-    source = f"python cli.py crosscheck --other {keep.root.parent.relative_to(results.parent) if results.parent in keep.root.parents else keep.root.parent} --name {tag}"
-    for ds in sorted(pairs["dataset"].unique()):
-        ids = set(pairs.loc[pairs["dataset"] == ds, "run_id"])
-        tab = crosscheck_table(pairs, ds, machine_label([r for r in ours if r["run_id"] in ids]),
-                               machine_label([by_id[i] for i in ids]), source)
-        paths = tab.write(results / ds / "cross_machine" / tag)
-        click.echo(tab.markdown())
-        click.echo("wrote " + ", ".join(str(p) for p in paths))
+        for output in crosscheck_report(other_dir, tag, Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR):
+            _echo(output)
 
 
 # --------------------------------------------------------------------------- efficiency
@@ -722,6 +515,7 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
     Only the full measurement (all eight models, --peer deepctr-torch, the default --steps,
     --warmup, --seed and --accuracy) writes there; any other goes to results/<dataset>/subsets/<tag>/."""
     from bench.perf.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
+    from bench.report.studies import out_dir
     from bench.training.registry import MODEL_NAMES
 
     if peer is not None and not peer_installed(peer):
@@ -734,7 +528,7 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
                             warmup=warmup, seed=seed, accuracy=accuracy)
         try:
             table, paths = run_bench(opts, models, ds, peer=peer, runner=runner if accuracy else None,
-                                     out_dir=_out_dir(results, dataset, {}, _bench_subset(opts, models, peer)),
+                                     out_dir=out_dir(results, dataset, {}, _bench_subset(opts, models, peer)),
                                      progress=click.echo)
         except PeerUnavailable as exc:
             raise click.ClickException(str(exc)) from None

@@ -311,3 +311,13 @@ def test_redraw_draws_the_heatmap_from_the_committed_weights_only(tiny, tmp_path
     res = invoke(*args, "--cases", 4, "--redraw")  # no such figure yet: an error, nothing written
     assert res.exit_code != 0 and res.output.startswith("Error: --redraw needs ")
     assert sorted(p for p in results.rglob("*")) == before
+
+
+def test_more_cases_than_test_positives_is_an_error_of_the_cases_option(tiny, tmp_path):
+    data, results = tmp_path / "data", tmp_path / "results"
+    shutil.copytree(tiny, data)
+    res = invoke("visualize-attention", "--cases", 200, "--data-dir", data, "--results-dir", results,
+                 "--set", "train.max_epochs=1")
+    assert res.exit_code == 2, res.output
+    assert "Error: Invalid value for --cases: asked for 200 cases but the split has only 28 candidates" in res.output
+    assert not list(results.rglob("gim_*"))

@@ -125,6 +125,21 @@ def test_claims_report_verdicts_when_claims_fail():
     assert "not reproduced" in md and "## ds" in md
 
 
+def test_the_paper_numbers_give_the_papers_best_baselines_and_claims_texts():
+    """The paper's underlined baselines (MIAN.md 6.1: DIEN, except Deep&Cross for Commercial AUC) and
+    the paper column of the claims come from bench.report.paper alone."""
+    from bench.report.paper import PAPER_TABLE2, PAPER_TABLE2_LOGLOSS, paper_best_baseline
+
+    assert [paper_best_baseline(PAPER_TABLE2, j, True) for j in range(3)] == ["dien", "dien", "dcn"]
+    assert [paper_best_baseline(PAPER_TABLE2_LOGLOSS, j, False) for j in range(3)] == ["dien", "dien", "dien"]
+    rows = {r["claim"]: r["paper"] for r in dataset_claims(fake_study(0.01, 0.02, 0.005), "ds")}
+    assert rows["Table 2: MIAN's logloss is below the best baseline's (din)"] == \
+        "Books 0.4018 vs 0.4100, Electronics 0.1136 vs 0.1225, Commercial 0.3097 vs 0.3151"
+    assert rows["Table 2: MIAN's AUC beats the best baseline (din)"] == \
+        "Books 0.8209 vs 0.8159, Electronics 0.8913 vs 0.8836, Commercial 0.7674 vs 0.7646"
+    assert rows["Table 3: removing IBIM hurts most"] == "Books drop 0.0055 (largest), Electronics 0.0070 (largest)"
+
+
 def test_ablation_table_rows_deltas_and_pvalues(tmp_path):
     recs = fake_study(0.01, 0.02, 0.005)
     tab = variant_table(recs, "ds", ABLATION_VARIANTS, "t", {}, ("books_auc",), baseline="din")

@@ -1,7 +1,7 @@
 """Tables from run records: aggregation over seeds, significance, markdown / CSV / LaTeX writers.
 
 Every figure here is computed from run records (``results/runs``); nothing is typed in by hand
-except the paper's own numbers (``PAPER_TABLE2``, from ../shared/paper/MIAN.md section 6.1),
+except the paper's own numbers (:mod:`bench.report.paper`, from ../shared/paper/MIAN.md section 6),
 shown beside ours for orientation only.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,27 @@ from tabulate import tabulate
 
 from bench.io import atomic_write_many
 from bench.metrics import impr, rela_impr
+from bench.report.paper import PAPER_TABLE2, PAPER_TABLE2_DATASETS, PAPER_TABLE3, PAPER_TABLE4  # noqa: F401 (re-exported)
+
+
+class ReportError(Exception):
+    """A table or figure that cannot be made from what there is (no run records, no earlier figure to
+    redraw, too few test cases); ``option``: the command-line option whose value is at fault, if one is."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass
+class Output:
+    """What a command prints: ``text``, then a line naming the files it wrote (none: no line)."""
+
+    text: str
+    paths: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [self.text] + (["wrote " + ", ".join(str(p) for p in self.paths)] if self.paths else [])
 
 
 def model_label(name: str) -> str:
@@ -38,18 +59,6 @@ def __getattr__(name: str) -> Any:
         return MODEL_LABELS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-# The paper's Table 2 AUCs (MIAN.md section 6.1): Books, Electronics, Commercial.
-PAPER_TABLE2 = {
-    "lr": (0.7876, 0.8214, 0.7584),
-    "wide_deep": (0.7932, 0.8385, 0.7611),
-    "dcn": (0.7995, 0.8540, 0.7646),
-    "deepfm": (0.8067, 0.8636, 0.7609),
-    "xdeepfm": (0.8089, 0.8683, 0.7610),
-    "din": (0.8145, 0.8807, 0.7612),
-    "dien": (0.8159, 0.8836, 0.7634),
-    "mian": (0.8209, 0.8913, 0.7674),
-}
 
 METRICS = ("auc", "logloss", "gauc")
 HIGHER_IS_BETTER = {"auc": True, "logloss": False, "gauc": True}
@@ -232,36 +241,55 @@ def main_table(
         raise ValueError(f"no run records for dataset {dataset!r}")
     agg = aggregate(recs, "model", models).reset_index(drop=True)
     baselines = [i for i, m in enumerate(agg["model"]) if m != proposed]
-    prop_rows = [i for i, m in enumerate(agg["model"]) if m == proposed]
-    best_base = None
-    if baselines:
-        best_base = agg.loc[baselines, "auc_mean"].idxmax()
-    cols = {"AUC": "auc", "Logloss": "logloss", "gAUC": "gauc"}
     frame = pd.DataFrame(
         {
             "Model": [model_label(m) for m in agg["model"]],
             "Seeds": agg["n_seeds"].astype(str),
-            **{c: [fmt_pm(a, s) for a, s in zip(agg[f"{m}_mean"], agg[f"{m}_std"])] for c, m in cols.items()},
+            **{c: [fmt_pm(a, s) for a, s in zip(agg[f"{m}_mean"], agg[f"{m}_std"])] for c, m in MAIN_COLUMNS.items()},
         }
     )
     csv = agg[["model", "n_seeds"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]].copy()
-    impr_auc = ["" for _ in range(len(agg))]
-    impr_ll = ["" for _ in range(len(agg))]
-    relaimpr = ["" for _ in range(len(agg))]
-    pvals = ["" for _ in range(len(agg))]
-    csv["impr_auc_pct"] = np.nan
-    csv["impr_logloss_pct"] = np.nan
-    csv["rela_impr_pct"] = np.nan
-    csv["p_value_auc"] = np.nan
+    notes = _improvement_columns(frame, csv, agg, recs, proposed, baselines)
+    for j, label in enumerate(PAPER_TABLE2_DATASETS):
+        vals = [PAPER_TABLE2.get(m, (float("nan"),) * 3)[j] for m in agg["model"]]
+        frame[f"paper {label} AUC"] = [f"{v:.4f}" if not math.isnan(v) else "" for v in vals]
+        csv[f"paper_{label.lower()}_auc"] = vals
+    bold, underline = _best_cells(agg, baselines)
+    notes += [
+        "Test-split metrics, mean ± sample std over seeds; bold = best overall, underlined = best baseline (per column).",
+        "paper * AUC: the MIAN paper's Table 2 on its own datasets and protocol, for orientation only (not comparable).",
+        _provenance(recs),
+        f"total wall time of these runs: {_wall_minutes(recs):.1f} min (train + eval, summed over runs); "
+        f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (results/runs/<run_id>.json)",
+    ]
+    notes += capped_notes(recs)
+    return Table(title=f"Table 2 reproduction: {dataset}", frame=frame, csv=csv, bold=bold, underline=underline,
+                 notes=notes)
+
+
+#: Table 2's metric columns: header -> metric
+MAIN_COLUMNS = {"AUC": "auc", "Logloss": "logloss", "gAUC": "gauc"}
+
+
+def _improvement_columns(frame: pd.DataFrame, csv: pd.DataFrame, agg: pd.DataFrame, recs: Sequence[dict[str, Any]],
+                         proposed: str, baselines: list[int]) -> list[str]:
+    """Add Table 2's columns Impr AUC, Impr Logloss, RelaImpr and p (AUC) (filled on the proposed
+    model's row only, against the best baseline by mean AUC) to ``frame`` and ``csv``; returns the
+    note explaining them (none without a proposed row or a baseline)."""
+    cells = {c: [""] * len(agg) for c in ("Impr AUC", "Impr Logloss", "RelaImpr", "p (AUC)")}
+    for c in ("impr_auc_pct", "impr_logloss_pct", "rela_impr_pct", "p_value_auc"):
+        csv[c] = np.nan
+    prop_rows = [i for i, m in enumerate(agg["model"]) if m == proposed]
     notes = []
-    if prop_rows and best_base is not None:
-        i = prop_rows[0]
-        base = agg.loc[best_base, "model"]
-        ia = impr(agg.loc[i, "auc_mean"], agg.loc[best_base, "auc_mean"])
-        il = impr(agg.loc[i, "logloss_mean"], agg.loc[best_base, "logloss_mean"])
-        ri = rela_impr(agg.loc[i, "auc_mean"], agg.loc[best_base, "auc_mean"])
+    if prop_rows and baselines:
+        i, b = prop_rows[0], agg.loc[baselines, "auc_mean"].idxmax()
+        base = agg.loc[b, "model"]
+        ia = impr(agg.loc[i, "auc_mean"], agg.loc[b, "auc_mean"])
+        il = impr(agg.loc[i, "logloss_mean"], agg.loc[b, "logloss_mean"])
+        ri = rela_impr(agg.loc[i, "auc_mean"], agg.loc[b, "auc_mean"])
         p = paired_test(per_seed(recs, "model", proposed, "auc"), per_seed(recs, "model", base, "auc"))
-        impr_auc[i], impr_ll[i], relaimpr[i], pvals[i] = f"{ia:+.2f}%", f"{il:+.2f}%", f"{ri:+.2f}%", fmt_p(p)
+        for c, text in zip(cells, (f"{ia:+.2f}%", f"{il:+.2f}%", f"{ri:+.2f}%", fmt_p(p))):
+            cells[c][i] = text
         csv.loc[i, ["impr_auc_pct", "impr_logloss_pct", "rela_impr_pct", "p_value_auc"]] = [ia, il, ri, p]
         notes.append(
             f"Impr / RelaImpr / p: {model_label(proposed)} against the best baseline by mean test AUC, "
@@ -270,17 +298,16 @@ def main_table(
             f"Impr Logloss uses the same baseline and formula: negative = lower (better) logloss, as the paper's "
             f"Table 2 signs (results/CLAIMS.md compares logloss with the best baseline BY LOGLOSS instead)."
         )
-    frame["Impr AUC"] = impr_auc
-    frame["Impr Logloss"] = impr_ll
-    frame["RelaImpr"] = relaimpr
-    frame["p (AUC)"] = pvals
-    for j, label in enumerate(("Books", "Electronics", "Commercial")):
-        vals = [PAPER_TABLE2.get(m, (float("nan"),) * 3)[j] for m in agg["model"]]
-        frame[f"paper {label} AUC"] = [f"{v:.4f}" if not math.isnan(v) else "" for v in vals]
-        csv[f"paper_{label.lower()}_auc"] = vals
+    for c, col in cells.items():
+        frame[c] = col
+    return notes
+
+
+def _best_cells(agg: pd.DataFrame, baselines: list[int]) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:
+    """(bold: the best row of each metric column, underline: the best baseline row of each)."""
     bold: set[tuple[int, str]] = set()
     underline: set[tuple[int, str]] = set()
-    for c, m in cols.items():
+    for c, m in MAIN_COLUMNS.items():
         b = best_index(agg[f"{m}_mean"].tolist(), HIGHER_IS_BETTER[m])
         if b is not None:
             bold.add((b, c))
@@ -289,47 +316,21 @@ def main_table(
             u = best_index(vals, HIGHER_IS_BETTER[m])
             if u is not None:
                 underline.add((u, c))
-    protocols = sorted({r["protocol"] for r in recs})
-    fingerprints = sorted({r["fingerprint"] for r in recs})
-    seeds = sorted({int(r["seed"]) for r in recs})
-    wall = sum(sum(r["wall_seconds"].values()) for r in recs)
-    notes += [
-        "Test-split metrics, mean ± sample std over seeds; bold = best overall, underlined = best baseline (per column).",
-        "paper * AUC: the MIAN paper's Table 2 on its own datasets and protocol, for orientation only (not comparable).",
-        f"protocol: {', '.join(protocols)}; seeds: {', '.join(map(str, seeds))}; dataset fingerprint: {', '.join(f[:16] for f in fingerprints)}",
-        f"total wall time of these runs: {wall / 60:.1f} min (train + eval, summed over runs); "
-        f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (results/runs/<run_id>.json)",
-    ]
-    notes += capped_notes(recs)
-    return Table(
-        title=f"Table 2 reproduction: {dataset}",
-        frame=frame,
-        csv=csv,
-        bold=bold,
-        underline=underline,
-        notes=notes,
-    )
+    return bold, underline
+
+
+def _provenance(recs: Sequence[dict[str, Any]]) -> str:
+    """The note naming the protocol(s), seeds and dataset fingerprint(s) of a table's runs."""
+    return (f"protocol: {', '.join(sorted({r['protocol'] for r in recs}))}; seeds: "
+            f"{', '.join(map(str, sorted({int(r['seed']) for r in recs})))}; dataset fingerprint: "
+            f"{', '.join(sorted({r['fingerprint'][:16] for r in recs}))}")
+
+
+def _wall_minutes(recs: Sequence[dict[str, Any]]) -> float:
+    return sum(sum(r["wall_seconds"].values()) for r in recs) / 60
 
 
 # --------------------------------------------------------------------------- Tables 3 and 4
-
-# MIAN.md 6.3 (Table 3): variant -> (Books AUC, Books logloss, Electronics AUC, Electronics logloss)
-PAPER_TABLE3 = {
-    "default": (0.8209, 0.4018, 0.8913, 0.1136),
-    "no_iuim": (0.8187, 0.4066, 0.8875, 0.1197),
-    "no_icim": (0.8194, 0.4058, 0.8902, 0.1141),
-    "no_ibim": (0.8154, 0.4104, 0.8843, 0.1214),
-    "no_gim": (0.8189, 0.4060, 0.8872, 0.1186),
-    "no_iuim_icim": (0.8166, 0.4079, 0.8846, 0.1220),
-    "best_baseline": (0.8159, 0.4100, 0.8836, 0.1225),
-}
-# MIAN.md 6.4 (Table 4, commercial dataset): variant -> (AUC, logloss)
-PAPER_TABLE4 = {
-    "default": (0.7674, 0.3097),
-    "post_ln": (0.7662, 0.3103),
-    "no_transformer": (0.7612, 0.3205),
-}
-
 
 def best_baseline(records: Sequence[dict[str, Any]], dataset: str, proposed: str = "mian") -> str | None:
     """The baseline with the highest mean test AUC among ``records`` of ``dataset`` (variant
@@ -355,7 +356,32 @@ def variant_table(
     of test AUC over seeds. Rows: ``variants`` order, then the baseline.
 
     Raises ValueError when the full MIAN ("default") has no record for ``dataset``."""
-    rows: list[tuple[str, str, list[dict[str, Any]]]] = []
+    rows = _variant_rows(records, dataset, variants, baseline)
+    if not rows or rows[0][0] != "default":
+        raise ValueError(f"no run records of full MIAN on {dataset!r}")
+    csv_rows, out = zip(*(_variant_row(key, label, recs, rows[0][2], paper, paper_columns)
+                          for key, label, recs in rows))
+    headers = ["Method", "Seeds", "AUC", "Logloss", "ΔAUC vs MIAN", "ΔLogloss vs MIAN", "p (AUC)", "Params",
+               *[f"paper {c.replace('_', ' ')}" for c in paper_columns]]
+    bold = {(b, col) for col, m, higher in (("AUC", "auc_mean", True), ("Logloss", "logloss_mean", False))
+            if (b := best_index([c[m] for c in csv_rows], higher)) is not None}
+    recs_all = [r for _, _, rr in rows for r in rr]
+    notes = [
+        "Test-split metrics, mean ± sample std over seeds; Δ = variant mean - full MIAN mean; "
+        "p = two-sided paired t-test of test AUC over seeds against full MIAN.",
+        "paper columns: the MIAN paper's own figures on its datasets, for orientation only.",
+        _provenance(recs_all),
+        f"total wall time of these runs: {_wall_minutes(recs_all):.1f} min",
+    ]
+    return Table(title=title, frame=pd.DataFrame(list(out), columns=headers), csv=pd.DataFrame(list(csv_rows)),
+                 bold=bold, underline=set(), notes=notes)
+
+
+def _variant_rows(records: Sequence[dict[str, Any]], dataset: str, variants: dict[str, tuple[str, dict[str, Any]]],
+                  baseline: str | None) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(key, label, records) of each row of a variant table that has records: the MIAN
+    ``variants`` in their order, then ``baseline`` (key "best_baseline")."""
+    rows = []
     for v, (label, _) in variants.items():
         recs = [r for r in records if r["dataset"] == dataset and r["model"] == "mian" and r["variant"] == v]
         if recs:
@@ -364,54 +390,35 @@ def variant_table(
         recs = [r for r in records if r["dataset"] == dataset and r["model"] == baseline and r["variant"] == "default"]
         if recs:
             rows.append(("best_baseline", f"Best baseline ({model_label(baseline)})", recs))
-    if not rows or rows[0][0] != "default":
-        raise ValueError(f"no run records of full MIAN on {dataset!r}")
-    full = rows[0][2]
+    return rows
+
+
+def _variant_row(key: str, label: str, recs: Sequence[dict[str, Any]], full: Sequence[dict[str, Any]],
+                 paper: dict[str, tuple[float, ...]], paper_columns: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """(CSV row, display cells) of one variant table row against the full MIAN's records ``full``."""
     full_auc = {int(r["seed"]): r["test"]["auc"] for r in full}
-    out, csv_rows = [], []
-    for key, label, recs in rows:
-        auc_v = np.array([r["test"]["auc"] for r in recs])
-        ll_v = np.array([r["test"]["logloss"] for r in recs])
-        sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else float("nan"))
-        d_auc = float(auc_v.mean() - np.mean(list(full_auc.values())))
-        d_ll = float(ll_v.mean() - np.mean([r["test"]["logloss"] for r in full]))
-        p = float("nan") if key == "default" else paired_test({int(r["seed"]): r["test"]["auc"] for r in recs}, full_auc)
-        n_params = sorted({int(r.get("n_params", 0)) for r in recs})
-        csv_rows.append({
-            "variant": key, "label": label, "n_seeds": len({r["seed"] for r in recs}),
-            "auc_mean": float(auc_v.mean()), "auc_std": sd(auc_v),
-            "logloss_mean": float(ll_v.mean()), "logloss_std": sd(ll_v),
-            "delta_auc": d_auc, "delta_logloss": d_ll, "p_value_auc": p,
-            "n_params": n_params[0] if n_params else 0,
-            **{f"paper_{c}": (paper.get(key, (float("nan"),) * len(paper_columns))[j]) for j, c in enumerate(paper_columns)},
-        })
-        out.append([
-            label, str(len(recs)), fmt_pm(auc_v.mean(), sd(auc_v)), fmt_pm(ll_v.mean(), sd(ll_v)),
-            "" if key == "default" else fmt_delta(d_auc), "" if key == "default" else fmt_delta(d_ll),
-            "" if key == "default" else fmt_p(p), f"{csv_rows[-1]['n_params']:,}",
-            *[(f"{paper[key][j]:.4f}" if key in paper else "") for j in range(len(paper_columns))],
-        ])
-    headers = ["Method", "Seeds", "AUC", "Logloss", "ΔAUC vs MIAN", "ΔLogloss vs MIAN", "p (AUC)", "Params",
-               *[f"paper {c.replace('_', ' ')}" for c in paper_columns]]
-    frame = pd.DataFrame(out, columns=headers)
-    bold = set()
-    b = best_index([c["auc_mean"] for c in csv_rows], True)
-    if b is not None:
-        bold.add((b, "AUC"))
-    b = best_index([c["logloss_mean"] for c in csv_rows], False)
-    if b is not None:
-        bold.add((b, "Logloss"))
-    recs_all = [r for _, _, rr in rows for r in rr]
-    notes = [
-        "Test-split metrics, mean ± sample std over seeds; Δ = variant mean - full MIAN mean; "
-        "p = two-sided paired t-test of test AUC over seeds against full MIAN.",
-        "paper columns: the MIAN paper's own figures on its datasets, for orientation only.",
-        f"protocol: {', '.join(sorted({r['protocol'] for r in recs_all}))}; seeds: "
-        f"{', '.join(map(str, sorted({int(r['seed']) for r in recs_all})))}; dataset fingerprint: "
-        f"{', '.join(sorted({r['fingerprint'][:16] for r in recs_all}))}",
-        f"total wall time of these runs: {sum(sum(r['wall_seconds'].values()) for r in recs_all) / 60:.1f} min",
+    auc_v = np.array([r["test"]["auc"] for r in recs])
+    ll_v = np.array([r["test"]["logloss"] for r in recs])
+    sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else float("nan"))
+    d_auc = float(auc_v.mean() - np.mean(list(full_auc.values())))
+    d_ll = float(ll_v.mean() - np.mean([r["test"]["logloss"] for r in full]))
+    p = float("nan") if key == "default" else paired_test({int(r["seed"]): r["test"]["auc"] for r in recs}, full_auc)
+    n_params = sorted({int(r.get("n_params", 0)) for r in recs})
+    row = {
+        "variant": key, "label": label, "n_seeds": len({r["seed"] for r in recs}),
+        "auc_mean": float(auc_v.mean()), "auc_std": sd(auc_v),
+        "logloss_mean": float(ll_v.mean()), "logloss_std": sd(ll_v),
+        "delta_auc": d_auc, "delta_logloss": d_ll, "p_value_auc": p,
+        "n_params": n_params[0] if n_params else 0,
+        **{f"paper_{c}": (paper.get(key, (float("nan"),) * len(paper_columns))[j]) for j, c in enumerate(paper_columns)},
+    }
+    cells = [
+        label, str(len(recs)), fmt_pm(auc_v.mean(), sd(auc_v)), fmt_pm(ll_v.mean(), sd(ll_v)),
+        "" if key == "default" else fmt_delta(d_auc), "" if key == "default" else fmt_delta(d_ll),
+        "" if key == "default" else fmt_p(p), f"{row['n_params']:,}",
+        *[(f"{paper[key][j]:.4f}" if key in paper else "") for j in range(len(paper_columns))],
     ]
-    return Table(title=title, frame=frame, csv=pd.DataFrame(csv_rows), bold=bold, underline=set(), notes=notes)
+    return row, cells
 
 
 def convergence_curves(records: Sequence[dict[str, Any]], dataset: str, variants: Sequence[str]) -> pd.DataFrame:

@@ -10,16 +10,20 @@ both fail, inconclusive when they disagree.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from bench.report.figures import PAIRS
+from bench.report.paper import (PAPER_FIGURE5, PAPER_FIGURE6, PAPER_FIGURE6_CASES, PAPER_TABLE2,
+                                PAPER_TABLE2_DATASETS, PAPER_TABLE2_LOGLOSS, PAPER_TABLE3, PAPER_TABLE4,
+                                paper_best_baseline)
 from bench.report import (
-    PAPER_TABLE2,
-    PAPER_TABLE3,
-    PAPER_TABLE4,
+    Output,
+    ReportError,
     best_baseline,
     convergence_curves,
     fmt_delta,
@@ -65,107 +69,140 @@ def _compare(
     return diff, p, verdict(diff, p, expected_sign), f"{f(ma)} vs {f(mb)} (Δ {fmt_delta(diff, digits)}, p {fmt_p(p)}, n={len(seeds)})"
 
 
+def _claim(claim: str, paper: str, ours: str, verdict_: str) -> dict[str, str]:
+    return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict_}
+
+
+def _paired_claim(claim: str, paper: str, a: dict[int, float], b: dict[int, float], expected_sign: int,
+                  prefix: str = "", digits: int = 4) -> dict[str, str]:
+    """The row of the claim that ``a`` differs from ``b`` (paired by seed) with ``expected_sign``."""
+    _, _, v, text = _compare(a, b, expected_sign, digits)
+    return _claim(claim, paper, prefix + text, v)
+
+
+def _versus(table: dict[str, tuple[float, ...]], a: str, b: str | dict[str, str], columns: dict[str, int]) -> str:
+    """The paper's figures of row ``a`` against row ``b`` (one row, or one per column name) of
+    ``table`` in ``columns`` (name -> index): "Books 0.8209 vs 0.8159, Electronics ..."."""
+    rows = b if isinstance(b, dict) else dict.fromkeys(columns, b)
+    return ", ".join(f"{name} {table[a][j]:.4f} vs {table[rows[name]][j]:.4f}" for name, j in columns.items())
+
+
+#: the columns of PAPER_TABLE2 / PAPER_TABLE2_LOGLOSS, and the AUC columns of PAPER_TABLE3
+TABLE2_COLUMNS = {name: j for j, name in enumerate(PAPER_TABLE2_DATASETS)}
+TABLE3_AUC = {"Books": 0, "Electronics": 2}
+#: Table 3's single-module ablations and their pair: variant -> the module(s) removed
+REMOVED = {"no_iuim": "IUIM", "no_icim": "ICIM", "no_ibim": "IBIM", "no_gim": "GIM", "no_iuim_icim": "IUIM&ICIM"}
+
+
+def main_table_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, str]]:
+    """Table 2: MIAN's AUC above the best baseline's (by AUC), its logloss below the best
+    baseline's (by logloss)."""
+    mian_auc = _seed_metric(records, dataset, "mian", "default", "auc")
+    base = best_baseline(records, dataset)
+    if not (mian_auc and base):
+        return []
+    paper_best = {d: paper_best_baseline(PAPER_TABLE2, j, True) for d, j in TABLE2_COLUMNS.items()}
+    rows = [_paired_claim(f"Table 2: MIAN's AUC beats the best baseline ({base})",
+                          _versus(PAPER_TABLE2, "mian", paper_best, TABLE2_COLUMNS),
+                          mian_auc, _seed_metric(records, dataset, base, "default", "auc"), +1)]
+    lls = {}
+    for m in sorted({r["model"] for r in records if r["dataset"] == dataset and r["model"] != "mian"}):
+        d = _seed_metric(records, dataset, m, "default", "logloss")
+        if d:
+            lls[m] = float(np.mean(list(d.values())))
+    if lls:
+        bl = min(lls, key=lls.get)
+        paper_best = {d: paper_best_baseline(PAPER_TABLE2_LOGLOSS, j, False) for d, j in TABLE2_COLUMNS.items()}
+        rows.append(_paired_claim(f"Table 2: MIAN's logloss is below the best baseline's ({bl})",
+                                  _versus(PAPER_TABLE2_LOGLOSS, "mian", paper_best, TABLE2_COLUMNS),
+                                  _seed_metric(records, dataset, "mian", "default", "logloss"),
+                                  _seed_metric(records, dataset, bl, "default", "logloss"), -1))
+    return rows
+
+
+def ablation_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, str]]:
+    """Table 3: removing each module lowers AUC, removing IBIM the most, and MIAN without IUIM and
+    ICIM still beats the best baseline."""
+    mian_auc = _seed_metric(records, dataset, "mian", "default", "auc")
+    rows, drops = [], {}
+    for variant, label in REMOVED.items():
+        var = _seed_metric(records, dataset, "mian", variant, "auc")
+        if var and mian_auc:
+            drops[label] = _compare(mian_auc, var, +1)[:2]
+            rows.append(_paired_claim(f"Table 3: removing {label} lowers AUC",
+                                      _versus(PAPER_TABLE3, "default", variant, TABLE3_AUC), mian_auc, var, +1,
+                                      prefix="MIAN "))
+    singles = {k: v for k, v in drops.items() if k in ("IUIM", "ICIM", "IBIM", "GIM")}
+    if "IBIM" in singles and len(singles) >= 2:
+        drop = {name: PAPER_TABLE3["default"][j] - PAPER_TABLE3["no_ibim"][j] for name, j in TABLE3_AUC.items()}
+        paper = f"Books drop {drop['Books']:.4f} (largest), Electronics {drop['Electronics']:.4f} (largest)"
+        rows.append(_claim("Table 3: removing IBIM hurts most", paper, "AUC drop when removed (MIAN - variant): "
+                           + ", ".join(f"{k} {fmt_delta(d)}" for k, (d, _) in sorted(singles.items(),
+                                                                                     key=lambda kv: -kv[1][0])),
+                           _largest_drop_verdict(singles, "IBIM")))
+    both = _seed_metric(records, dataset, "mian", "no_iuim_icim", "auc")
+    base = best_baseline(records, dataset)
+    if both and base:
+        rows.append(_paired_claim(f"Table 3: MIAN w/o IUIM&ICIM still beats the best baseline ({base})",
+                                  _versus(PAPER_TABLE3, "no_iuim_icim", "best_baseline", TABLE3_AUC),
+                                  both, _seed_metric(records, dataset, base, "default", "auc"), +1))
+    return rows
+
+
+def _largest_drop_verdict(drops: dict[str, tuple[float, float]], module: str) -> str:
+    """Verdict of "removing ``module`` hurts most" from {module: (AUC drop, p)}."""
+    largest = max(drops, key=lambda k: drops[k][0])
+    diff, p = drops[module]
+    if math.isnan(p):  # fewer than 2 paired seeds: nothing can be concluded
+        return INCONCLUSIVE
+    if largest == module and p < ALPHA and diff > 0:
+        return REPRODUCED
+    return NOT_REPRODUCED if largest != module else INCONCLUSIVE
+
+
+def transformer_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, str]]:
+    """Table 4: Pre-LN beats Post-LN beats no Transformer (AUC); Figure 5: Pre-LN reaches 99% of
+    its best validation AUC in fewer steps."""
+    names = {"default": "Pre-LN", "post_ln": "Post-LN", "no_transformer": "no Transformer"}
+    auc = {v: _seed_metric(records, dataset, "mian", v, "auc") for v in names}
+    rows = [_paired_claim(f"Table 4: {names[a]} beats {names[b]} (AUC)",
+                          f"Commercial {PAPER_TABLE4[a][0]:.4f} vs {PAPER_TABLE4[b][0]:.4f}", auc[a], auc[b], +1)
+            for a, b in (("default", "post_ln"), ("default", "no_transformer"), ("post_ln", "no_transformer"))
+            if auc[a] and auc[b]]
+    curves = convergence_curves(records, dataset, tuple(names))
+    if not curves.empty:
+        steps = steps_to_fraction(curves)
+        per = {v: dict(zip(g["seed"], g["steps"].astype(float))) for v, g in steps.groupby("variant")}
+        rows += [_paired_claim(f"Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than "
+                               f"{names[other]}", PAPER_FIGURE5, per["default"], per[other], -1, "steps ", digits=0)
+                 for other in ("post_ln", "no_transformer") if "default" in per and other in per]
+    return rows
+
+
+def figure6_claims(gim: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Figure 6: GIM weighs each interactive representation above its original one (from a
+    ``gim_summary.json``; none without one)."""
+    rows = []
+    mean_w, share = (gim["mean_weight"], gim["share_interactive_larger"]) if gim else ({}, {})
+    for a, b in PAIRS:
+        key = f"{a}>{b}"
+        if a not in mean_w or b not in mean_w or key not in share:
+            continue
+        larger_mean = mean_w[a] > mean_w[b]
+        majority = share[key] > 0.5
+        v = REPRODUCED if (larger_mean and majority) else NOT_REPRODUCED if not (larger_mean or majority) else INCONCLUSIVE
+        rows.append(_claim(f"Figure 6: GIM weighs {a} above {b}", f"{PAPER_FIGURE6[key]}/{PAPER_FIGURE6_CASES} cases",
+                           f"mean {mean_w[a]:.3f} vs {mean_w[b]:.3f}; larger in {share[key]:.1%} of "
+                           f"{gim.get('n_samples', '?')} test samples", v))
+    return rows
+
+
 def dataset_claims(
     records: Sequence[dict[str, Any]], dataset: str, gim: dict[str, Any] | None = None
 ) -> list[dict[str, str]]:
     """Claim rows for one dataset: claim, paper, ours, verdict. Claims without runs are omitted."""
-    rows: list[dict[str, str]] = []
-
-    def add(claim, paper, ours, v):
-        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": v})
-
-    mian_auc = _seed_metric(records, dataset, "mian", "default", "auc")
-    mian_ll = _seed_metric(records, dataset, "mian", "default", "logloss")
-    base = best_baseline(records, dataset)
-    if mian_auc and base:
-        _, _, v, text = _compare(mian_auc, _seed_metric(records, dataset, base, "default", "auc"), +1)
-        add(f"Table 2: MIAN's AUC beats the best baseline ({base})",
-            f"Books {PAPER_TABLE2['mian'][0]:.4f} vs {PAPER_TABLE2['dien'][0]:.4f}, Electronics "
-            f"{PAPER_TABLE2['mian'][1]:.4f} vs {PAPER_TABLE2['dien'][1]:.4f}, Commercial "
-            f"{PAPER_TABLE2['mian'][2]:.4f} vs {PAPER_TABLE2['dcn'][2]:.4f}", text, v)
-        # best baseline by logloss
-        lls = {}
-        for m in {r["model"] for r in records if r["dataset"] == dataset and r["model"] != "mian"}:
-            d = _seed_metric(records, dataset, m, "default", "logloss")
-            if d:
-                lls[m] = float(np.mean(list(d.values())))
-        if lls:
-            bl = min(lls, key=lls.get)
-            _, _, v, text = _compare(mian_ll, _seed_metric(records, dataset, bl, "default", "logloss"), -1)
-            add(f"Table 2: MIAN's logloss is below the best baseline's ({bl})",
-                "Books 0.4018 vs 0.4100, Electronics 0.1136 vs 0.1225, Commercial 0.3097 vs 0.3151", text, v)
-
-    # Table 3
-    drops = {}
-    for variant, label in (("no_iuim", "IUIM"), ("no_icim", "ICIM"), ("no_ibim", "IBIM"), ("no_gim", "GIM"),
-                           ("no_iuim_icim", "IUIM&ICIM")):
-        var = _seed_metric(records, dataset, "mian", variant, "auc")
-        if not (var and mian_auc):
-            continue
-        diff, p, v, text = _compare(mian_auc, var, +1)
-        drops[label] = (diff, p)
-        paper = f"Books {PAPER_TABLE3['default'][0]:.4f} vs {PAPER_TABLE3[variant][0]:.4f}, Electronics " \
-                f"{PAPER_TABLE3['default'][2]:.4f} vs {PAPER_TABLE3[variant][2]:.4f}"
-        add(f"Table 3: removing {label} lowers AUC", paper, f"MIAN {text}", v)
-    singles = {k: v for k, v in drops.items() if k in ("IUIM", "ICIM", "IBIM", "GIM")}
-    if "IBIM" in singles and len(singles) >= 2:
-        largest = max(singles, key=lambda k: singles[k][0])
-        d_ibim, p_ibim = singles["IBIM"]
-        if math.isnan(p_ibim):  # fewer than 2 paired seeds: nothing can be concluded
-            v = INCONCLUSIVE
-        elif largest == "IBIM" and p_ibim < ALPHA and d_ibim > 0:
-            v = REPRODUCED
-        elif largest != "IBIM":
-            v = NOT_REPRODUCED
-        else:
-            v = INCONCLUSIVE
-        add("Table 3: removing IBIM hurts most", "Books drop 0.0055 (largest), Electronics 0.0070 (largest)",
-            "AUC drop when removed (MIAN - variant): "
-            + ", ".join(f"{k} {fmt_delta(d)}" for k, (d, _) in sorted(singles.items(), key=lambda kv: -kv[1][0])), v)
-    both = _seed_metric(records, dataset, "mian", "no_iuim_icim", "auc")
-    if both and base:
-        _, _, v, text = _compare(both, _seed_metric(records, dataset, base, "default", "auc"), +1)
-        add(f"Table 3: MIAN w/o IUIM&ICIM still beats the best baseline ({base})",
-            "Books 0.8166 vs 0.8159, Electronics 0.8846 vs 0.8836", text, v)
-
-    # Table 4
-    pre = mian_auc
-    post = _seed_metric(records, dataset, "mian", "post_ln", "auc")
-    none = _seed_metric(records, dataset, "mian", "no_transformer", "auc")
-    for a, b, na, nb, pa, pb in ((pre, post, "Pre-LN", "Post-LN", "default", "post_ln"),
-                                 (pre, none, "Pre-LN", "no Transformer", "default", "no_transformer"),
-                                 (post, none, "Post-LN", "no Transformer", "post_ln", "no_transformer")):
-        if a and b:
-            _, _, v, text = _compare(a, b, +1)
-            add(f"Table 4: {na} beats {nb} (AUC)",
-                f"Commercial {PAPER_TABLE4[pa][0]:.4f} vs {PAPER_TABLE4[pb][0]:.4f}", text, v)
-
-    # Figure 5: steps to 99 % of the best validation AUC
-    curves = convergence_curves(records, dataset, ("default", "post_ln", "no_transformer"))
-    if not curves.empty:
-        steps = steps_to_fraction(curves)
-        per = {v: dict(zip(g["seed"], g["steps"].astype(float))) for v, g in steps.groupby("variant")}
-        for other, name in (("post_ln", "Post-LN"), ("no_transformer", "no Transformer")):
-            if "default" in per and other in per:
-                _, _, v, text = _compare(per["default"], per[other], -1, digits=0)
-                add(f"Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than {name}",
-                    "Pre-LN rises fastest (about 0.765 by 500-700 steps; others slower)", f"steps {text}", v)
-
-    # Figure 6
-    if gim:
-        mean_w = gim["mean_weight"]
-        share = gim["share_interactive_larger"]
-        paper_share = {"R_ibim>e_b": "14/14", "R_iuim>e_u": "14/14", "R_icim>e_c": "13/14"}
-        for a, b in PAIRS:
-            key = f"{a}>{b}"
-            if a not in mean_w or b not in mean_w or key not in share:
-                continue
-            larger_mean = mean_w[a] > mean_w[b]
-            majority = share[key] > 0.5
-            v = REPRODUCED if (larger_mean and majority) else NOT_REPRODUCED if not (larger_mean or majority) else INCONCLUSIVE
-            add(f"Figure 6: GIM weighs {a} above {b}", f"{paper_share[key]} cases",
-                f"mean {mean_w[a]:.3f} vs {mean_w[b]:.3f}; larger in {share[key]:.1%} of {gim.get('n_samples', '?')} test samples", v)
-    return rows
+    return [*main_table_claims(records, dataset), *ablation_claims(records, dataset),
+            *transformer_claims(records, dataset), *figure6_claims(gim)]
 
 
 def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequence[str] = (),
@@ -205,3 +242,35 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         parts.append("")
     parts += list(notes)
     return "\n".join(parts) + "\n"
+
+
+def claims_report(results: Path) -> Output:
+    """Write ``results/CLAIMS.md`` from the protocol's run records under ``results/runs`` and each
+    dataset's ``gim_summary.json`` (left out, with a note, when it is not of a protocol run's model);
+    returns its text. Raises ReportError when there is no run record, StoreError when one fails its check."""
+    from bench.io import atomic_write_text
+    from bench.report.crosscheck import cross_machine_notes
+    from bench.training.runs import RunStore
+    from bench.training.studies import protocol_records
+
+    records, left_out = protocol_records(list(RunStore(results / "runs").records()))
+    if not records:
+        raise ReportError(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
+    per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, left_out))
+           for ds in sorted({r["dataset"] for r in records})}
+    text = claims_markdown(per, notes=left_out, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
+    atomic_write_text(results / "CLAIMS.md", text)
+    return Output(text, [results / "CLAIMS.md"])
+
+
+def _gim_summary(path: Path, records: Sequence[dict[str, Any]], left_out: list[str]) -> dict[str, Any] | None:
+    """The Figure 6 summary at ``path`` if it is of a protocol run's model; else None, with a note
+    appended to ``left_out`` saying why."""
+    gim = json.loads(path.read_text()) if path.exists() else None
+    if gim is not None and gim.get("run_id") not in {r["run_id"] for r in records}:
+        left_out.append(f"{path} left out: it comes from run {gim.get('run_id')}, not a protocol run.")
+        return None
+    if gim is not None and gim.get("model_differs_from_record"):
+        left_out.append(f"{path} left out: its model is not the one of run {gim.get('run_id')}'s record.")
+        return None
+    return gim

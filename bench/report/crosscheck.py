@@ -8,12 +8,14 @@ tell whether a table's differences are larger than what a change of machine alon
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.report import MODEL_LABELS, Table
+from bench.report import MODEL_LABELS, Output, ReportError, Table
 
 
 def machine_label(records: Sequence[dict[str, Any]]) -> str:
@@ -132,3 +134,38 @@ def cross_machine_notes(dataset_dir) -> list[str]:
                      + ": differences of that size are within what a change of machine alone produces.")
         notes.append(text)
     return notes
+
+
+def crosscheck_report(other_dir: Path, tag: str | None, results: Path) -> list[Output]:
+    """Compare the run records under ``other_dir`` (a results folder or its runs/) with ours under
+    ``results/runs``, run id by run id: per dataset ``results/<dataset>/cross_machine/<tag>.{md,csv,tex}``;
+    the other machine's records of those runs are kept in ``results/machines/<tag>/runs/``. ``tag``
+    (None: from their records' CPU and kernel ISA) is reduced to ``[a-z0-9-]``.
+    Raises ReportError when no run of ``other_dir`` has a record of ours."""
+    from bench.training.runs import RunStore
+
+    other_runs = other_dir / "runs" if (other_dir / "runs").is_dir() else other_dir
+    theirs = list(RunStore(other_runs).records())
+    ours = [r for r in (RunStore(results / "runs").load(t["run_id"]) for t in theirs) if r is not None]
+    pairs = pair_frame(ours, theirs)
+    if pairs.empty:
+        raise ReportError(f"--other {other_dir}: none of its {len(theirs)} run records has a record of the "
+                          f"same run id under {results / 'runs'}")
+    by_id = {r["run_id"]: r for r in theirs}
+    if tag is None:
+        m = next((r["machine"] for r in theirs if r.get("machine")), {})
+        tag = f"{m.get('cpu', 'unknown')}-{m.get('isa', '')}"
+    tag = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-") or "other"
+    keep = RunStore(results / "machines" / tag / "runs")
+    if keep.root.resolve() != other_runs.resolve():
+        for rid in pairs["run_id"]:
+            keep.save(by_id[rid])
+    shown = keep.root.parent.relative_to(results.parent) if results.parent in keep.root.parents else keep.root.parent
+    source = f"python cli.py crosscheck --other {shown} --name {tag}"
+    outputs = []
+    for ds in sorted(pairs["dataset"].unique()):
+        ids = set(pairs.loc[pairs["dataset"] == ds, "run_id"])
+        tab = crosscheck_table(pairs, ds, machine_label([r for r in ours if r["run_id"] in ids]),
+                               machine_label([by_id[i] for i in ids]), source)
+        outputs.append(Output(tab.markdown(), tab.write(results / ds / "cross_machine" / tag)))
+    return outputs

@@ -1,0 +1,225 @@
+"""The studies as the commands make them: train the runs a table lacks (through
+:class:`bench.training.studies.Runner`), build the table or figure from the run records, write it
+under ``results/<dataset>/`` and return what the command prints (:class:`Output`).
+
+Table 2 (``reproduce``): :func:`main_table_study`; Table 3 (``ablate``): :func:`ablation_study`;
+Table 4 and Figure 5 (``ablate --study transformer``): :func:`transformer_study`; Figure 6
+(``visualize-attention``): :func:`figure6`, :func:`redraw_figure6`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bench.io import atomic_write_text
+from bench.report import Output, ReportError, Table, best_baseline, convergence_curves, fmt_pm, main_table, \
+    steps_to_fraction, variant_table
+from bench.report.crosscheck import cross_machine_notes
+from bench.report.paper import PAPER_TABLE3, PAPER_TABLE3_COLUMNS, PAPER_TABLE4, PAPER_TABLE4_COLUMNS
+
+
+def out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None, write: bool = True) -> Path:
+    """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config,
+    models and seeds. With ``--set`` overrides, a sub-folder named by them (holding
+    ``overrides.json`` unless ``write`` is False: a command that only reads); for a subset of the
+    models or another number of seeds, ``subsets/<tag>`` below that. So the protocol's tables are
+    never replaced by a partial or differently configured study."""
+    out = results / dataset
+    if extra:
+        text = json.dumps(extra, sort_keys=True)
+        out = out / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        if write:
+            atomic_write_text(out / "overrides.json", text + "\n")
+    if subset:
+        out = out / "subsets" / subset
+    return out
+
+
+def _publish(tab: Table, results: Path, dataset: str, extra: dict, stem: Path) -> list[Path]:
+    """Add the notes every study table ends with (the ``--set`` overrides, the cross-machine
+    checks of ``dataset``) and write ``tab`` to ``stem``.{md,csv,tex}."""
+    if extra:
+        tab.notes.append(f"config overrides (--set): {extra}")
+    tab.notes.extend(cross_machine_notes(results / dataset))
+    return tab.write(stem)
+
+
+def main_table_study(runner, results: Path, dataset: str, models: Sequence[str], seeds: int, extra: dict,
+                     subset: str | None) -> Output:
+    """Table 2 of ``models`` over seeds 0..``seeds``-1: ``<out>/main_table.{md,csv,tex}``."""
+    from bench.training.studies import main_specs
+
+    records = runner.run_all(main_specs(dataset, models, range(seeds), extra), desc=f"{dataset} main table")
+    tab = main_table(records, dataset, models)
+    paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset) / "main_table")
+    return Output(tab.markdown(), paths)
+
+
+def ablation_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
+                   subset: str | None, pool: Sequence[str] | None = None) -> Output:
+    """Table 3: the MIAN ``variants`` and the best baseline of ``pool`` (None: the seven
+    baselines; empty: no baseline row), whose runs are the main table's (reused when `reproduce`
+    made them): ``<out>/ablation.{md,csv,tex}``."""
+    from bench.training.registry import MODEL_NAMES
+    from bench.training.studies import main_specs, variant_specs
+
+    baselines = [m for m in MODEL_NAMES if m != "mian" and (pool is None or m in pool)]
+    recs = runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=f"{dataset} ablation")
+    base_recs = (runner.run_all(main_specs(dataset, baselines, range(seeds), extra), desc=f"{dataset} baselines")
+                 if baselines else [])
+    tab = variant_table(recs + base_recs, dataset, variants, f"Table 3 reproduction (ablation): {dataset}",
+                        PAPER_TABLE3, PAPER_TABLE3_COLUMNS, baseline=best_baseline(base_recs, dataset))
+    if pool is not None:
+        tab.notes.append("Best baseline chosen among " + (", ".join(baselines) if baselines else
+                         "no model (--models none): no baseline row") + " (--models).")
+    paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset) / "ablation")
+    return Output(tab.markdown(), paths)
+
+
+def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
+                      subset: str | None) -> Output:
+    """Table 4 with the steps each variant takes to 99% of its best validation AUC
+    (``<out>/transformer.{md,csv,tex}``) and Figure 5 (``<out>/convergence.png``)."""
+    from bench.report.figures import convergence_plot
+    from bench.training.studies import CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, variant_specs
+
+    recs = runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=f"{dataset} transformer")
+    tab = variant_table(recs, dataset, variants, f"Table 4 reproduction (Transformer variants): {dataset}",
+                        PAPER_TABLE4, PAPER_TABLE4_COLUMNS)
+    curves = convergence_curves(recs, dataset, list(variants))
+    _add_steps_column(tab, curves, recs[0]["config"]["train"])
+    out = out_dir(results, dataset, extra, subset)
+    paths = _publish(tab, results, dataset, extra, out / "transformer")
+    shown = [v for v in CONVERGENCE_VARIANTS if v in variants]
+    convergence_plot(curves[curves["variant"].isin(shown)], {v: TRANSFORMER_VARIANTS[v][0] for v in shown},
+                     out / "convergence.png",
+                     f"Figure 5 reproduction on {dataset}: validation metrics against training steps "
+                     f"(mean ± std over {seeds} seeds; drawn while at least half the seeds still train)")
+    return Output(tab.markdown(), paths + [out / "convergence.png"])
+
+
+def _add_steps_column(tab: Table, curves, train: dict[str, Any]) -> None:
+    """Table 4's column "Steps to 99% best valid AUC" (mean ± std over seeds), its CSV columns and
+    its note; ``train``: the runs' train config (batch size, evaluation interval)."""
+    agg = steps_to_fraction(curves).groupby("variant")["steps"].agg(["mean", "std"])
+    tab.frame["Steps to 99% best valid AUC"] = [
+        (fmt_pm(agg.loc[v, "mean"], agg.loc[v, "std"], 0) if v in agg.index else "") for v in tab.csv["variant"]]
+    tab.csv["steps_to_99pct_mean"] = [agg["mean"].get(v, float("nan")) for v in tab.csv["variant"]]
+    tab.csv["steps_to_99pct_std"] = [agg["std"].get(v, float("nan")) for v in tab.csv["variant"]]
+    tab.notes.append("Steps to 99%: first evaluated optimiser step (batch of "
+                     f"{train['batch_size']}) whose validation AUC reaches 99% of the run's "
+                     f"best; validation is evaluated every {train['eval_every_steps']} "
+                     "steps and at each epoch end; mean ± std over seeds.")
+
+
+# --------------------------------------------------------------------------- Figure 6
+
+#: Figure 6 of the protocol: MIAN seed 0, 14 test cases drawn with seed 2021 (others go to subsets/)
+FIGURE6_DEFAULTS = {"seed": 0, "cases": 14, "case_seed": 2021}
+CASE_RULE = "uniform draw without replacement among test positives, numpy default_rng(case_seed), sorted by index"
+
+
+def figure6_names(dataset: str, seed: int, cases: int, case_seed: int) -> tuple[str | None, str]:
+    """(the subsets/ tag of a Figure 6 other than the protocol's, None for it; the figure's title)."""
+    given = {"seed": seed, "cases": cases, "case_seed": case_seed}
+    tag = "_".join(f"{k.replace('_', '')}{v}" for k, v in given.items() if v != FIGURE6_DEFAULTS[k])
+    title = (f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
+             f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
+    return tag or None, title
+
+
+def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cases: int = 14, case_seed: int = 2021,
+            progress: Callable[[str], None] = print) -> Output:
+    """Figure 6: the GIM weights of MIAN seed ``seed`` on ``cases`` test positives
+    (``gim_heatmap.png``, ``gim_weights.csv``) and over the whole test split (``gim_summary.json``).
+
+    The model is the run's best-epoch checkpoint, else it is retrained (said through ``progress``);
+    a model that is not exactly the run record's writes to ``<out>/local/``, never over the figure.
+    Raises ReportError (option ``--cases``) when the test split has fewer than ``cases`` positives."""
+    from bench.report.figures import select_cases
+    from bench.training.train import RunSpec, collect_output
+
+    spec = RunSpec(dataset, "mian", seed, overrides=extra)
+    record, model = runner.run(spec, keep_model=True)
+    if model is None:  # record without checkpoint (e.g. a fresh clone): retrain it
+        progress(f"no checkpoint for run {record['run_id']}; retraining it (the record is kept)")
+        model, diffs = runner.retrain_model(spec, record)
+        source = f"retrained MIAN seed {seed}"
+    else:
+        diffs = runner.checkpoint_differences(record) or []
+        source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
+    test = runner.dataset_for(spec).test
+    weights = collect_output(model, test.to(runner.device), 4096, "gim_weights")
+    try:
+        idx = select_cases(test.label.cpu().numpy(), cases, case_seed)
+    except ValueError as exc:
+        raise ReportError(str(exc), option="--cases") from None
+    tag, title = figure6_names(dataset, seed, cases, case_seed)
+    out = out_dir(results, dataset, extra, tag)
+    if diffs:  # another model than the record's: beside the figure, never over it
+        committed, out = out, out / "local"
+        title += "\nretrained on this machine: not the model of the run record"
+        shown = "; ".join(diffs[:2]) + (f"; {len(diffs) - 2} more difference(s)" if len(diffs) > 2 else "")
+        progress(f"{source} differs from record {record['run_id']} ({shown}): this machine gives another model; "
+                 f"writing the figure to {out}/; the figure in {committed}/ is unchanged (use --force to retrain "
+                 "the run and replace its record and the figure)")
+    summary = {"dataset": dataset, "run_id": record["run_id"], "seed": seed, "n_samples": int(len(weights)),
+               "cases": cases, "case_seed": case_seed, "case_rule": CASE_RULE}
+    return _write_figure6(weights, idx, summary, diffs, out, title)
+
+
+def _write_figure6(weights, idx, summary: dict[str, Any], diffs: list[str], out: Path, title: str) -> Output:
+    """Write the heatmap of the cases ``idx`` of ``weights`` [N, 7] (GIM_INPUTS order), their CSV and
+    the whole-split summary (``summary`` plus :func:`bench.report.figures.gim_summary`) to ``out``."""
+    import io
+
+    import pandas as pd
+    from tabulate import tabulate
+
+    from bench.report.figures import FIGURE6_ROWS, GIM_INPUTS, gim_heatmap, gim_summary
+
+    frame = pd.DataFrame(weights[idx], columns=list(GIM_INPUTS))
+    frame.insert(0, "case", range(1, len(idx) + 1))
+    frame.insert(1, "test_index", idx)
+    buf = io.StringIO()
+    frame[["case", "test_index", *FIGURE6_ROWS]].to_csv(buf, index=False, float_format="%.6f")
+    atomic_write_text(out / "gim_weights.csv", buf.getvalue())
+    gim_heatmap(frame, out / "gim_heatmap.png", title)
+    summary = {**gim_summary(weights), **summary, **({"model_differs_from_record": diffs} if diffs else {})}
+    atomic_write_text(out / "gim_summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    lines = [tabulate(frame[["case", *FIGURE6_ROWS]].T.iloc[1:].round(2).values.tolist(),
+                      headers=[str(c) for c in frame["case"]], showindex=list(FIGURE6_ROWS), tablefmt="github"),
+             "\nmean GIM weight over the whole test split (" + f"{len(weights):,} samples):"]
+    lines += [f"  {name:7s} {w:.3f}" for name, w in sorted(summary["mean_weight"].items(), key=lambda kv: -kv[1])]
+    lines += [f"  {pair}: in {share:.1%} of test samples" for pair, share in summary["share_interactive_larger"].items()]
+    return Output("\n".join(lines), [out / "gim_heatmap.png", out / "gim_weights.csv", out / "gim_summary.json"])
+
+
+def redraw_figure6(results: Path, dataset: str, extra: dict, seed: int = 0, cases: int = 14,
+                   case_seed: int = 2021) -> Output:
+    """``visualize-attention --redraw``: gim_heatmap.png from the folder's gim_weights.csv, after
+    checking that its gim_summary.json names the same figure (dataset, cases). No model, nothing
+    else written. Raises ReportError when the two files are missing, unreadable or of another figure."""
+    import pandas as pd
+
+    from bench.report.figures import gim_heatmap
+
+    tag, title = figure6_names(dataset, seed, cases, case_seed)
+    out = out_dir(results, dataset, extra, tag, write=False)
+    weights, summary_path = out / "gim_weights.csv", out / "gim_summary.json"
+    try:
+        frame = pd.read_csv(weights)
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ReportError(f"--redraw needs {weights} and {summary_path} from an earlier run of this "
+                          f"command: {exc}") from None
+    if len(frame) != summary.get("cases") or summary.get("dataset") != dataset:
+        raise ReportError(f"--redraw: {weights} holds {len(frame)} cases of {summary.get('dataset')}, "
+                          f"its summary says {summary.get('cases')} of {dataset}; run the command without --redraw")
+    try:
+        gim_heatmap(frame, out / "gim_heatmap.png", title)
+    except ValueError as exc:
+        raise ReportError(f"--redraw: {weights}: {exc}") from None
+    return Output(f"redrew {out / 'gim_heatmap.png'} from {weights} (run {summary.get('run_id')})")
