@@ -117,6 +117,36 @@ def test_a_checkpoint_of_the_recorded_model_writes_the_figure_as_usual(tiny, tmp
     assert not list(results.rglob("local"))
 
 
+def test_a_bare_checkpoint_of_another_model_is_told_apart_by_scoring_it(tiny, tmp_path):
+    """Checkpoints are kept per run id: a retrain of the run into another results folder (on
+    another machine: another model) can replace the recorded model's. A bare state dict (no stored
+    metrics) is scored again on the validation split; when that differs from the record, the
+    figure goes to local/ and the committed one stays."""
+    from bench.training.studies import Runner
+
+    data, results = tmp_path / "data", tmp_path / "results"
+    shutil.copytree(tiny, data)
+    args = ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
+            "--set", "train.max_epochs=1"]
+    assert invoke(*args).exit_code == 0
+    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
+    committed = _snapshot(out)
+    [record_path] = list((results / "runs").glob("*.json"))
+    record = json.loads(record_path.read_text())
+    ckpt = data / "checkpoints" / f"{record_path.stem}.pt"
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] * 1.5  # another model under the same run id
+    torch.save(state, ckpt)
+    runner = Runner(store=RunStore(results / "runs"), data_dir=data, progress=False)
+    diffs = runner.checkpoint_differences(record)
+    assert diffs and all("scored again" in d for d in diffs)
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert "differs from record" in res.output
+    assert _snapshot(out) == committed and set(_snapshot(out / "local")) == set(committed)
+
+
 def test_model_differences_names_what_differs():
     from bench.training.studies import model_differences
 
@@ -321,3 +351,19 @@ def test_more_cases_than_test_positives_is_an_error_of_the_cases_option(tiny, tm
     assert res.exit_code == 2, res.output
     assert "Error: Invalid value for --cases: asked for 200 cases but the split has only 28 candidates" in res.output
     assert not list(results.rglob("gim_*"))
+
+
+def test_a_run_with_set_overrides_never_changes_claims_md(tiny, tmp_path):
+    """CLAIMS.md depends only on the protocol's runs: a run made with --set in the same results
+    folder is left out, said on the console, not in the file."""
+    results = tmp_path / "results"
+    common = ["--data-dir", tiny, "--results-dir", results]
+    for model in ("lr", "mian"):
+        assert invoke("train", "--model", model, *common).exit_code == 0
+    assert invoke("report", "--results-dir", results).exit_code == 0
+    before = (results / "CLAIMS.md").read_bytes()
+    assert invoke("train", "--model", "lr", "--seed", 1, "--set", "train.lr=0.01", *common).exit_code == 0
+    res = invoke("report", "--results-dir", results)
+    assert res.exit_code == 0, res.output
+    assert "1 run record(s) left out" in res.output
+    assert (results / "CLAIMS.md").read_bytes() == before

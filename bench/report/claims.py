@@ -246,8 +246,11 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
 
 def claims_report(results: Path) -> Output:
     """Write ``results/CLAIMS.md`` from the protocol's run records under ``results/runs`` and each
-    dataset's ``gim_summary.json`` (left out, with a note, when it is not of a protocol run's model);
-    returns its text. Raises ReportError when there is no run record, StoreError when one fails its check."""
+    dataset's ``gim_summary.json`` (left out when it is not of a protocol run's model); returns its
+    text followed by the run records left out and why (shown, not written: the file depends only
+    on the protocol's records and the committed figures, so runs made with ``--set`` or on other
+    data never change it).
+    Raises ReportError when there is no run record, StoreError when one fails its check."""
     from bench.io import atomic_write_text
     from bench.report.crosscheck import cross_machine_notes
     from bench.training.runs import RunStore
@@ -256,11 +259,12 @@ def claims_report(results: Path) -> Output:
     records, left_out = protocol_records(list(RunStore(results / "runs").records()))
     if not records:
         raise ReportError(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
-    per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, left_out))
+    figure_notes: list[str] = []  # about the committed figures: in the file
+    per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, figure_notes))
            for ds in sorted({r["dataset"] for r in records})}
-    text = claims_markdown(per, notes=left_out, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
+    text = claims_markdown(per, notes=figure_notes, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
     atomic_write_text(results / "CLAIMS.md", text)
-    return Output(text, [results / "CLAIMS.md"])
+    return Output(text + "".join(f"\n{n}" for n in left_out), [results / "CLAIMS.md"])
 
 
 def _gim_summary(path: Path, records: Sequence[dict[str, Any]], left_out: list[str]) -> dict[str, Any] | None:

@@ -142,8 +142,10 @@ def crosscheck_report(other_dir: Path, tag: str | None, results: Path) -> list[O
     the other machine's records of those runs are kept in ``results/machines/<tag>/runs/``. ``tag``
     (None: from their records' CPU and kernel ISA) is reduced to ``[a-z0-9-]``.
     Raises ReportError when no run of ``other_dir`` has a record of ours."""
+    from bench.io import check_writable
     from bench.training.runs import RunStore
 
+    check_writable(results, f"--results-dir {results}", "--results-dir")
     other_runs = other_dir / "runs" if (other_dir / "runs").is_dir() else other_dir
     theirs = list(RunStore(other_runs).records())
     ours = [r for r in (RunStore(results / "runs").load(t["run_id"]) for t in theirs) if r is not None]

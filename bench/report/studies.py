@@ -42,7 +42,8 @@ def _publish(tab: Table, results: Path, dataset: str, extra: dict, stem: Path) -
     checks of ``dataset``) and write ``tab`` to ``stem``.{md,csv,tex}."""
     if extra:
         tab.notes.append(f"config overrides (--set): {extra}")
-    tab.notes.extend(cross_machine_notes(results / dataset))
+    else:  # the checks compare protocol runs; a table of other settings is other runs
+        tab.notes.extend(cross_machine_notes(results / dataset))
     return tab.write(stem)
 
 
@@ -162,9 +163,11 @@ def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cas
         committed, out = out, out / "local"
         title += "\nretrained on this machine: not the model of the run record"
         shown = "; ".join(diffs[:2]) + (f"; {len(diffs) - 2} more difference(s)" if len(diffs) > 2 else "")
+        kept = (f"the figure in {committed}/ is unchanged" if (committed / "gim_heatmap.png").exists()
+                else f"{committed}/ gets no figure from another model")
         progress(f"{source} differs from record {record['run_id']} ({shown}): this machine gives another model; "
-                 f"writing the figure to {out}/; the figure in {committed}/ is unchanged (use --force to retrain "
-                 "the run and replace its record and the figure)")
+                 f"writing the figure to {out}/; {kept} (use --force to retrain the run and replace its record "
+                 "and the figure)")
     summary = {"dataset": dataset, "run_id": record["run_id"], "seed": seed, "n_samples": int(len(weights)),
                "cases": cases, "case_seed": case_seed, "case_rule": CASE_RULE}
     return _write_figure6(weights, idx, summary, diffs, out, title)

@@ -201,13 +201,25 @@ class Runner:
     def checkpoint_differences(self, record: dict[str, Any]) -> list[str] | None:
         """How the model in ``record``'s checkpoint differs from the record (:func:`model_differences`;
         empty when it is the recorded model), or None when there is no checkpoint. A checkpoint
-        written before checkpoints carried their metrics is taken to be the recorded model."""
+        written before checkpoints carried their metrics (a bare state dict) is scored on the
+        validation split again and compared exactly with the record's best-epoch validation
+        metrics: checkpoints are kept per run id, so a retrain of the same run into another
+        results folder (another model on another machine) may have replaced the recorded one."""
         ckpt = self._load_checkpoint(record["run_id"])
         if ckpt is None:
             return None
-        if ckpt["trained"] is None:
-            return []
-        return model_differences(record, ckpt["trained"])
+        if ckpt["trained"] is not None:
+            return model_differences(record, ckpt["trained"])
+        model = self.load_model(record)
+        if model is None:
+            return None
+        from bench.data.samples import ProtocolParams
+
+        ds = self.dataset(record["dataset"], ProtocolParams(**record.get("data_params", {})))
+        scored = train_mod.evaluate(model, ds.valid.to(self.device), record["config"]["train"]["eval_batch_size"])
+        return [f"best-epoch validation {_METRIC_NAMES[m]} {_pair(scored[m], record['valid'][m])} (a checkpoint "
+                "without stored metrics, scored again)" for m in ("auc", "logloss", "gauc")
+                if not _same(scored[m], record["valid"][m])]
 
     def run_all(self, specs: Sequence[RunSpec], desc: str = "runs") -> list[dict[str, Any]]:
         """Records of all ``specs`` in order, training only the runs without a record (with
