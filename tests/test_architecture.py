@@ -87,7 +87,8 @@ def test_the_import_check_sees_a_harness_import(tmp_path, monkeypatch):
 
 
 def test_the_registry_takes_names_labels_and_classes_from_the_model_modules():
-    assert registry.MODEL_NAMES == ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien", "mian")
+    paper = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien", "mian")  # Table 2's order
+    assert [m for m in registry.MODEL_NAMES if m in paper] == list(paper)  # a new model may stand anywhere
     assert list(registry.MODEL_LABELS) == list(registry.MODEL_NAMES)
     for path in registry.MODEL_MODULES:
         module = sys.modules[path]

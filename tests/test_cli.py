@@ -231,8 +231,10 @@ def test_ablate_and_names_options_refuse_bad_names_in_one_line(tmp_path):
     assert res.exit_code == 2 and "unknown baseline 'none'" in res.output
     res = invoke("reproduce", "--models", "lr,dcn,foo", "--results-dir", tmp_path)
     assert res.exit_code == 2
-    assert ("Invalid value for '--models': unknown model 'foo'; expected one or more of lr, wide_deep, dcn, deepfm, "
-            "xdeepfm, din, dien, mian (comma-separated or repeated)") in res.output
+    from bench.training.registry import MODEL_NAMES
+
+    assert (f"Invalid value for '--models': unknown model 'foo'; expected one or more of {', '.join(MODEL_NAMES)} "
+            "(comma-separated or repeated)") in res.output
     assert "Traceback" not in res.output
     res = invoke("bench", "--models", "lr,,dcn", "--results-dir", tmp_path)
     assert res.exit_code == 2 and "unknown model ''" in res.output

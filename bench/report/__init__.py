@@ -260,7 +260,7 @@ def main_table(
         "paper * AUC: the MIAN paper's Table 2 on its own datasets and protocol, for orientation only (not comparable).",
         _provenance(recs),
         f"total wall time of these runs: {_wall_minutes(recs):.1f} min (train + eval, summed over runs); "
-        f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (results/runs/<run_id>.json)",
+        f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (runs/<run_id>.json in the results folder)",
     ]
     notes += capped_notes(recs)
     return Table(title=f"Table 2 reproduction: {dataset}", frame=frame, csv=csv, bold=bold, underline=underline,
