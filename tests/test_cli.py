@@ -38,6 +38,15 @@ def invoke(*args):
 # --------------------------------------------------------------------------- visualize-attention
 
 
+def _figure_study(tiny, tmp_path):
+    """A copy of the tiny data, a results folder and the arguments of a 3-case Figure 6 of a
+    one-epoch MIAN on them."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    shutil.copytree(tiny, data)
+    return data, results, ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
+                           "--set", "train.max_epochs=1"]
+
+
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("gim_*"))}
 
@@ -47,10 +56,7 @@ def test_a_retrain_that_differs_from_its_record_never_replaces_the_figure(tiny, 
     another CPU in real life): the figure goes to local/, the committed one and the record stay,
     the retrain is kept as checkpoint (no second retrain) and still known to differ; --force
     retrains, replaces the record and writes the figure in its folder."""
-    data, results = tmp_path / "data", tmp_path / "results"
-    shutil.copytree(tiny, data)
-    args = ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
-            "--set", "train.max_epochs=1"]
+    data, results, args = _figure_study(tiny, tmp_path)
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
@@ -97,10 +103,7 @@ def test_a_checkpoint_of_the_recorded_model_writes_the_figure_as_usual(tiny, tmp
     metrics (a bare state dict) both count as the recorded model."""
     from bench.training.studies import Runner, model_differences
 
-    data, results = tmp_path / "data", tmp_path / "results"
-    shutil.copytree(tiny, data)
-    args = ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
-            "--set", "train.max_epochs=1"]
+    data, results, args = _figure_study(tiny, tmp_path)
     assert invoke(*args).exit_code == 0
     [record_path] = list((results / "runs").glob("*.json"))
     record = json.loads(record_path.read_text())
@@ -124,10 +127,7 @@ def test_a_bare_checkpoint_of_another_model_is_told_apart_by_scoring_it(tiny, tm
     figure goes to local/ and the committed one stays."""
     from bench.training.studies import Runner
 
-    data, results = tmp_path / "data", tmp_path / "results"
-    shutil.copytree(tiny, data)
-    args = ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
-            "--set", "train.max_epochs=1"]
+    data, results, args = _figure_study(tiny, tmp_path)
     assert invoke(*args).exit_code == 0
     [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
     committed = _snapshot(out)
@@ -325,10 +325,7 @@ def test_heatmap_is_sequential_with_horizontal_row_labels(tmp_path, monkeypatch)
 
 
 def test_redraw_draws_the_heatmap_from_the_committed_weights_only(tiny, tmp_path):
-    data, results = tmp_path / "data", tmp_path / "results"
-    shutil.copytree(tiny, data)
-    args = ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
-            "--set", "train.max_epochs=1"]
+    data, results, args = _figure_study(tiny, tmp_path)
     assert invoke(*args).exit_code == 0
     [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
     kept = {p: p.read_bytes() for p in (out / "gim_weights.csv", out / "gim_summary.json")}

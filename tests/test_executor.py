@@ -186,7 +186,7 @@ def test_a_stopped_study_keeps_its_records_and_a_rerun_trains_only_the_rest(tiny
     workers = _stop_mid_study(tiny, results, signal.SIGKILL)
     assert _wait_gone(workers) == [], "worker processes outlived their killed study"  # they notice and end
     done = {r["run_id"]: r for r in RunStore(runs).records()}  # every record written is whole (checked on read)
-    assert 1 <= len(done) < 8
+    assert 0 < len(done) < 8
     mtimes = {p: p.stat().st_mtime_ns for rid in done for p in (runs / f"{rid}.json", results / "logs" / f"{rid}.log")}
 
     trained = []
