@@ -71,14 +71,26 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
         assert row.epoch_data_s >= 0
         assert row.peak_rss_mb >= row.base_rss_mb > 50
         assert 0 <= row.test_auc <= 1 and row.best_epoch >= 1
+        for col in ("step_gflop", "achieved_gflops", "matmul_peak_gflops", "flop_fraction"):
+            assert np.isfinite(getattr(row, col)) and getattr(row, col) > 0, col
+        assert row.achieved_gflops == pytest.approx(row.step_gflop / (row.step_ms / 1e3), rel=1e-4)
+        assert row.flop_fraction == pytest.approx(row.achieved_gflops / row.matmul_peak_gflops, rel=1e-4)
+    # one matmul peak per bench run, in every row; LR's step has far fewer FLOPs than DIN's
+    assert csv["matmul_peak_gflops"].nunique() == 1
+    lr, din = csv.set_index("model").loc[["lr", "din"], "step_gflop"]
+    assert 0 < 10 * lr < din
     assert csv["peer_train_samples_per_s"].isna().all() and csv["ratio"].isna().all()
     # test metrics come from the run records the Runner saved (a second bench reuses them)
     records = list((tmp_path / "runs").glob("*.json"))
     assert len(records) == 2
     md = (out / "efficiency.md").read_text()
     for needle in ("CPUs available", "torch " + torch.__version__, ds.fingerprint[:16], "measured 20",
-                   "gauc on 1,000,000 predictions from 10,000 users"):
+                   "gauc on 1,000,000 predictions from 10,000 users",
+                   "FlopCounterMode", "embedding lookups", "memory-bound",
+                   f"{csv['matmul_peak_gflops'][0]:,.1f} GFLOP/s (median of 5 torch.mm of 2048 x 2048 fp32"):
         assert needle in md, needle
+    header = [c.strip() for c in md.split("\n")[2].strip("|").split("|")]
+    assert header[header.index("Peak RSS (MB)") + 1:][:3] == ["GFLOP/step", "GFLOP/s", "% of matmul peak"]
 
 
 def _model_cfg(name: str) -> dict:
@@ -124,6 +136,35 @@ def test_measure_ours_reports_positive_figures(prepared, one_thread):
     assert out["epoch_total_s"] == pytest.approx(out["epoch_data_s"] + out["epoch_compute_s"] + out["eval_s"])
     assert 0 <= out["valid_auc_epoch1"] <= 1
     assert np.isnan(out["peak_gpu_mb"])
+    assert out["step_gflop"] > 0
+    assert out["achieved_gflops"] == pytest.approx(out["step_gflop"] / (out["step_ms"] / 1e3))
+
+
+def test_step_flops_counts_the_matmuls_of_forward_and_backward(one_thread):
+    """A bias-free linear model: forward x @ W (2 B I O) and backward dW (2 B I O); no dx for the
+    input leaf; the elementwise ops, the loss and Adam count 0."""
+    from types import SimpleNamespace
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(32, 1, bias=False)
+
+        def forward(self, batch):
+            return SimpleNamespace(logits=torch.tanh(self.w(batch.x)).squeeze(-1) * 2.0, aux_loss=None)
+
+    model = Lin()
+    batch = SimpleNamespace(x=torch.randn(64, 32), label=torch.rand(64).round())
+    loop = SimpleNamespace(model=model, optimizer=torch.optim.Adam(model.parameters()))
+    flops = efficiency.step_flops(loop, batch)
+    assert flops == 2 * (2 * 64 * 32 * 1)
+
+
+def test_matmul_peak_is_positive_and_finite(one_thread):
+    out = efficiency.measure_matmul_peak(BenchOptions(dataset="movielens-100k", cache="x", threads=1,
+                                                      matmul_n=256, matmul_repeats=2))
+    assert out["matmul_n"] == 256 and out["matmul_repeats"] == 2 and out["threads"] == 1
+    assert np.isfinite(out["matmul_peak_gflops"]) and out["matmul_peak_gflops"] > 0
 
 
 def test_right_pad_moves_real_behaviours_first():

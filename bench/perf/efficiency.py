@@ -16,8 +16,16 @@ model, its optimiser state and the largest batch's activations. In the child, in
 3. inference samples/s: N_valid / seconds of ``predict`` over the validation split at the config's
    eval batch size, median of ``infer_passes`` passes;
 4. training samples/s: batch size / median seconds of ``steps`` full-batch training steps after
-   ``warmup`` steps (the step-level figure, free of epoch-level overheads);
+   ``warmup`` steps (the step-level figure, free of epoch-level overheads); then, outside the timed
+   loop, the FLOPs of one more training step on the last timed batch, counted by
+   ``torch.utils.flop_counter.FlopCounterMode`` (matmul/conv-type aten ops only: embedding
+   lookups, elementwise ops, scatter and the optimiser are not counted), and the achieved GFLOP/s
+   = those FLOPs / the median step;
 5. peak RSS (and on CUDA the peak allocated device memory).
+
+Once per bench run, in its own child with the same threads, the machine's fp32 matmul throughput
+(:func:`measure_matmul_peak`: median of a few ``torch.mm`` of ``matmul_n`` x ``matmul_n``): every
+row's ``flop_fraction`` = its achieved GFLOP/s / that peak.
 
 Test metrics of our models come from the run records (``bench.training.studies.Runner``: an existing
 main-table run is reused, a missing one is trained with the protocol). The DeepCTR-Torch peer
@@ -68,6 +76,8 @@ class BenchOptions:
     threads: torch intra-op threads in each child (None: torch's default).
     seed: model seed (initialisation, shuffling, DIEN negatives) of ours and of the peer.
     accuracy: also train the peer to early stopping and score its test split.
+    matmul_n / matmul_repeats: size and timed repeats (after one warm-up) of the fp32 ``torch.mm``
+        of the matmul-peak figure.
     """
 
     dataset: str
@@ -79,6 +89,8 @@ class BenchOptions:
     infer_passes: int = 3
     seed: int = 0
     accuracy: bool = True
+    matmul_n: int = 2048
+    matmul_repeats: int = 5
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,8 +151,9 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     eval_s = time.perf_counter() - t0
     infer_s = _seconds(lambda: predict(model, valid, tcfg.eval_batch_size), opts.infer_passes, dev)  # 3.
     full = min(tcfg.batch_size, len(train))
-    per_step = _step_seconds(loop, full, opts, dev)  # 4.
+    per_step, last = _step_seconds(loop, full, opts, dev)  # 4.
     step_s = statistics.median(per_step)
+    step_gflop = step_flops(loop, last) / 1e9  # outside the timed loop, on the last timed batch
     return {
         "model": model_name,
         "n_params": count_params(model),
@@ -148,6 +161,8 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
         "eval_batch_size": tcfg.eval_batch_size,
         "train_samples_per_s": full / step_s,
         "step_ms": 1e3 * step_s,
+        "step_gflop": step_gflop,
+        "achieved_gflops": step_gflop / step_s,
         "epoch_train_samples_per_s": len(train) / (data_s + compute_s),
         "infer_samples_per_s": len(valid) / statistics.median(infer_s),
         "epoch_data_s": data_s,
@@ -186,11 +201,13 @@ def _timed_epoch(loop: StepLoop, dev: torch.device) -> tuple[float, float]:
             raise RuntimeError(f"{loop.run}: non-finite loss during the timed epoch")
 
 
-def _step_seconds(loop: StepLoop, full: int, opts: BenchOptions, dev: torch.device) -> list[float]:
+def _step_seconds(loop: StepLoop, full: int, opts: BenchOptions, dev: torch.device) -> tuple[list[float], Any]:
     """Seconds of ``opts.steps`` training steps on batches of ``full`` rows (shuffled batches of
-    the train split, smaller ones skipped) after ``opts.warmup`` untimed ones."""
+    the train split, smaller ones skipped) after ``opts.warmup`` untimed ones, and the last timed
+    batch."""
     loop.model.train()
     per_step: list[float] = []
+    batch = None
     need = max(opts.steps, 1) + max(opts.warmup, 0)
     seen = 0
     while seen < need:
@@ -207,7 +224,38 @@ def _step_seconds(loop: StepLoop, full: int, opts: BenchOptions, dev: torch.devi
             seen += 1
             if seen >= need:
                 break
-    return per_step
+    return per_step, batch
+
+
+def step_flops(loop: StepLoop, batch) -> int:
+    """FLOPs of one training step (:func:`bench.training.train.train_step`: forward, loss, backward,
+    Adam) of ``loop.model`` on ``batch``, as ``torch.utils.flop_counter.FlopCounterMode`` counts
+    them: matmul/conv-type aten ops only (mm, addmm, bmm, baddbmm, convolutions, attention
+    kernels); embedding lookups, elementwise ops, scatter and the optimiser's update count 0. The
+    step is really taken (the model is updated), so call it after the timed steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loop.model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(loop.model, loop.optimizer, batch)
+    return int(counter.get_total_flops())
+
+
+def measure_matmul_peak(opts: BenchOptions) -> dict[str, Any]:
+    """This machine's fp32 matmul throughput at ``opts.threads`` (run in a child process, set up as
+    the models' children): GFLOP/s of the median of ``opts.matmul_repeats`` ``torch.mm`` of two
+    ``opts.matmul_n`` x ``opts.matmul_n`` fp32 matrices (2 n^3 FLOPs each) after one warm-up."""
+    dev = _child_setup(opts)
+    n = opts.matmul_n
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dev)
+    b = torch.randn(n, n, generator=gen).to(dev)
+    torch.mm(a, b)  # warm-up
+    synchronize(dev)
+    secs = _seconds(lambda: torch.mm(a, b), opts.matmul_repeats, dev)
+    return {"matmul_peak_gflops": 2.0 * n**3 / statistics.median(secs) / 1e9, "matmul_n": n,
+            "matmul_repeats": len(secs), "threads": torch.get_num_threads()}
 
 
 def _seconds(fn: Callable[[], Any], repeats: int, dev: torch.device) -> list[float]:
@@ -316,6 +364,7 @@ CSV_COLUMNS = (
     "peer_model", "peer_n_params", "peer_train_samples_per_s", "peer_infer_samples_per_s", "peer_epoch_s",
     "peer_eval_s", "peer_peak_rss_mb", "peer_base_rss_mb", "peer_peak_gpu_mb", "peer_test_auc",
     "peer_test_logloss", "peer_test_gauc", "peer_best_epoch", "peer_status", "ratio", "infer_ratio",
+    "step_gflop", "achieved_gflops", "matmul_peak_gflops", "flop_fraction",
 )
 
 
@@ -341,6 +390,10 @@ def efficiency_table(rows: Sequence[dict[str, Any]], notes: Sequence[str], datas
         "Epoch data / compute / eval (s)": [
             " / ".join(_fmt(r.get(k), 2) for k in ("epoch_data_s", "epoch_compute_s", "eval_s")) for r in rows],
         "Peak RSS (MB)": [_fmt(r.get("peak_rss_mb")) for r in rows],
+        "GFLOP/step": [_fmt(r.get("step_gflop"), 3) for r in rows],
+        "GFLOP/s": [_fmt(r.get("achieved_gflops"), 2) for r in rows],
+        "% of matmul peak": [_fmt(100 * r["flop_fraction"] if r.get("flop_fraction") is not None else None, 1)
+                             for r in rows],
         "Test AUC": [_fmt(r.get("test_auc"), 4) for r in rows],
     })
     if peer:
@@ -397,6 +450,11 @@ def run_bench(
                 + (" (and training it to early stopping)" if opts.accuracy else ""))
             row.update({k: v for k, v in run_in_child(_peer_safely, opts, name).items() if k != "model"})
         rows.append(row)
+    say(f"{opts.dataset}: measuring the fp32 matmul peak ({opts.matmul_n} x {opts.matmul_n} torch.mm)")
+    peak = run_in_child(measure_matmul_peak, opts)
+    for row in rows:
+        row["matmul_peak_gflops"] = peak["matmul_peak_gflops"]
+        row["flop_fraction"] = row["achieved_gflops"] / peak["matmul_peak_gflops"]
     load_end = os.getloadavg()
     with_test = opts.accuracy and runner is not None
     for row in rows if with_test else ():
@@ -410,7 +468,7 @@ def run_bench(
         row["ratio"] = row["epoch_train_samples_per_s"] / peer_rate if peer_rate else float("nan")
         peer_inf = row.get("peer_infer_samples_per_s")
         row["infer_ratio"] = row["infer_samples_per_s"] / peer_inf if peer_inf else float("nan")
-    notes = _notes(opts, ds, rows, with_test, (started, load_start[0], load_end[0]))
+    notes = _notes(opts, ds, rows, with_test, (started, load_start[0], load_end[0]), peak)
     if peer is not None:
         version = next((r.get("peer_version") for r in rows if r.get("peer_version")), PEER_VERSION)
         notes += peer_notes(version)
@@ -423,9 +481,10 @@ def run_bench(
 
 
 def _notes(opts: BenchOptions, ds, rows: Sequence[dict[str, Any]], with_test: bool,
-           when: tuple[datetime, float, float]) -> list[str]:
+           when: tuple[datetime, float, float], peak: dict[str, Any]) -> list[str]:
     """The notes under the table: machine, dataset, what each figure is, the gAUC timing (measured
-    here). ``when``: the start of the measurements and the load averages at their start and end."""
+    here). ``when``: the start of the measurements and the load averages at their start and end;
+    ``peak``: :func:`measure_matmul_peak`'s result."""
     started, load_start, load_end = when
     g = gauc_benchmark()
     tune_allocator()
@@ -450,6 +509,16 @@ def _notes(opts: BenchOptions, ds, rows: Sequence[dict[str, Any]], with_test: bo
         f"{opts.infer_passes} scoring passes over the validation split. Peak RSS: ru_maxrss of the "
         "child: interpreter, libraries, the prepared dataset and the model (base_rss_mb in the CSV: the "
         "child's peak after its imports and loading the dataset, before building the model).",
+        f"GFLOP/step: FLOPs of one full-batch training step (forward, loss, backward, Adam) on the last "
+        "timed batch, counted outside the timed loop by torch.utils.flop_counter.FlopCounterMode, which "
+        "counts matmul/conv-type ops only (mm, addmm, bmm, convolutions, attention): embedding lookups, "
+        "elementwise ops, scatter and the optimiser update are not counted, so memory-bound models "
+        "(embedding-heavy, little dense compute) show a small fraction. GFLOP/s: GFLOP/step / median "
+        f"step seconds. % of matmul peak: GFLOP/s / this machine's fp32 matmul throughput, "
+        f"{peak['matmul_peak_gflops']:,.1f} GFLOP/s (median of {peak['matmul_repeats']} torch.mm of "
+        f"{peak['matmul_n']} x {peak['matmul_n']} fp32 after one warm-up, 2 n^3 FLOPs each, "
+        f"{peak['threads']} thread(s), measured once in its own spawned process; matmul_peak_gflops in "
+        "the CSV).",
         ("Test AUC: our run records (the main table's runs when they exist; else trained now by the "
          "protocol: early stopping on validation AUC, patience and max epochs from the config, best "
          "epoch restored, test scored once)." if with_test else
