@@ -91,6 +91,9 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
         assert needle in md, needle
     header = [c.strip() for c in md.split("\n")[2].strip("|").split("|")]
     assert header[header.index("Peak RSS (MB)") + 1:][:3] == ["GFLOP/step", "GFLOP/s", "% of matmul peak"]
+    for line in md.split("\n")[4:6]:  # LR's ~1e-4 GFLOP/step is shown to 3 significant figures, not as 0.000
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all(float(cells[header.index(c)].replace(",", "")) > 0 for c in ("GFLOP/step", "GFLOP/s", "% of matmul peak"))
 
 
 def _model_cfg(name: str) -> dict:

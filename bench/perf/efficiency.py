@@ -376,6 +376,13 @@ def _fmt(v: Any, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _sig(v: Any, digits: int = 3) -> str:
+    """``v`` to ``digits`` significant figures (LR's step is ~1e-4 GFLOP, xDeepFM's ~10), blank when missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:#.{digits}g}".rstrip(".") if abs(v) < 10 ** digits else f"{v:,.0f}"
+
+
 def efficiency_table(rows: Sequence[dict[str, Any]], notes: Sequence[str], dataset: str, peer: str | None):
     """A ``bench.report.Table`` of the measured rows (CSV: every column of ``CSV_COLUMNS``)."""
     from bench.report import MODEL_LABELS, Table
@@ -390,9 +397,9 @@ def efficiency_table(rows: Sequence[dict[str, Any]], notes: Sequence[str], datas
         "Epoch data / compute / eval (s)": [
             " / ".join(_fmt(r.get(k), 2) for k in ("epoch_data_s", "epoch_compute_s", "eval_s")) for r in rows],
         "Peak RSS (MB)": [_fmt(r.get("peak_rss_mb")) for r in rows],
-        "GFLOP/step": [_fmt(r.get("step_gflop"), 3) for r in rows],
-        "GFLOP/s": [_fmt(r.get("achieved_gflops"), 2) for r in rows],
-        "% of matmul peak": [_fmt(100 * r["flop_fraction"] if r.get("flop_fraction") is not None else None, 1)
+        "GFLOP/step": [_sig(r.get("step_gflop")) for r in rows],
+        "GFLOP/s": [_sig(r.get("achieved_gflops")) for r in rows],
+        "% of matmul peak": [_sig(100 * r["flop_fraction"] if r.get("flop_fraction") is not None else None)
                              for r in rows],
         "Test AUC": [_fmt(r.get("test_auc"), 4) for r in rows],
     })
