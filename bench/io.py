@@ -112,7 +112,10 @@ def _backup(path: Path) -> str | None:
         os.unlink(backup)
     except FileNotFoundError:
         pass
-    os.link(path, backup)
+    try:
+        os.link(path, backup)
+    except OSError:  # a file system without hard links: a copy serves as well
+        shutil.copy2(path, backup)
     return backup
 
 

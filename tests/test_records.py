@@ -355,3 +355,32 @@ def test_seeds_have_an_upper_bound(tmp_path):
         res = CliRunner().invoke(cli, [cmd, "--seeds", "1000000", "--results-dir", str(tmp_path)])
         assert res.exit_code == 2 and "1000000 is not in the range 1<=x<=1000" in res.output
     assert not any(tmp_path.iterdir())
+
+
+def test_publication_without_hard_links_still_puts_the_old_table_back(tmp_path, monkeypatch):
+    """On a file system without hard links the backups are copies: a failed rename still leaves
+    the whole table as it was."""
+    from bench.report import main_table
+    from test_report import rec
+
+    recs = [rec(m, s, 0.6 + 0.01 * s + (m == "mian") * 0.01, 0.5) for m in ("lr", "mian") for s in range(3)]
+    paths = main_table(recs, "ds", ["lr", "mian"]).write(tmp_path / "main_table")
+    before = {p: p.read_bytes() for p in paths}
+
+    def no_link(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".tex"):
+            raise PermissionError(1, "Operation not permitted")
+        real(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "link", no_link)
+    monkeypatch.setattr(io_mod.os, "replace", replace)
+    with pytest.raises(io_mod.PathError, match="main_table.tex cannot be written"):
+        main_table(recs[:-1], "ds", ["lr", "mian"]).write(tmp_path / "main_table")
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in paths} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)

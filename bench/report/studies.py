@@ -149,7 +149,7 @@ def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cas
         model, diffs = runner.retrain_model(spec, record)
         source = f"retrained MIAN seed {seed}"
     else:
-        diffs = runner.checkpoint_differences(record) or []
+        diffs = runner.checkpoint_differences(record, model) or []
         source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
     test = runner.dataset_for(spec).test
     weights = collect_output(model, test.to(runner.device), 4096, "gim_weights")

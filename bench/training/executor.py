@@ -38,7 +38,8 @@ class ExecutorError(Exception):
     """The executor cannot go on (Ray missing or unreachable, a worker process died); one line."""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -202,7 +203,7 @@ class RayCluster(Executor):
             try:
                 ray.init(address=address)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(f"cannot connect to the Ray cluster at {address!r} ({_first_line(exc)}); "
+                raise ExecutorError(f"cannot connect to the Ray cluster at {address!r} ({first_line(exc)}); "
                                     "start one (ray start --head) or give the address of its head node") from None
         cpus = ray.cluster_resources().get("CPU", 0)
         self.slots = max(1, int(cpus // (threads or 1)))
@@ -229,9 +230,9 @@ class RayCluster(Executor):
             cause = getattr(exc, "cause", None)
             if isinstance(cause, Exception):
                 raise cause from None
-            raise ExecutorError(f"a Ray task failed: {_first_line(exc)}") from None
+            raise ExecutorError(f"a Ray task failed: {first_line(exc)}") from None
         except rx.RayError as exc:
-            raise ExecutorError(f"Ray lost a run ({type(exc).__name__}: {_first_line(exc)}); every record written "
+            raise ExecutorError(f"Ray lost a run ({type(exc).__name__}: {first_line(exc)}); every record written "
                                 "so far is kept: run the command again to train the rest") from None
 
     def _stop(self, handles):

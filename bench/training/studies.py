@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from bench.training import train as train_mod
 from bench.training.config import data_params, resolve_config
-from bench.training.executor import ExecutorError, make_executor
+from bench.training.executor import ExecutorError, first_line, make_executor
 from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore, StoreError, run_id, run_key, sealed
 from bench.training.train import RunSpec
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _damaged(path: Path, exc: BaseException) -> None:
-    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    why = first_line(exc)
     log.warning("checkpoint %s is damaged (%s); treating it as missing", path, why if len(why) <= 100 else why[:97] + "...")
 
 
@@ -198,19 +198,20 @@ class Runner:
             return None
         return model.to(self.device).eval()
 
-    def checkpoint_differences(self, record: dict[str, Any]) -> list[str] | None:
+    def checkpoint_differences(self, record: dict[str, Any], model: torch.nn.Module | None = None) -> list[str] | None:
         """How the model in ``record``'s checkpoint differs from the record (:func:`model_differences`;
         empty when it is the recorded model), or None when there is no checkpoint. A checkpoint
         written before checkpoints carried their metrics (a bare state dict) is scored on the
         validation split again and compared exactly with the record's best-epoch validation
         metrics: checkpoints are kept per run id, so a retrain of the same run into another
-        results folder (another model on another machine) may have replaced the recorded one."""
+        results folder (another model on another machine) may have replaced the recorded one.
+        ``model``: the checkpoint's model when the caller has loaded it already (not built again)."""
         ckpt = self._load_checkpoint(record["run_id"])
         if ckpt is None:
             return None
         if ckpt["trained"] is not None:
             return model_differences(record, ckpt["trained"])
-        model = self.load_model(record)
+        model = model if model is not None else self.load_model(record)
         if model is None:
             return None
         from bench.data.samples import ProtocolParams
