@@ -151,8 +151,10 @@ class DIEN(nn.Module):
         if T < 2:
             return h.new_zeros(())
         neg = torch.randint(2, self.item_table.shape[0], (B, T - 1), device=self.item_table.device)
-        e_neg = self.embedding.embed_items(self.item_table[neg.t()]).flatten(2)  # [T-1, B, D]
-        return self.pair_loss(h[:-1], e[1:], e_neg, mask[1:])
+        # only the real pairs are scored (the padding pairs' terms are masked out of the mean anyway)
+        pairs = mask[1:]  # [T-1, B]
+        e_neg = self.embedding.embed_items(self.item_table[neg.t()[pairs]]).flatten(1)  # [P, D]
+        return self.pair_loss(h[:-1][pairs], e[1:][pairs], e_neg, pairs.new_ones(e_neg.shape[0]))
 
     def pair_loss(self, h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """-mean over real pairs of [log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))], 0 without pairs.

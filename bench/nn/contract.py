@@ -134,6 +134,31 @@ class Batch:
             for start in range(0, n, batch_size):
                 yield self.take(slice(start, start + batch_size))
 
+    def trim_padding(self) -> "Batch":
+        """This batch without the leading behaviour slots that are padding in every row (left
+        padding: real behaviours fill the last slots); at least one slot is kept. hist [B, T, F_i]
+        -> [B, T', F_i], hist_mask [B, T] -> [B, T'] with T' = the longest real history (>= 1).
+
+        Exact for every model of the harness: each is invariant to extra left padding (positions
+        and per-slot weights are indexed from the most recent behaviour; tested per model)."""
+        used = self.hist_mask.any(0)
+        T = int(used.shape[0])
+        if T == 0 or bool(used[0]):
+            return self
+        first = int(used.to(torch.int8).argmax()) if bool(used.any()) else T - 1
+        return dataclasses.replace(self, hist=self.hist[:, first:], hist_mask=self.hist_mask[:, first:])
+
+    def length_sorted_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, "Batch"]]:
+        """(positions, batch) pairs covering every sample once, for scoring: samples ordered by
+        history length (stable), each batch :meth:`trim_padding`-ed, so a batch of short histories
+        carries no padding. positions [b] int64 are the samples' indices in this split (to put the
+        outputs back in split order)."""
+        lengths = self.hist_mask.sum(1)
+        order = torch.sort(lengths, stable=True).indices
+        for start in range(0, len(self), batch_size):
+            pos = order[start : start + batch_size]
+            yield pos, self.take(pos).trim_padding()
+
 
 #: All samples of one split, in memory: a :class:`Batch` with B = N (the harness's name for it).
 Split = Batch

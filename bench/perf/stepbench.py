@@ -49,7 +49,8 @@ import torch
 from bench.training.config import ConfigError, parse_overrides
 from bench.nn.contract import Batch, FeatureSchema, Field, Split
 from bench.training.registry import MODEL_NAMES, build_model, config_class, count_params
-from bench.training.train import train_step
+from bench.training.config import TrainConfig
+from bench.training.train import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class _Stepper:
         torch.manual_seed(0)
         self.name = name
         self.model = build_model(name, schema, params, item_table=table).train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt = make_optimizer(self.model, TrainConfig(lr=1e-3))
         self.batches = batches
         self.i = 0
         self.n_params = count_params(self.model)

@@ -84,6 +84,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return loss.detach()
 
 
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015) with ``tcfg``'s lr and L2 weight decay, torch's fused kernel (one
+    pass over each parameter instead of one kernel per update term; the same algorithm, other
+    float rounding than the per-op path)."""
+    return torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=True)
+
+
 #: on an accelerator the non-finite check reads the losses back every this many steps (one
 #: synchronisation per window instead of one per step); on the CPU it is every step.
 NONFINITE_WINDOW = 64
@@ -95,22 +102,44 @@ def nonfinite_window(device: torch.device) -> int:
 
 
 @torch.inference_mode()
-def collect_output(model: torch.nn.Module, split: Split, batch_size: int, name: str = "logits") -> np.ndarray:
+def collect_output(model: torch.nn.Module, split: Split, batch_size: int, name: str = "logits",
+                   by_length: bool = True) -> np.ndarray:
     """Concatenate output attribute ``name`` (the logits [B], or e.g. MIAN's ``gim_weights``
-    [B, 7]) over ``split`` in eval mode, in split order -> [N, ...] float64 ([0] for an empty
-    split). Raises ValueError when the model does not produce it."""
+    [B, 7]) over ``split`` in eval mode -> [N, ...] float64 in split order ([0] for an empty
+    split).
+
+    With ``by_length`` (default) the split is scored in batches of similar history length, each
+    trimmed to its longest real history (:meth:`Batch.length_sorted_batches`), and the outputs are
+    put back in split order: the same scores as ``by_length=False`` (split-order batches, all T
+    slots) up to float rounding (tested per model), without the padding. Outputs whose shape
+    depends on T (per-slot attention) need ``by_length=False``.
+    Raises ValueError when the model does not produce ``name``, or (``by_length``) when its shape
+    varies between batches."""
     was_training = model.training
     model.eval()
-    parts = []
+    parts, where = [], []
+    batches = split.length_sorted_batches(batch_size) if by_length else ((None, b) for b in split.batches(batch_size))
     try:
-        for b in split.batches(batch_size):
+        for pos, b in batches:
             value = getattr(model(b), name, None)
             if value is None:
                 raise ValueError(f"{type(model).__name__} output has no {name!r} (is the module switched off?)")
             parts.append(value.double().cpu())
+            if pos is not None:
+                where.append(pos.cpu())
     finally:
         model.train(was_training)
-    return torch.cat(parts).numpy() if parts else np.zeros(0)
+    if not parts:
+        return np.zeros(0)
+    if len({p.shape[1:] for p in parts}) > 1:
+        raise ValueError(f"{type(model).__name__} output {name!r} changes shape with the batch's history "
+                         f"length; collect it with by_length=False")
+    values = torch.cat(parts)
+    if where:
+        out = torch.empty_like(values)
+        out[torch.cat(where)] = values
+        values = out
+    return values.numpy()
 
 
 def predict(model: torch.nn.Module, split: Split, batch_size: int) -> np.ndarray:
@@ -233,7 +262,7 @@ class StepLoop:
     def __init__(self, model: torch.nn.Module, splits: dict[str, Split], tcfg: TrainConfig, seed: int,
                  device: torch.device, run: str):
         self.model, self.tcfg, self.run = model, tcfg, run
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.optimizer = make_optimizer(model, tcfg)
         self.generator = torch.Generator().manual_seed(seed)
         self.splits = {name: s.to(device) for name, s in splits.items()}
         self.steps = 0
