@@ -65,12 +65,19 @@ class MIAN(nn.Module):
             max_len T).
         cfg: a :class:`MIAN.Config`.
         item_table: unused (accepted for the shared model signature).
+        trim_padding: run IBIM only on the slots where some row of the batch has a real behaviour
+            (exact: the model is invariant to extra left padding; a speed-up only, so not part of
+            the Config nor of the run id).
+        length_buckets: the Transformer encodes rows grouped by history length into up to this
+            many buckets, each on its own trailing window of slots (1 = one pass over all slots);
+            exact, a speed-up only (see BehaviourEncoder), not part of the Config.
     Forward: ``batch`` (bench.nn.contract.Batch, histories left-padded, any T <= schema.max_len) ->
         :class:`MIANOutput` (logits [B] and the attention weights of every present module).
     Raises:
         ValueError (at construction): ICIM on with no context fields (K = 0), IUIM on with no
-        user fields, or n_heads not dividing F_i * embed_dim (a value out of range is refused by
-        the Config itself, ConfigError from bench.nn.config).
+        user fields, n_heads not dividing F_i * embed_dim, ``trim_padding`` not a bool or
+        ``length_buckets`` not an integer >= 1 (a value out of range is refused by the Config
+        itself, ConfigError from bench.nn.config).
         ValueError (in forward): a batch whose T exceeds schema.max_len.
     """
 
@@ -89,11 +96,9 @@ class MIAN(nn.Module):
         n_layers, n_heads, ffn_dim, dropout, positional: the behaviour Transformer (7.1);
             ffn_dim None = the behaviour width F_i * embed_dim (SASRec's choice).
         gim_dim: common width D of the GIM projections (7.4a).
-        trim_padding: run IBIM only on the slots where some row of the batch has a real behaviour
-            (exact: the model is invariant to extra left padding; a speed-up only).
-        length_buckets: the Transformer encodes rows grouped by history length into up to this
-            many buckets, each on its own trailing window of slots (1 = one pass over all slots);
-            exact, a speed-up only (see BehaviourEncoder).
+
+        The exact speed paths (``trim_padding``, ``length_buckets``) are constructor arguments of
+        :class:`MIAN`, not fields here: they do not change the model, so not the run id.
         """
 
         embed_dim: int = 16
@@ -112,19 +117,26 @@ class MIAN(nn.Module):
         dropout: float = 0.0
         positional: bool = True
         gim_dim: int = 128
-        trim_padding: bool = True
-        length_buckets: int = 4
 
     def __init__(
         self,
         schema: FeatureSchema,
         cfg: "MIAN.Config | None" = None,
         item_table: torch.Tensor | None = None,
+        *,
+        trim_padding: bool = True,
+        length_buckets: int = 4,
     ):
         super().__init__()
+        if not isinstance(trim_padding, bool):
+            raise ValueError(f"MIAN: trim_padding must be True or False, got {trim_padding!r}")
+        if isinstance(length_buckets, bool) or not isinstance(length_buckets, int) or length_buckets < 1:
+            raise ValueError(f"MIAN: length_buckets must be an integer >= 1, got {length_buckets!r}")
         cfg = cfg if cfg is not None else MIAN.Config()
         self.schema = schema
         self.cfg = cfg
+        self.trim_padding = trim_padding
+        self.length_buckets = length_buckets
         d = cfg.embed_dim
         F_i, J, K, T = (
             schema.n_item_fields,
@@ -164,7 +176,7 @@ class MIAN(nn.Module):
                     kind=cfg.transformer,
                     max_len=T,
                     positional=cfg.positional,
-                    length_buckets=cfg.length_buckets,
+                    length_buckets=length_buckets,
                 )
             self.ibim = BehaviourAttention(item_dim, item_dim, T, cfg.ibim_score)
         # IUIM (Eq. 10-11) and ICIM (Eq. 12-13).
@@ -196,7 +208,7 @@ class MIAN(nn.Module):
             )
         if T_in == 0:
             raise ValueError("MIAN: batch has no behaviour slots (hist of shape [B, 0, F_i])")
-        if self.cfg.trim_padding:
+        if self.trim_padding:
             batch = _trim_left_padding(batch)
         emb = self.embedding(batch)
         T = emb.e_b.shape[1]
