@@ -22,6 +22,7 @@ from bench.nn.config import ModelConfig, choice
 from bench.nn.contract import Batch, FeatureSchema, ModelOutput
 from bench.nn.embedding import FeatureEmbedding
 from bench.nn.mlp import ACTIVATIONS, MLP
+from bench.nn.pooling import masked_mean
 from mian.layers import (
     IBIM_SCORES,
     TRANSFORMER_KINDS,
@@ -231,7 +232,7 @@ class MIAN(nn.Module):
         reps = (
             e_i,
             emb.e_c.reshape(B, -1),
-            _behaviour_mean(e_b, mask),
+            masked_mean(e_b, mask),  # e_b of GIM (7.4a): the mean over the real behaviours, 0 if none
             emb.e_u.reshape(B, -1),
             r_ibim,
             r_iuim,
@@ -267,16 +268,6 @@ def _trim_left_padding(batch: Batch) -> Batch:
     if first == 0:
         return batch
     return dataclasses.replace(batch, hist=batch.hist[:, first:], hist_mask=batch.hist_mask[:, first:])
-
-
-def _behaviour_mean(e_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """e_b of GIM (7.4a): the mean of the behaviours e_b [B, T, D_i] over the real slots of
-    ``mask`` [B, T] -> [B, D_i], 0 for an empty history.
-
-    The values of :func:`bench.nn.pooling.masked_mean` with another rounding (a masked sum
-    divided by the count, not a bmm of the weights): the one MIAN's run records were trained with."""
-    m = mask.to(e_b.dtype).unsqueeze(-1)
-    return (e_b * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 #: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,
