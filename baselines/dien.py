@@ -4,7 +4,7 @@
    embeddings (interest extractor layer). Histories arrive left-padded; they are rotated so the real behaviours
    come first (:func:`bench.nn.sequence.right_align`) and the rows are sorted by length, so the
    GRU runs on packed sequences (``pack_padded_sequence``): padding never enters the recurrence
-   and costs nothing. ``gru_impl="fused"`` runs the same weights through
+   and costs nothing. The constructor's ``gru_impl="fused"`` (the default) runs the same weights through
    :func:`bench.nn.sequence.gru_sequence` instead (the AUGRU's recurrence; equal outputs and
    gradients, about the same CPU time as ``nn.GRU`` on a 2-core CPU).
 2. Auxiliary loss L_aux, total loss L_target + alpha L_aux: h_t must tell the real next behaviour e_{t+1} from a sampled
@@ -33,7 +33,7 @@ from bench.nn.embedding import FeatureEmbedding
 from bench.nn.mlp import ACTIVATIONS, MLP
 from bench.nn.sequence import AUGRU, active_counts, gru_sequence, left_align, right_align
 
-#: The interest extractor implementations of ``DIEN.Config.gru_impl``.
+#: The interest extractor implementations of ``DIEN(..., gru_impl=...)``.
 GRU_IMPLS = ("fused", "torch")
 
 
@@ -45,13 +45,16 @@ class DIEN(nn.Module):
         cfg: :class:`DIEN.Config`.
         item_table: [V_item_id, F_i] integer item fields of each item-id index (LongTensor or
             array), V_item_id = the item-id field's vocabulary size. Needed when ``use_aux``.
+        gru_impl: the interest extractor's implementation, an exact speed path (so not in the
+            Config nor the run id): "fused" (:func:`bench.nn.sequence.gru_sequence` on the
+            ``nn.GRU``'s weights) | "torch" (the ``nn.GRU`` module on packed sequences).
     Negatives: during training, ``torch.randint(2, V_item_id, (B, T - 1))`` from torch's global
     generator; the negative of step t (paired with h_t) is ``item_table[neg[b, t]]``, embedded with
     the shared item tables. Eval mode draws nothing.
     Shapes: batch -> ModelOutput(logits [B], aux_loss = alpha * L_aux (scalar; None in eval mode or
     with ``use_aux`` False), attention={"dien": a [B, T]} in the batch's left-padded slot order).
-    Raises ValueError if ``use_aux`` and no ``item_table``, or for an ``item_table`` of the wrong
-    shape.
+    Raises ValueError if ``use_aux`` and no ``item_table``, for an ``item_table`` of the wrong
+    shape, or a ``gru_impl`` not in :data:`GRU_IMPLS`.
     """
 
     @dataclass(frozen=True)
@@ -61,10 +64,13 @@ class DIEN(nn.Module):
         use_aux: bool = True
         aux_weight: float = 1.0
         aux_mlp: tuple[int, ...] = ()  # () = the paper's <h_t, e>; (100, 50) = the official code's MLP
-        gru_impl: str = choice("fused", GRU_IMPLS)  # "fused" (gru_sequence on the nn.GRU's weights) | "torch" (the nn.GRU module)
 
-    def __init__(self, schema: FeatureSchema, cfg: "DIEN.Config | None" = None, item_table: torch.Tensor | None = None):
+    def __init__(self, schema: FeatureSchema, cfg: "DIEN.Config | None" = None, item_table: torch.Tensor | None = None,
+                 *, gru_impl: str = "fused"):
         super().__init__()
+        if gru_impl not in GRU_IMPLS:
+            raise ValueError(f"DIEN: gru_impl must be one of {', '.join(map(repr, GRU_IMPLS))}, got {gru_impl!r}")
+        self.gru_impl = gru_impl
         self.cfg = cfg = cfg or self.Config()
         d = cfg.embed_dim
         D = schema.n_item_fields * d
@@ -135,7 +141,7 @@ class DIEN(nn.Module):
         """Interest extractor states [T, B, H] (0 after each row's length) of the time-major,
         right-aligned behaviours ``e`` [T, B, D]; rows sorted by ``lengths`` [B], longest first."""
         gru = self.extractor
-        if self.cfg.gru_impl == "torch":
+        if self.gru_impl == "torch":
             packed = nn.utils.rnn.pack_padded_sequence(e, lengths.clamp_min(1).cpu(), enforce_sorted=True)
             return nn.utils.rnn.pad_packed_sequence(gru(packed)[0], total_length=e.shape[0])[0]
         return gru_sequence(e, gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0, counts=counts)

@@ -22,6 +22,7 @@ from bench.nn.config import ModelConfig, choice
 from bench.nn.contract import Batch, FeatureSchema, ModelOutput
 from bench.nn.embedding import FeatureEmbedding
 from bench.nn.mlp import ACTIVATIONS, MLP
+from bench.nn.pooling import masked_mean
 from mian.layers import (
     IBIM_SCORES,
     TRANSFORMER_KINDS,
@@ -65,12 +66,19 @@ class MIAN(nn.Module):
             max_len T).
         cfg: a :class:`MIAN.Config`.
         item_table: unused (accepted for the shared model signature).
+        trim_padding: run IBIM only on the slots where some row of the batch has a real behaviour
+            (exact: the model is invariant to extra left padding; a speed-up only, so not part of
+            the Config nor of the run id).
+        length_buckets: the Transformer encodes rows grouped by history length into up to this
+            many buckets, each on its own trailing window of slots (1 = one pass over all slots);
+            exact, a speed-up only (see BehaviourEncoder), not part of the Config.
     Forward: ``batch`` (bench.nn.contract.Batch, histories left-padded, any T <= schema.max_len) ->
         :class:`MIANOutput` (logits [B] and the attention weights of every present module).
     Raises:
         ValueError (at construction): ICIM on with no context fields (K = 0), IUIM on with no
-        user fields, or n_heads not dividing F_i * embed_dim (a value out of range is refused by
-        the Config itself, ConfigError from bench.nn.config).
+        user fields, n_heads not dividing F_i * embed_dim, ``trim_padding`` not a bool or
+        ``length_buckets`` not an integer >= 1 (a value out of range is refused by the Config
+        itself, ConfigError from bench.nn.config).
         ValueError (in forward): a batch whose T exceeds schema.max_len.
     """
 
@@ -89,11 +97,9 @@ class MIAN(nn.Module):
         n_layers, n_heads, ffn_dim, dropout, positional: the behaviour Transformer (7.1);
             ffn_dim None = the behaviour width F_i * embed_dim (SASRec's choice).
         gim_dim: common width D of the GIM projections (7.4a).
-        trim_padding: run IBIM only on the slots where some row of the batch has a real behaviour
-            (exact: the model is invariant to extra left padding; a speed-up only).
-        length_buckets: the Transformer encodes rows grouped by history length into up to this
-            many buckets, each on its own trailing window of slots (1 = one pass over all slots);
-            exact, a speed-up only (see BehaviourEncoder).
+
+        The exact speed paths (``trim_padding``, ``length_buckets``) are constructor arguments of
+        :class:`MIAN`, not fields here: they do not change the model, so not the run id.
         """
 
         embed_dim: int = 16
@@ -112,19 +118,26 @@ class MIAN(nn.Module):
         dropout: float = 0.0
         positional: bool = True
         gim_dim: int = 128
-        trim_padding: bool = True
-        length_buckets: int = 4
 
     def __init__(
         self,
         schema: FeatureSchema,
         cfg: "MIAN.Config | None" = None,
         item_table: torch.Tensor | None = None,
+        *,
+        trim_padding: bool = True,
+        length_buckets: int = 4,
     ):
         super().__init__()
+        if not isinstance(trim_padding, bool):
+            raise ValueError(f"MIAN: trim_padding must be True or False, got {trim_padding!r}")
+        if isinstance(length_buckets, bool) or not isinstance(length_buckets, int) or length_buckets < 1:
+            raise ValueError(f"MIAN: length_buckets must be an integer >= 1, got {length_buckets!r}")
         cfg = cfg if cfg is not None else MIAN.Config()
         self.schema = schema
         self.cfg = cfg
+        self.trim_padding = trim_padding
+        self.length_buckets = length_buckets
         d = cfg.embed_dim
         F_i, J, K, T = (
             schema.n_item_fields,
@@ -164,7 +177,7 @@ class MIAN(nn.Module):
                     kind=cfg.transformer,
                     max_len=T,
                     positional=cfg.positional,
-                    length_buckets=cfg.length_buckets,
+                    length_buckets=length_buckets,
                 )
             self.ibim = BehaviourAttention(item_dim, item_dim, T, cfg.ibim_score)
         # IUIM (Eq. 10-11) and ICIM (Eq. 12-13).
@@ -196,8 +209,8 @@ class MIAN(nn.Module):
             )
         if T_in == 0:
             raise ValueError("MIAN: batch has no behaviour slots (hist of shape [B, 0, F_i])")
-        if self.cfg.trim_padding:
-            batch = _trim_left_padding(batch)
+        if self.trim_padding:
+            batch = batch.trim_padding()  # exact: positions and W_t count back from the most recent slot
         emb = self.embedding(batch)
         T = emb.e_b.shape[1]
         e_i = emb.e_i.reshape(B, self.item_dim)  # [B, D_i]
@@ -219,7 +232,7 @@ class MIAN(nn.Module):
         reps = (
             e_i,
             emb.e_c.reshape(B, -1),
-            _behaviour_mean(e_b, mask),
+            masked_mean(e_b, mask),  # e_b of GIM (7.4a): the mean over the real behaviours, 0 if none
             emb.e_u.reshape(B, -1),
             r_ibim,
             r_iuim,
@@ -243,28 +256,6 @@ class MIAN(nn.Module):
             iuim_weights=iuim_w,
             icim_weights=icim_w,
         )
-
-
-def _trim_left_padding(batch: Batch) -> Batch:
-    """Drop the leading behaviour slots that are padding in every row (keeps at least one slot).
-
-    Exact for MIAN: positions and per-slot weights are indexed from the most recent behaviour."""
-    T = batch.hist_mask.shape[1]
-    used = batch.hist_mask.any(0)
-    first = int(used.to(torch.int8).argmax()) if bool(used.any()) else T - 1
-    if first == 0:
-        return batch
-    return dataclasses.replace(batch, hist=batch.hist[:, first:], hist_mask=batch.hist_mask[:, first:])
-
-
-def _behaviour_mean(e_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """e_b of GIM (7.4a): the mean of the behaviours e_b [B, T, D_i] over the real slots of
-    ``mask`` [B, T] -> [B, D_i], 0 for an empty history.
-
-    The values of :func:`bench.nn.pooling.masked_mean` with another rounding (a masked sum
-    divided by the count, not a bmm of the weights): the one MIAN's run records were trained with."""
-    m = mask.to(e_b.dtype).unsqueeze(-1)
-    return (e_b * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 #: Registry entry (bench/training/registry.py lists this module): the name in the CLI and the run records,

@@ -27,7 +27,8 @@ def test_beauty_from_raw_dir(beauty_files, tmp_path, monkeypatch):
     info = data.prepare("amazon-beauty", tmp_path / "data", folder)
     ds = data.load_prepared("amazon-beauty", tmp_path / "data")
     seqs, _, cats = beauty_rows()
-    assert ds.protocol == "amazon-ctr-v1" and ds.fingerprint == info.fingerprint
+    assert ds.protocol == "amazon-ctr-v2" and ds.fingerprint == info.fingerprint  # the default protocol
+    assert info.path.name.startswith("amazon-ctr-v2-")
     assert [f.name for f in ds.schema.item_fields] == ["item_id", "category"]
     assert [f.name for f in ds.schema.user_fields] == ["user_id"]
     assert [f.name for f in ds.schema.context_fields] == ["gap", "position"]
@@ -153,7 +154,7 @@ def test_mcauley_format_from_a_tiny_file(name, cat, tmp_path):
     built = build(t, ProtocolParams())
     assert built.schema.context_fields[2].name == "weekday"
     info = data.prepare(name, tmp_path / "data", folder)
-    assert info.protocol == "amazon-ctr-v1" and sum(info.counts.values()) == len(t.label)
+    assert info.protocol == "amazon-ctr-v2" and sum(info.counts.values()) == len(t.label)
 
 
 def test_mcauley_corrupt_or_missing_files(tmp_path):
@@ -191,6 +192,7 @@ def colliding_beauty():
 
 def test_v1_keeps_cross_split_copies_with_one_warning(tmp_path, monkeypatch, caplog):
     folder = write_beauty(tmp_path / "raw", beauty_bytes(*colliding_beauty()), monkeypatch)
+    monkeypatch.setitem(data.DATASETS, "amazon-beauty", "amazon-ctr-v1")  # selected explicitly (v2 is the default)
     with caplog.at_level("WARNING", logger="bench.data"):
         info = data.prepare("amazon-beauty", tmp_path / "data", folder)
     assert info.protocol == "amazon-ctr-v1"
@@ -216,7 +218,9 @@ def test_v2_redraws_only_the_colliding_negatives(tmp_path, monkeypatch, caplog):
     for f in ("user_key", "time", "user", "context", "label", "split", "event_item", "item_attrs"):
         assert np.array_equal(getattr(v1, f), getattr(v2, f)), f
 
+    monkeypatch.setitem(data.DATASETS, "amazon-beauty", "amazon-ctr-v1")
     v1_info = data.prepare("amazon-beauty", tmp_path / "data", folder)
+    assert v1_info.path.name.startswith("amazon-ctr-v1-")
     monkeypatch.setitem(data.DATASETS, "amazon-beauty", "amazon-ctr-v2")
     caplog.clear()
     with caplog.at_level("WARNING", logger="bench.data"):
@@ -282,9 +286,10 @@ def test_real_amazon_beauty_matches_sources_md(tmp_path):
         # no behaviour equals its candidate, and histories are left-padded
         assert not ((split.hist[..., 0] == split.item[:, :1]) & split.hist_mask).any()
         assert not (split.hist_mask[:, :-1] & ~split.hist_mask[:, 1:]).any()
-    # amazon-ctr-v1's known copies (docs/DATA.md): one train and one valid sample equal test samples
+    # the default protocol is amazon-ctr-v2: no sample in two splits (v1 has two copies, docs/DATA.md)
+    assert ds.protocol == "amazon-ctr-v2"
     arrays = {s: {f: getattr(ds.split(s), f).numpy() for f in BATCH_FIELDS} for s in ("train", "valid", "test")}
-    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 1, "valid/test": 1}
+    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 0, "valid/test": 0}
 
 
 @pytest.mark.realdata

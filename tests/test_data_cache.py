@@ -35,7 +35,7 @@ def test_two_prepares_same_fingerprint_byte_identical_and_cache_hit(beauty_dir, 
     b = data.prepare("amazon-beauty", tmp_path / "b", beauty_dir)
     assert not a.cache_hit and not b.cache_hit
     assert a.fingerprint == b.fingerprint and a.path.name == b.path.name
-    assert a.path.name.startswith("amazon-ctr-v1-") and a.path.parent == tmp_path / "a" / "amazon-beauty"
+    assert a.path.name.startswith("amazon-ctr-v2-") and a.path.parent == tmp_path / "a" / "amazon-beauty"
     assert cache_files(a.path) == cache_files(b.path)
     before = cache_files(a.path)
     with caplog.at_level(logging.INFO, logger="bench.data"):
@@ -80,7 +80,7 @@ def test_interrupted_prepare_leaves_no_cache_and_a_rerun_completes(beauty_dir, t
     # a prepare killed outright (no cleanup) leaves a temporary folder that the next one removes
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = root / f".tmp-amazon-ctr-v1-0123~{dead.pid}~abc"
+    stale = root / f".tmp-amazon-ctr-v2-0123~{dead.pid}~abc"
     stale.mkdir()
     (stale / "train.item.npy").write_bytes(b"half")
     monkeypatch.setattr(data, "_write_arrays", real_write)

@@ -97,11 +97,12 @@ def test_cli_train_with_max_len_trains_on_its_own_cache(ml_raw, tmp_path):
 
 
 def test_max_len_studies_are_left_out_of_the_protocol_records():
+    from bench.training.runs import RESULTS_VERSION
     from bench.training.studies import protocol_records
 
     cfg = resolve_config("movielens-100k", "lr", {}, {})
     recs = [{"run_id": f"r{i}", "dataset": "movielens-100k", "model": "lr", "variant": "default", "config": cfg,
-             "fingerprint": "a" if i < 2 else "b", **({"data_params": {"max_len": 5, "data_seed": 2021}} if i >= 2 else {})}
+             "fingerprint": "a" if i < 2 else "b", "results_version": RESULTS_VERSION, **({"data_params": {"max_len": 5, "data_seed": 2021}} if i >= 2 else {})}
             for i in range(5)]
     kept, notes = protocol_records(recs)
     assert [r["run_id"] for r in kept] == ["r0", "r1"]

@@ -378,6 +378,18 @@ def test_stepbench_times_baselines_and_mian_on_synthetic_batches(one_thread, cap
         assert f"{name} " in text and f"{r.median_ms:.2f}" in text
 
 
+def test_stepbench_options_set_the_speed_paths(one_thread, caplog):
+    import logging
+
+    from bench.perf import stepbench
+    caplog.set_level(logging.INFO, logger="bench.perf.stepbench")
+    res = stepbench.main(["--models", "dien,mian", "--steps", "1", "--warmup", "0", "--batch", "8", "--threads", "1",
+                          "--option", "gru_impl=torch", "model.length_buckets=1", "--set", "gim_dim=8"])
+    assert res["dien"].options == {"gru_impl": "torch"} and res["dien"].params == {}
+    assert res["mian"].options == {"length_buckets": 1} and res["mian"].params == {"gim_dim": 8}
+    assert "gim_dim=8, length_buckets=1" in caplog.text and "gru_impl='torch'" in caplog.text
+
+
 def test_stepbench_on_prepared_training_batches(prepared, one_thread):
     from bench.perf import stepbench
     data_dir, ds = prepared
@@ -392,7 +404,10 @@ def test_stepbench_refuses_unknown_models_and_keys(one_thread, capsys):
     from bench.perf import stepbench
     for argv, words in ((["--models", "din,nosuchmodel"], ["nosuchmodel", "expected one of"]),
                         (["--models", "din", "--set", "transformer=none"], ["transformer", "din"]),
-                        (["--models", "din", "--set", "train.lr=0.1"], ["train.lr"])):
+                        (["--models", "din", "--set", "train.lr=0.1"], ["train.lr"]),
+                        (["--models", "mian", "--set", "length_buckets=1"], ["length_buckets", "mian"]),
+                        (["--models", "din,mian", "--option", "gru_impl=torch"],
+                         ["--option gru_impl", "din: (none)", "mian: length_buckets, trim_padding"])):
         with pytest.raises(SystemExit) as exc:
             stepbench.main([*argv, "--steps", "1", "--warmup", "0", "--threads", "1"])
         assert exc.value.code == 2

@@ -26,9 +26,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _model(schema, seed: int = 0, **params) -> MIAN:
+def _model(schema, seed: int = 0, trim_padding: bool = True, length_buckets: int = 4, **params) -> MIAN:
+    """MIAN with Config ``params`` and the constructor's speed paths (defaults: the fast ones)."""
     torch.manual_seed(seed)
-    return MIAN(schema, make_config(MIAN.Config, params))
+    return MIAN(schema, make_config(MIAN.Config, params), trim_padding=trim_padding, length_buckets=length_buckets)
 
 
 def _randomise_biases(model: MIAN) -> None:
@@ -357,3 +358,26 @@ def test_step_benchmark_times_a_training_step():
     res = step_times(["mian"], schema, batches, overrides={"model.gim_dim": 8}, steps=2, warmup=1)["mian"]
     assert 0 < res.min_ms <= res.median_ms and res.samples_per_s > 0
     assert res.n_params == count_params(_model(schema, gim_dim=8))
+
+
+def test_speed_paths_are_constructor_options_outside_the_config_and_run_id():
+    from bench.training.config import ConfigError, resolve_config
+    from bench.training.registry import speed_options
+
+    assert speed_options("mian") == {"trim_padding": True, "length_buckets": 4}
+    assert speed_options("dien") == {"gru_impl": "fused"} and speed_options("lr") == {}
+    model = _model(tiny_schema(max_len=6))
+    assert model.trim_padding is True and model.encoder.length_buckets == 4
+    assert not {"trim_padding", "length_buckets"} & set(dataclasses.asdict(model.cfg))
+    for key in ("trim_padding", "model.length_buckets"):
+        with pytest.raises(ConfigError, match="length_buckets|trim_padding"):
+            resolve_config("movielens-100k", "mian", None, {key: False if "trim" in key else 1})
+    with pytest.raises(ConfigError, match="gru_impl"):
+        resolve_config("movielens-100k", "dien", None, {"gru_impl": "torch"})
+    built = build_model("mian", tiny_schema(max_len=6), {}, options={"length_buckets": 1, "trim_padding": False})
+    assert built.trim_padding is False and built.encoder.length_buckets == 1
+    with pytest.raises(ConfigError, match="no speed option.*'nope'.*known: trim_padding, length_buckets"):
+        build_model("mian", tiny_schema(max_len=6), {}, options={"nope": 1})
+    for bad in ({"trim_padding": 1}, {"length_buckets": 0}, {"length_buckets": 2.0}, {"length_buckets": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MIAN(tiny_schema(max_len=6), MIAN.Config(transformer="none"), **bad)

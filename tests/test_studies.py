@@ -3,6 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.training.runs import RESULTS_VERSION
+
 from bench.report.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, claims_markdown, dataset_claims, verdict
 from bench.report.figures import FIGURE6_ROWS, GIM_INPUTS, convergence_plot, gim_heatmap, gim_summary, select_cases
 from bench.report import convergence_curves, steps_to_fraction, variant_table
@@ -53,7 +55,7 @@ def _rec(variant, seed, auc, logloss=0.5, model="mian", history=None, dataset="d
     return {"run_id": f"{model}-{variant}-{seed}", "dataset": dataset, "protocol": "p", "fingerprint": "f" * 64,
             "model": model, "variant": variant, "seed": seed, "config": {"train": {"batch_size": 256, "eval_every_steps": 10}},
             "test": {"auc": auc, "logloss": logloss, "gauc": auc}, "wall_seconds": {"train": 1.0, "eval": 1.0},
-            "n_params": 100, "valid_history": history or []}
+            "n_params": 100, "valid_history": history or [], "results_version": RESULTS_VERSION}
 
 
 def _hist(aucs, every=10):
@@ -166,10 +168,87 @@ def test_protocol_records_leave_out_overridden_configs_and_other_fingerprints():
     debug["config"] = resolve_config("movielens-100k", "mian", {"use_gim": False}, {"train.max_epochs": 1})
     stale = dict(good, seed=2, fingerprint="0" * 64)
     odd = dict(good, variant="my_experiment")
-    kept, notes = protocol_records([good, debug, stale, dict(good, seed=3), odd])
+    older = dict(good, seed=4, results_version=RESULTS_VERSION - 1)  # made by code before a results change
+    kept, notes = protocol_records([good, debug, stale, dict(good, seed=3), odd, older])
     assert [r["seed"] for r in kept] == [0, 3]
     text = " ".join(notes)
     assert "overrides" in text and "fingerprint" in text and "variant" in text
+    assert f"1 run record(s) left out: made by code of another RESULTS_VERSION ({RESULTS_VERSION - 1}" in text
+
+
+def _runner_on_fake_data():
+    """A Runner whose movielens-100k is a stand-in with the fields a run id needs (no data loaded)."""
+    from types import SimpleNamespace
+
+    from bench.training.studies import Runner
+
+    fake = SimpleNamespace(protocol="p", name="movielens-100k", fingerprint="f" * 64)
+    return Runner(_datasets={"movielens-100k": fake})
+
+
+def test_only_the_curve_runs_validate_mid_epoch():
+    from bench.training.config import load_dataset_config
+    from bench.training.studies import (ABLATION_VARIANTS, CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, draws_curves,
+                                        main_specs, variant_specs)
+    from bench.training.train import RunSpec
+
+    every = load_dataset_config("movielens-100k")["curves"]["eval_every_steps"]
+    assert every == 50
+    runner = _runner_on_fake_data()
+    for model in ("lr", "din", "dien"):
+        assert runner.resolve(RunSpec("movielens-100k", model, 0))[1]["train"]["eval_every_steps"] == 0
+    transformer = {s.variant: s for s in variant_specs("movielens-100k", TRANSFORMER_VARIANTS, [0])}
+    for variant in CONVERGENCE_VARIANTS:
+        assert draws_curves("mian", variant)
+        assert runner.resolve(transformer[variant])[1]["train"]["eval_every_steps"] == every
+    assert runner.resolve(transformer["shared_score"])[1]["train"]["eval_every_steps"] == 0
+    assert not draws_curves("lr", "default") and not draws_curves("mian", "no_gim")
+    # the main table's MIAN, the ablation's full MIAN and the Pre-LN row: one run
+    main = [s for s in main_specs("movielens-100k", ["lr", "mian"], [0]) if s.model == "mian"][0]
+    ablation = variant_specs("movielens-100k", ABLATION_VARIANTS, [0])[0]
+    assert ablation.variant == "default"
+    ids = {runner.resolve(s)[0] for s in (main, ablation, transformer["default"])}
+    assert len(ids) == 1
+    assert runner.resolve(transformer["post_ln"])[0] not in ids
+    # a --set cadence wins over [curves], for curve and other runs alike
+    for model, variant in (("mian", "default"), ("lr", "default")):
+        spec = RunSpec("movielens-100k", model, 0, variant=variant, overrides={"train.eval_every_steps": 7})
+        assert runner.resolve(spec)[1]["train"]["eval_every_steps"] == 7
+
+
+def test_protocol_records_want_each_run_with_its_own_cadence():
+    from bench.training.config import resolve_config
+    from bench.training.studies import protocol_records
+
+    curve = _rec("post_ln", 0, 0.7, dataset="movielens-100k")
+    curve["config"] = resolve_config("movielens-100k", "mian", {"transformer": "post_ln"}, {}, curves=True)
+    plain = _rec("default", 0, 0.7, model="lr", dataset="movielens-100k")
+    plain["config"] = resolve_config("movielens-100k", "lr", {}, {})
+    assert curve["config"]["train"]["eval_every_steps"] == 50 and plain["config"]["train"]["eval_every_steps"] == 0
+    curve_without = dict(curve, seed=1, config=resolve_config("movielens-100k", "mian", {"transformer": "post_ln"}, {}))
+    plain_with = dict(plain, seed=1, config=resolve_config("movielens-100k", "lr", {}, {}, curves=True))
+    kept, notes = protocol_records([curve, plain, curve_without, plain_with])
+    assert [(r["model"], r["seed"]) for r in kept] == [("mian", 0), ("lr", 0)]
+    assert notes == ["2 run record(s) left out: made with --set overrides or an older config."]
+
+
+@pytest.mark.parametrize("curves, error", [
+    ("eval_every_steps = 0", "eval_every_steps must be an integer >= 1"),
+    ("eval_every_steps = 2.5", "eval_every_steps must be an integer >= 1"),
+    ("eval_every_steps = true", "eval_every_steps must be an integer >= 1"),
+    ("eval_every_step = 50", r"\[curves\]: unknown key\(s\) \['eval_every_step'\]"),
+])
+def test_a_bad_curves_section_is_refused_naming_the_file(tmp_path, monkeypatch, curves, error):
+    from bench.training import config as config_mod
+
+    monkeypatch.setattr(config_mod, "CONFIG_DIR", tmp_path)
+    (tmp_path / "toy-data.toml").write_text(f"[train]\nlr = 1e-3\n\n[curves]\n{curves}\n")
+    with pytest.raises(config_mod.ConfigError, match=error) as info:
+        config_mod.resolve_config("toy-data", "lr")
+    assert str(tmp_path / "toy-data.toml") in str(info.value)
+    (tmp_path / "toy-data.toml").write_text("[train]\nlr = 1e-3\n\n[curves]\neval_every_steps = 3\n")
+    assert config_mod.resolve_config("toy-data", "lr")["train"]["eval_every_steps"] == 0
+    assert config_mod.resolve_config("toy-data", "lr", curves=True)["train"]["eval_every_steps"] == 3
 
 
 def test_set_values_are_type_checked():
@@ -199,3 +278,24 @@ def test_datasets_csv_keeps_rows_of_datasets_not_prepared_here(tmp_path):
     write_csv_atomic([dict(a, samples=11)], path)  # only "a" prepared on this machine
     rows = list(csv.DictReader(open(path)))
     assert {(r["dataset"], r["samples"]) for r in rows} == {("a", "11"), ("b", "20")}
+
+
+def test_table4_steps_column_covers_the_curve_runs_with_their_cadence(tmp_path):
+    from bench.report.studies import transformer_study
+    from bench.training.studies import TRANSFORMER_VARIANTS
+
+    def rec(variant, seed, every):
+        r = _rec(variant, seed, 0.8 + 0.001 * seed, history=_hist([0.6, 0.79, 0.8, 0.8], every=every or 100))
+        r["config"] = {"train": {"batch_size": 256, "eval_every_steps": every}}
+        return r
+
+    class FakeRunner:
+        def run_all(self, specs, desc):
+            return [rec(s.variant, s.seed, 0 if s.variant == "shared_score" else 50) for s in specs]
+
+    transformer_study(FakeRunner(), tmp_path, "ds", TRANSFORMER_VARIANTS, 2, {}, None)
+    csv = pd.read_csv(tmp_path / "ds" / "transformer.csv").set_index("variant")
+    assert list(csv["steps_to_99pct_mean"].loc[["default", "post_ln", "no_transformer"]]) == [150.0] * 3
+    assert np.isnan(csv.loc["shared_score", "steps_to_99pct_mean"])
+    md = (tmp_path / "ds" / "transformer.md").read_text()
+    assert "validation is evaluated every 50 steps" in md and "every 0" not in md

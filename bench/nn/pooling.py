@@ -12,7 +12,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     Computed as one [B, 1, T] x [B, T, prod(...)] bmm of the weights mask / count (about a third
     cheaper on CPU than a masked sum, backward included). Used for the behaviours of the
-    non-sequence models' field matrix (DIN paper's BaseModel, a mean-pooled multi-valued field).
+    non-sequence models' field matrix (DIN paper's BaseModel, a mean-pooled multi-valued field)
+    and for MIAN's e_b, the GIM input of the original behaviours (docs/MIAN.md 7.4a).
     """
     B, T = mask.shape
     rest = x.shape[2:]

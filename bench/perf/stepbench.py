@@ -7,14 +7,16 @@ Run::
 
     python -m bench.perf.stepbench [--models din,dien,mian] [--threads 2] [--steps 30] [--warmup 5]
         [--batch 256] [--partial] [--dataset movielens-100k [--data-dir DIR]] [--threads 1 --cpu-time]
-        [--set model.transformer=none ...]
+        [--set model.transformer=none ...] [--option length_buckets=1 gru_impl=torch ...]
 
 What is timed: one training step = :func:`bench.training.train.train_step` (the trainer's own step):
 forward, loss (mean BCE on the logits plus the model's auxiliary loss, DIEN's), zero_grad,
 backward, Adam update (lr 1e-3). Batch gathering and the non-finite-loss check lie outside the
 timed region. Each model is built by :func:`bench.training.registry.build_model` with its ``Config``
-defaults (not the dataset's TOML file) overridden by the ``--set`` keys it has, seeded with
-``torch.manual_seed(0)``.
+defaults (not the dataset's TOML file) overridden by the ``--set`` keys it has and its speed
+options (keyword-only constructor arguments, :func:`bench.training.registry.speed_options`: MIAN's
+``trim_padding`` / ``length_buckets``, DIEN's ``gru_impl``) set by the ``--option`` keys it has,
+seeded with ``torch.manual_seed(0)``.
 
 Batches: without ``--dataset``, one synthetic batch on the ml100k-ctr-v1 field vocabularies
 (:func:`ml100k_schema`; padding and OOV included), every history full (T = 50 real behaviours,
@@ -27,7 +29,8 @@ alike. Reported per model: median and minimum step time in ms over ``steps`` ste
 and the DIEN/DIN step-time ratio when both are timed. Wall time by default; ``--cpu-time`` (with
 ``--threads 1``) measures this process's CPU time, which other processes barely disturb.
 
-Errors: an unknown model name, a ``--set`` key no listed model has, a ``train.*`` key, or a bad
+Errors: an unknown model name, a ``--set`` key no listed model's Config has (a speed option given
+as ``--set`` included), an ``--option`` key no listed model's constructor has, a ``train.*`` key, or a bad
 option combination stop with a usage error (exit status 2) naming it, before anything is loaded;
 ``--dataset`` raises ``bench.data.DataError`` when the dataset cannot be loaded (without a current
 cache ``load_prepared`` prepares it first, which needs its raw files); a non-finite loss raises
@@ -48,7 +51,7 @@ import torch
 
 from bench.training.config import ConfigError, parse_overrides
 from bench.nn.contract import Batch, FeatureSchema, Field, Split
-from bench.training.registry import MODEL_NAMES, build_model, config_class, count_params
+from bench.training.registry import MODEL_NAMES, build_model, config_class, count_params, speed_options
 from bench.training.config import TrainConfig
 from bench.training.train import make_optimizer, train_step
 
@@ -59,13 +62,15 @@ log = logging.getLogger(__name__)
 class StepTime:
     """One model's training-step figures: ``median_ms`` / ``min_ms`` over the timed steps (ms of
     the chosen clock), ``samples_per_s`` = mean batch rows / median seconds, ``n_params``
-    trainable parameters, ``params`` the Config overrides it was built with."""
+    trainable parameters, ``params`` the Config overrides and ``options`` the speed options it was
+    built with."""
 
     median_ms: float
     min_ms: float
     samples_per_s: float
     n_params: int
     params: dict[str, Any]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -142,14 +147,34 @@ def model_params(names: Sequence[str], overrides: dict[str, Any] | None) -> dict
     model name (naming it and the known ones) and ConfigError for a ``train.*`` key (there is no
     training config here: use ``--batch``) or a key that none of ``names`` has."""
     fields = {name: {f.name for f in dataclasses.fields(config_class(name))} for name in names}
+    return _per_model(names, overrides, fields, "--set", "a parameter")
+
+
+def model_options(names: Sequence[str], options: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """{model: the speed options it takes} from ``--option`` keys (keyword-only constructor
+    arguments, :func:`bench.training.registry.speed_options`), applied as :func:`model_params`
+    applies ``--set`` keys. Raises KeyError for an unknown model name and ConfigError for a key
+    that no model of ``names`` takes (naming each model's options)."""
+    fields = {name: set(speed_options(name)) for name in names}
+    try:
+        return _per_model(names, options, fields, "--option", "a speed option")
+    except ConfigError as exc:
+        known = "; ".join(f"{n}: {', '.join(sorted(f)) or '(none)'}" for n, f in fields.items())
+        raise ConfigError(f"{exc} (speed options: {known})") from None
+
+
+def _per_model(names: Sequence[str], keys: dict[str, Any] | None, fields: dict[str, set[str]], flag: str,
+               what: str) -> dict[str, dict[str, Any]]:
+    """{model: the ``keys`` (``model.<key>`` or bare) among its ``fields``}; ConfigError for a
+    ``train.*`` key or one no model has (``flag`` and ``what`` name them in the message)."""
     out: dict[str, dict[str, Any]] = {name: {} for name in names}
-    for key, value in (overrides or {}).items():
+    for key, value in (keys or {}).items():
         if key.startswith("train."):
-            raise ConfigError(f"--set {key}: train keys do not apply to the step benchmark (batch size: --batch)")
+            raise ConfigError(f"{flag} {key}: train keys do not apply to the step benchmark (batch size: --batch)")
         bare = key[len("model."):] if key.startswith("model.") else key
         takers = [name for name in names if bare in fields[name]]
         if not takers:
-            raise ConfigError(f"--set {key}: {bare!r} is not a parameter of {', '.join(names)}")
+            raise ConfigError(f"{flag} {key}: {bare!r} is not {what} of {', '.join(names)}")
         for name in takers:
             out[name][bare] = value
     return out
@@ -160,10 +185,10 @@ class _Stepper:
     next of ``batches`` (cycled)."""
 
     def __init__(self, name: str, schema: FeatureSchema, batches: list[Batch], table: torch.Tensor | None,
-                 params: dict[str, Any]):
+                 params: dict[str, Any], options: dict[str, Any] | None = None):
         torch.manual_seed(0)
         self.name = name
-        self.model = build_model(name, schema, params, item_table=table).train()
+        self.model = build_model(name, schema, params, item_table=table, options=options).train()
         self.opt = make_optimizer(self.model, TrainConfig(lr=1e-3))
         self.batches = batches
         self.i = 0
@@ -190,6 +215,7 @@ def step_times(
     steps: int = 30,
     warmup: int = 5,
     clock: Callable[[], float] = time.perf_counter,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, StepTime]:
     """{name: :class:`StepTime`} of one training step (forward, loss incl. aux loss, backward, Adam
     step) per model, in ms of ``clock`` and samples/s.
@@ -198,11 +224,12 @@ def step_times(
     robin) for ``steps`` timed steps each, cycling over ``batches``, so a change in machine load
     hits them alike and the ratios stay meaningful on a shared machine. ``clock`` is wall time by
     default; ``time.process_time`` with one thread measures this process's CPU time. ``overrides``
-    are ``--set`` keys, applied as :func:`model_params` says. ``table`` is the item table DIEN
+    are ``--set`` keys, applied as :func:`model_params` says; ``options`` are ``--option`` keys
+    (speed options), applied as :func:`model_options` says. ``table`` is the item table DIEN
     draws negatives from.
 
     Raises ValueError for ``steps < 1``, ``warmup < 0``, no batches or a model name listed twice;
-    KeyError for an unknown model; ConfigError for an override no model has; ValueError from
+    KeyError for an unknown model; ConfigError for an override or option no model has; ValueError from
     :func:`bench.training.registry.build_model` for a bad value; RuntimeError for a non-finite loss.
     """
     if steps < 1 or warmup < 0:
@@ -213,7 +240,8 @@ def step_times(
     if dup:
         raise ValueError(f"model(s) listed twice: {', '.join(dup)}")
     params = model_params(names, overrides)
-    steppers = {name: _Stepper(name, schema, batches, table, params[name]) for name in names}
+    opts = model_options(names, options)
+    steppers = {name: _Stepper(name, schema, batches, table, params[name], opts[name]) for name in names}
     for s in steppers.values():
         for _ in range(warmup):
             s.step()
@@ -226,7 +254,7 @@ def step_times(
     for name, t in times.items():
         med = statistics.median(t)
         out[name] = StepTime(1e3 * med, 1e3 * min(t), rows / med if med > 0 else float("inf"),
-                             steppers[name].n_params, params[name])
+                             steppers[name].n_params, params[name], opts[name])
     return out
 
 
@@ -238,7 +266,7 @@ def report_lines(res: dict[str, StepTime]) -> list[str]:
     were timed."""
     lines = [f"{'model':<10} {'median ms':>10} {'min ms':>10} {'samples/s':>10} {'params':>10}  overrides"]
     for name, r in res.items():
-        sets = ", ".join(f"{k}={v!r}" for k, v in r.params.items()) or "-"
+        sets = ", ".join(f"{k}={v!r}" for k, v in {**r.params, **r.options}.items()) or "-"
         lines.append(f"{name:<10} {r.median_ms:10.2f} {r.min_ms:10.2f} {r.samples_per_s:10.0f} {r.n_params:10d}  {sets}")
     if "din" in res and "dien" in res:
         lines.append("DIEN/DIN step-time ratio: %.2f (median), %.2f (min)" % (
@@ -248,7 +276,7 @@ def report_lines(res: dict[str, StepTime]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict[str, StepTime]:
     """Command line (see the module docstring); logs the report and returns :func:`step_times`'s
-    result. Exits with a usage error naming an unknown model or ``--set`` key."""
+    result. Exits with a usage error naming an unknown model, ``--set`` or ``--option`` key."""
     p = argparse.ArgumentParser(prog="python -m bench.perf.stepbench", description=__doc__.splitlines()[0])
     p.add_argument("--models", "--model", default=",".join(MODEL_NAMES),
                    help=f"comma-separated registry names (default: all, {','.join(MODEL_NAMES)})")
@@ -262,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, StepTime]:
     p.add_argument("--data-dir", type=Path, default=None, help="data folder of --dataset (default: the harness's)")
     p.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model Config overrides (model.<key>=value or key=value), applied to the models that have the key")
+    p.add_argument("--option", dest="options", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="speed options (constructor arguments outside the Config: MIAN trim_padding, length_buckets; "
+                        "DIEN gru_impl), applied to the models that take the key")
     args = p.parse_args(argv)
     if args.cpu_time and args.threads != 1:
         p.error("--cpu-time measures one thread's work; use it with --threads 1")
@@ -274,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, StepTime]:
         if not names:
             raise ValueError("no model named in --models")
         overrides = parse_overrides(args.sets)
+        options = parse_overrides(args.options)
         model_params(names, overrides)  # unknown models and keys fail before any data is loaded
+        model_options(names, options)
     except (KeyError, ValueError) as exc:  # ConfigError is a ValueError
         p.error(exc.args[0] if exc.args else str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -292,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, StepTime]:
         batches = [synthetic_batch(schema, args.batch, full=not args.partial)]
         what = "synthetic, " + ("history lengths U[0, 50]" if args.partial else "full histories (50)")
     clock = time.process_time if args.cpu_time else time.perf_counter
-    res = step_times(names, schema, batches, table, overrides, args.steps, args.warmup, clock)
+    res = step_times(names, schema, batches, table, overrides, args.steps, args.warmup, clock, options)
     log.info("threads %d, %s, batch %d, %s; median and min of %d steps after %d warm-up steps",
              args.threads, "CPU time" if args.cpu_time else "wall time", args.batch, what, args.steps, args.warmup)
     for line in report_lines(res):

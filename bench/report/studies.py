@@ -84,13 +84,14 @@ def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds
     """Table 4 with the steps each variant takes to 99% of its best validation AUC
     (``<out>/transformer.{md,csv,tex}``) and Figure 5 (``<out>/convergence.png``)."""
     from bench.report.figures import convergence_plot
-    from bench.training.studies import CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, variant_specs
+    from bench.training.studies import CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, draws_curves, variant_specs
 
     recs = runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=f"{dataset} transformer")
     tab = variant_table(recs, dataset, variants, f"Table 4 reproduction (Transformer variants): {dataset}",
                         PAPER_TABLE4, PAPER_TABLE4_COLUMNS)
-    curves = convergence_curves(recs, dataset, list(variants))
-    _add_steps_column(tab, curves, recs[0]["config"]["train"])
+    curve_recs = [r for r in recs if draws_curves(r["model"], r["variant"])]
+    curves = convergence_curves(curve_recs, dataset, list(variants))
+    _add_steps_column(tab, curves, curve_recs[0]["config"]["train"] if curve_recs else None)
     out = out_dir(results, dataset, extra, subset)
     paths = _publish(tab, results, dataset, extra, out / "transformer")
     shown = [v for v in CONVERGENCE_VARIANTS if v in variants]
@@ -101,18 +102,24 @@ def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds
     return Output(tab.markdown(), paths + [out / "convergence.png"])
 
 
-def _add_steps_column(tab: Table, curves, train: dict[str, Any]) -> None:
+def _add_steps_column(tab: Table, curves, train: dict[str, Any] | None) -> None:
     """Table 4's column "Steps to 99% best valid AUC" (mean ± std over seeds), its CSV columns and
-    its note; ``train``: the runs' train config (batch size, evaluation interval)."""
+    its note; ``curves``: the validation curves of the runs that draw them
+    (:func:`bench.training.studies.draws_curves`; the other variants' cells stay empty, they are
+    validated at epoch ends only); ``train``: those runs' train config (batch size, evaluation
+    interval), None when the table has none of them."""
     agg = steps_to_fraction(curves).groupby("variant")["steps"].agg(["mean", "std"])
     tab.frame["Steps to 99% best valid AUC"] = [
         (fmt_pm(agg.loc[v, "mean"], agg.loc[v, "std"], 0) if v in agg.index else "") for v in tab.csv["variant"]]
     tab.csv["steps_to_99pct_mean"] = [agg["mean"].get(v, float("nan")) for v in tab.csv["variant"]]
     tab.csv["steps_to_99pct_std"] = [agg["std"].get(v, float("nan")) for v in tab.csv["variant"]]
+    if train is None:
+        return
     tab.notes.append("Steps to 99%: first evaluated optimiser step (batch of "
                      f"{train['batch_size']}) whose validation AUC reaches 99% of the run's "
                      f"best; validation is evaluated every {train['eval_every_steps']} "
-                     "steps and at each epoch end; mean ± std over seeds.")
+                     "steps and at each epoch end; mean ± std over seeds; shown for the runs that "
+                     "draw the convergence curves (Figure 5), the others validate at epoch ends only.")
 
 
 # --------------------------------------------------------------------------- Figure 6

@@ -10,6 +10,12 @@ File layout::
     mlp = [200, 80]
     [models.dcn]       # model-specific values (keys of that model's Config)
     n_cross = 3
+    [curves]           # the runs that draw convergence curves (bench.training.studies.draws_curves)
+    eval_every_steps = 50
+
+``[curves] eval_every_steps`` is the mid-epoch validation cadence of the runs that draw curves
+(Figure 5): :func:`resolve_config` with ``curves=True`` sets ``train.eval_every_steps`` from it;
+every other run validates at epoch ends only (early stopping looks at epoch ends anyway).
 
 Precedence (lowest first): the model's Config defaults, ``[model]``, ``[models.<name>]``, the
 variant's overrides (studies), ``--set`` overrides.
@@ -47,7 +53,7 @@ class TrainConfig:
     lr: Adam learning rate. batch_size: training batch. max_epochs: epoch cap. patience: epochs
     without a validation-AUC gain before stopping. eval_batch_size: batch for scoring.
     eval_every_steps: extra validation evaluations every this many optimiser steps (0 = only at
-    epoch ends; the convergence study sets it). Early stopping only looks at epoch-end evaluations.
+    epoch ends; the runs that draw curves take it from the dataset's ``[curves]`` section). Early stopping only looks at epoch-end evaluations.
     weight_decay: Adam L2 (0 by default).
     """
 
@@ -77,23 +83,36 @@ def config_path(dataset: str) -> Path:
     return CONFIG_DIR / f"{dataset}.toml"
 
 
+#: the sections of a dataset TOML
+SECTIONS = ("train", "model", "models", "curves")
+#: the keys of its ``[curves]`` section
+CURVES_KEYS = ("eval_every_steps",)
+
+
 def load_dataset_config(dataset: str) -> dict[str, Any]:
     """The parsed TOML of ``dataset``; an empty config when the dataset has no file.
 
-    Raises ConfigError naming the file when it does not parse or has unknown sections."""
+    Raises ConfigError naming the file when it does not parse, has unknown sections, or its
+    ``[curves]`` section has an unknown key or an ``eval_every_steps`` that is not an integer >= 1."""
     path = config_path(dataset)
     if not path.exists():
-        return {"train": {}, "model": {}, "models": {}}
+        return {section: {} for section in SECTIONS}
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    unknown = set(data) - {"train", "model", "models"}
+    unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected train, model, models")
-    data.setdefault("train", {})
-    data.setdefault("model", {})
-    data.setdefault("models", {})
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
+    for section in SECTIONS:
+        data.setdefault(section, {})
+    bad = set(data["curves"]) - set(CURVES_KEYS)
+    if bad:
+        raise ConfigError(f"{path} [curves]: unknown key(s) {sorted(bad)}; known: {', '.join(CURVES_KEYS)}")
+    every = data["curves"].get("eval_every_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"{path} [curves]: eval_every_steps must be an integer >= 1 (optimiser steps "
+                          f"between validations), got {every!r}")
     return data
 
 
@@ -202,8 +221,13 @@ def resolve_config(
     variant_overrides: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     skip_foreign: bool = False,
+    curves: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The full resolved config {"train": {...}, "model": {...}} of one run.
+
+    ``curves``: the run draws convergence curves (:func:`bench.training.studies.draws_curves`), so
+    ``train.eval_every_steps`` is the dataset's ``[curves] eval_every_steps`` (a ``--set
+    train.eval_every_steps`` still wins); otherwise it is ``[train]``'s or TrainConfig's (0).
 
     ``overrides`` keys are ``train.<key>``, ``model.<key>`` or a bare key; data-protocol keys
     (``data.max_len``) are left out (see :func:`data_params`). Raises ConfigError
@@ -220,6 +244,8 @@ def resolve_config(
     bad = set(train) - train_keys
     if bad:
         raise ConfigError(f"{config_path(dataset)} [train]: unknown key(s) {sorted(bad)}")
+    if curves and "eval_every_steps" in data["curves"]:
+        train["eval_every_steps"] = data["curves"]["eval_every_steps"]
     params = {k: v for k, v in data["model"].items() if k in model_keys}
     specific = dict(data["models"].get(model, {}))
     bad = set(specific) - model_keys

@@ -7,7 +7,10 @@ use, the label of the tables, and the class. The class is an ``nn.Module`` built
 dataclass derived from :class:`bench.nn.config.ModelConfig`, holding every hyper-parameter of that
 model with the PROTOCOL section 3 defaults and checking their ranges) and ``item_table`` is a
 LongTensor [V_item, F_i] giving the item fields of each item-id index (used by DIEN to sample
-negative behaviours). ``forward(batch)`` returns a :class:`bench.nn.contract.ModelOutput`.
+negative behaviours). Exact speed paths that do not change the model (MIAN's ``trim_padding`` and
+``length_buckets``, DIEN's ``gru_impl``) are keyword-only constructor arguments instead of Config
+fields, so they are not in the resolved config nor the run id (:func:`speed_options`).
+``forward(batch)`` returns a :class:`bench.nn.contract.ModelOutput`.
 
 Adding a model: its module, and its path in :data:`MODEL_MODULES` (docs/ARCHITECTURE.md).
 """
@@ -84,23 +87,42 @@ def config_class(name: str) -> type:
     return model_class(name).Config
 
 
+def speed_options(name: str) -> dict[str, Any]:
+    """{option: default} of the keyword-only constructor arguments of model ``name``: its exact
+    speed paths (e.g. MIAN's ``length_buckets``), outside its Config and the run id. Raises
+    KeyError for an unknown model."""
+    import inspect
+
+    sig = inspect.signature(model_class(name).__init__)
+    return {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def build_model(
     name: str,
     schema: FeatureSchema,
     params: dict[str, Any] | None = None,
     item_table: torch.Tensor | None = None,
+    options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build model ``name`` with its Config defaults overridden by ``params``.
+    """Build model ``name`` with its Config defaults overridden by ``params`` and its speed
+    options (:func:`speed_options`) set by ``options``.
 
     Raises KeyError for an unknown model, ValueError for a parameter the Config lacks or of the
-    wrong type, ConfigError (a ValueError) for a value out of range or one the model refuses
-    (e.g. MIAN's n_heads not dividing its width)."""
+    wrong type, ConfigError (a ValueError) for an option the constructor lacks (naming the known
+    ones), a value out of range or one the model refuses (e.g. MIAN's n_heads not dividing its
+    width)."""
     cls = model_class(name)
     cfg = make_config(cls.Config, params or {}, where=f"model {name!r}")
+    options = dict(options or {})
+    bad = sorted(set(options) - set(speed_options(name)))
+    if bad:
+        raise ConfigError(f"model {name!r} has no speed option(s) {bad}; known: "
+                          f"{', '.join(speed_options(name)) or '(none)'}")
     try:
-        return cls(schema, cfg, item_table=item_table)
+        return cls(schema, cfg, item_table=item_table, **options)
     except (ValueError, RuntimeError, AssertionError) as exc:
-        raise ConfigError(f"model {name!r} cannot be built with {params or {}}: {exc}") from None
+        shown = {**(params or {}), **options}
+        raise ConfigError(f"model {name!r} cannot be built with {shown}: {exc}") from None
 
 
 def make_config(config_cls: type, params: dict[str, Any], where: str = "config") -> Any:

@@ -21,7 +21,7 @@ from bench.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: issue 13 speed paths (fused Adam, length-sorted scoring, batched CIN, DIEN real-pair aux loss), curve cadence on curve runs only
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 

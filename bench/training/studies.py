@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from bench.training import train as train_mod
 from bench.training.config import data_params, resolve_config
 from bench.training.executor import ExecutorError, first_line, make_executor
-from bench.training.runs import DEFAULT_RESULTS_DIR, RunStore, StoreError, run_id, run_key, sealed
+from bench.training.runs import DEFAULT_RESULTS_DIR, RESULTS_VERSION, RunStore, StoreError, run_id, run_key, sealed
 from bench.training.train import RunSpec
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ class Runner:
     def resolve(self, spec: RunSpec) -> tuple[str, dict[str, Any]]:
         """(run id, resolved config) of ``spec``."""
         ds = self.dataset_for(spec)
-        config = resolve_config(spec.dataset, spec.model, spec.variant_overrides, spec.overrides, skip_foreign=True)
+        config = resolve_config(spec.dataset, spec.model, spec.variant_overrides, spec.overrides, skip_foreign=True,
+                                curves=draws_curves(spec.model, spec.variant))
         key = run_key(
             protocol=ds.protocol,
             dataset=ds.name,
@@ -433,6 +434,15 @@ TRANSFORMER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 CONVERGENCE_VARIANTS = ("default", "post_ln", "no_transformer")
 
 
+def draws_curves(model: str, variant: str) -> bool:
+    """Whether the run of ``model`` / ``variant`` draws convergence curves (Figure 5: the MIAN
+    variants of :data:`CONVERGENCE_VARIANTS`), so validates every ``[curves] eval_every_steps``
+    steps as well as at epoch ends. The one place that decides it: :meth:`Runner.resolve` and
+    :func:`protocol_records` both ask here, so the main table's MIAN run, the ablation's full-MIAN
+    row and the Transformer study's Pre-LN row are one run."""
+    return model == "mian" and variant in CONVERGENCE_VARIANTS
+
+
 def variant_specs(
     dataset: str,
     variants: dict[str, tuple[str, dict[str, Any]]],
@@ -450,7 +460,8 @@ def variant_specs(
 
 def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """The records made with the protocol's own config: for each record, its config must equal
-    the dataset config resolved for its model and study variant with no ``--set`` overrides, it
+    this code's ``RESULTS_VERSION`` and the dataset config resolved for its model and study variant with no ``--set`` overrides (and
+    the validation cadence :func:`draws_curves` gives it), it
     must be made with the default data-protocol parameters (``data_params``, absent in older
     records), and its dataset fingerprint must be the one most records of that dataset share. Returns the kept
     records and one note per kind of record left out (for the report)."""
@@ -465,6 +476,10 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
     kept, dropped = [], Counter()
     cache: dict[tuple[str, str, str], Any] = {}
     for r in records:
+        if r.get("results_version", 1) != RESULTS_VERSION:
+            dropped[f"made by code of another RESULTS_VERSION ({r.get('results_version', 1)}; this code: "
+                    f"{RESULTS_VERSION})"] += 1
+            continue
         if r["model"] == "mian" and r["variant"] not in variants or r["model"] != "mian" and r["variant"] != "default":
             dropped["unknown study variant"] += 1
             continue
@@ -472,7 +487,8 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
         if key not in cache:
             try:
                 overrides = variants[r["variant"]][1] if r["model"] == "mian" else {}
-                cache[key] = resolve_config(r["dataset"], r["model"], overrides, {})
+                cache[key] = resolve_config(r["dataset"], r["model"], overrides, {},
+                                            curves=draws_curves(r["model"], r["variant"]))
             except Exception:  # noqa: BLE001 - a model or dataset this version no longer knows
                 cache[key] = None
         if cache[key] != r["config"]:
