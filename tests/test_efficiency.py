@@ -2,6 +2,8 @@
 measurement functions, the DeepCTR-Torch peer's input conversion and models (bench.perf.peer), gAUC timing."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,10 +85,14 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
     # test metrics come from the run records the Runner saved (a second bench reuses them)
     records = list((tmp_path / "runs").glob("*.json"))
     assert len(records) == 2
+    # one seed's cost: each row's record train + eval seconds, summed in the note
+    by_model = {r["model"]: sum(r["wall_seconds"].values()) for r in map(lambda p: json.loads(p.read_text()), records)}
+    assert csv.set_index("model")["run_seconds"].to_dict() == pytest.approx(by_model)
     md = (out / "efficiency.md").read_text()
     for needle in ("CPUs available", "torch " + torch.__version__, ds.fingerprint[:16], "measured 20",
                    "gauc on 1,000,000 predictions from 10,000 users",
                    "FlopCounterMode", "embedding lookups", "memory-bound",
+                   f"One seed of the 2 models (the run records of seed 0", f"{sum(by_model.values()):,.0f} s = ",
                    f"{csv['matmul_peak_gflops'][0]:,.1f} GFLOP/s (median of 5 torch.mm of 2048 x 2048 fp32"):
         assert needle in md, needle
     header = [c.strip() for c in md.split("\n")[2].strip("|").split("|")]

@@ -364,7 +364,7 @@ CSV_COLUMNS = (
     "peer_model", "peer_n_params", "peer_train_samples_per_s", "peer_infer_samples_per_s", "peer_epoch_s",
     "peer_eval_s", "peer_peak_rss_mb", "peer_base_rss_mb", "peer_peak_gpu_mb", "peer_test_auc",
     "peer_test_logloss", "peer_test_gauc", "peer_best_epoch", "peer_status", "ratio", "infer_ratio",
-    "step_gflop", "achieved_gflops", "matmul_peak_gflops", "flop_fraction",
+    "step_gflop", "achieved_gflops", "matmul_peak_gflops", "flop_fraction", "run_seconds",
 )
 
 
@@ -469,7 +469,8 @@ def run_bench(
         record, _ = runner.run(RunSpec(opts.dataset, row["model"], opts.seed))
         row.update({"test_auc": record["test"]["auc"], "test_logloss": record["test"]["logloss"],
                     "test_gauc": record["test"]["gauc"], "best_epoch": record["best_epoch"],
-                    "run_id": record["run_id"]})
+                    "run_id": record["run_id"], "run_seconds": sum(record["wall_seconds"].values()),
+                    "run_cpu": (record.get("machine") or {}).get("cpu", "")})
     for row in rows:
         peer_rate = row.get("peer_train_samples_per_s")
         row["ratio"] = row["epoch_train_samples_per_s"] / peer_rate if peer_rate else float("nan")
@@ -530,9 +531,22 @@ def _notes(opts: BenchOptions, ds, rows: Sequence[dict[str, Any]], with_test: bo
          "protocol: early stopping on validation AUC, patience and max epochs from the config, best "
          "epoch restored, test scored once)." if with_test else
          "Test metrics not computed (--no-accuracy): speed and memory only."),
+        *([seed_cost_note(rows, opts.seed)] if with_test else []),
         f"bench.metrics.gauc on {g['n']:,} predictions from {g['users']:,} users: "
         f"{g['min_s']:.3f} s (min of 3; median {g['median_s']:.3f} s).",
     ]
+
+
+def seed_cost_note(rows: Sequence[dict[str, Any]], seed: int) -> str:
+    """One seed of every benchmarked model, from their run records' train + eval seconds (each run
+    on one worker): the cost of one tuning trial set, with the share of each model."""
+    timed = [r for r in rows if r.get("run_seconds") is not None]
+    total = sum(r["run_seconds"] for r in timed)
+    parts = ", ".join(f"{r['model']} {r['run_seconds']:.0f} s" for r in sorted(timed, key=lambda r: -r["run_seconds"]))
+    cpus = sorted({r.get("run_cpu") or "unknown CPU" for r in timed})
+    return (f"One seed of the {len(timed)} models (the run records of seed {seed}, training to early stopping "
+            f"plus scoring, each run in one worker process): {total:,.0f} s = {total / 60:.1f} min of worker "
+            f"time ({parts}); on 2 workers about half of it in wall time. Records made on {'; '.join(cpus)}.")
 
 
 def main(argv: list[str] | None = None) -> None:

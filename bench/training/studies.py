@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -250,6 +251,7 @@ class Runner:
             return records  # type: ignore[return-value]
         jobs = [Job(specs[ix[0]], rid, resolved[ix[0]][1]) for rid, ix in todo.items()]
         bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not self.progress or None)
+        t0 = time.perf_counter()
         try:
             with make_executor(min(self.workers, len(jobs)), self.threads, self.cluster) as ex:
                 fn = self._trained_run if ex.in_process else functools.partial(_train_in_worker, self._worker_copy())
@@ -265,6 +267,8 @@ class Runner:
                              sum(record["wall_seconds"].values()))
         finally:
             bar.close()
+        log.info("%s: %d runs trained in %.1f min wall (%d worker(s))", desc, len(jobs),
+                 (time.perf_counter() - t0) / 60, min(self.workers, len(jobs)))
         return records  # type: ignore[return-value]
 
     def _existing(self, rid: str) -> dict[str, Any] | None:
