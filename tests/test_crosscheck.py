@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.training.runs import sealed
+from bench.training.runs import RESULTS_VERSION, sealed
 from cli import cli
 
 
@@ -65,6 +65,11 @@ def test_crosscheck_compares_run_by_run_keeps_the_records_and_notes_the_tables(t
     [note] = cross_machine_notes(results / "movielens-100k")  # what every protocol table of the dataset notes
     assert note.startswith("Another machine (cross_machine/test-box.md, 4 runs of ml100k-ctr-v1 retrained): test AUC "
                            "of a run moves by up to 3.0e-03 (DIN)")
+    assert set(frame["results_version"]) == {RESULTS_VERSION}
+    # a check made with older code (no results_version column: version 1) says so in the note
+    frame.drop(columns="results_version").reset_index().to_csv(out, index=False)
+    [note] = cross_machine_notes(results / "movielens-100k")
+    assert f"retrained with the code of RESULTS_VERSION 1, not this table's {RESULTS_VERSION})" in note
     res = invoke(*study, "--results-dir", results)  # a table made with --set is of other runs: no note
     assert res.exit_code == 0, res.output
     [table] = list(results.glob("*/**/main_table.md"))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import MODEL_LABELS, Output, ReportError, Table
+from bench.training.runs import RESULTS_VERSION
 
 
 def machine_label(records: Sequence[dict[str, Any]]) -> str:
@@ -43,6 +44,7 @@ def pair_frame(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]])
         if o is None:
             continue
         row = {"dataset": o["dataset"], "protocol": o["protocol"], "model": o["model"], "variant": o["variant"], "seed": o["seed"],
+               "results_version": int(o.get("results_version", 1)),
                "run_id": o["run_id"], "identical": _history_key(o) == _history_key(t) and o["test"] == t["test"],
                "same_best_epoch": o["best_epoch"] == t["best_epoch"]}
         for m in ("auc", "logloss", "gauc"):
@@ -77,6 +79,7 @@ def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_
             "abs_delta_mean_auc": float(abs(g["theirs_auc"].mean() - g["ours_auc"].mean())),
             "max_abs_delta_logloss": float(d_ll.max()), "seed_std_auc": std,
             "ratio_max_delta_to_seed_std": float(d_auc.max() / std) if std > 0 else float("nan"),
+            "results_version": int(g["results_version"].max()) if "results_version" in g else 1,
         }
         rows.append(row)
         label = MODEL_LABELS.get(model, model) + ("" if variant == "default" else f" ({variant})")
@@ -124,7 +127,9 @@ def cross_machine_notes(dataset_dir) -> list[str]:
         over = frame[frame["ratio_max_delta_to_seed_std"] >= 1]
         label = MODEL_LABELS.get(worst["model"], worst["model"])
         protocols = "+".join(sorted(set("+".join(frame["protocol"].astype(str)).split("+")))) if "protocol" in frame else "?"
-        text = (f"Another machine (cross_machine/{path.stem}.md, {int(frame['runs'].sum())} runs of {protocols} retrained): test AUC of "
+        version = int(frame["results_version"].max()) if "results_version" in frame else 1  # older checks: version 1
+        code = "" if version == RESULTS_VERSION else f" with the code of RESULTS_VERSION {version}, not this table's {RESULTS_VERSION}"
+        text = (f"Another machine (cross_machine/{path.stem}.md, {int(frame['runs'].sum())} runs of {protocols} retrained{code}): test AUC of "
                 f"a run moves by up to {worst['max_abs_delta_auc']:.1e} ({label}), mean "
                 f"{float((frame['mean_abs_delta_auc'] * frame['runs']).sum() / frame['runs'].sum()):.1e}; ")
         if over.empty:
