@@ -81,3 +81,30 @@ def test_crosscheck_without_common_runs_is_one_error(tiny, tmp_path):
     res = invoke("crosscheck", "--other", tmp_path / "other", "--results-dir", tmp_path / "results")
     assert res.exit_code != 0
     assert res.output.startswith("Error: --other") and "none of its 0 run records" in res.output
+
+
+def test_a_check_over_two_code_versions_keeps_them_apart():
+    """Runs of RESULTS_VERSION 1 and 2 in one comparison: one row per version, never one mixed row,
+    and the tables' note reads the newest version's rows."""
+    from bench.report.crosscheck import crosscheck_table, cross_machine_notes
+
+    rows = []
+    for version, delta in ((1, 0.004), (2, 0.0005)):
+        for seed in range(3):
+            rows.append({"dataset": "ds", "protocol": "p", "model": "din", "variant": "default", "seed": seed,
+                         "results_version": version, "run_id": f"v{version}s{seed}", "identical": False,
+                         "same_best_epoch": True, "ours_auc": 0.70 + 0.01 * seed, "theirs_auc": 0.70 + 0.01 * seed + delta,
+                         "ours_logloss": 0.6, "theirs_logloss": 0.6, "ours_gauc": 0.7, "theirs_gauc": 0.7})
+    table = crosscheck_table(pd.DataFrame(rows), "ds", "ours", "theirs", "test")
+    csv = table.csv.set_index("results_version")
+    assert list(csv.index) == [1, 2] and list(csv["runs"]) == [3, 3]
+    assert csv.loc[1, "max_abs_delta_auc"] == pytest.approx(0.004) and csv.loc[2, "max_abs_delta_auc"] == pytest.approx(0.0005)
+    assert "DIN [RESULTS_VERSION 1]" in table.markdown()
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cross_machine").mkdir()
+        table.csv.to_csv(Path(tmp) / "cross_machine" / "box.csv", index=False)
+        [note] = cross_machine_notes(Path(tmp))
+    assert "up to 5.0e-04 (DIN)" in note and "6 runs" not in note

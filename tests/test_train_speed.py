@@ -159,6 +159,10 @@ def test_length_sorted_trimmed_scoring_equals_split_order_scoring(name):
     schema = tiny_schema()
     split = make_split(schema, n=90, seed=7)
     model = build(name, schema).eval()
+    with torch.no_grad():  # zero-initialised biases would hide a slot counted from the wrong end
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias"):
+                p.normal_(0.0, 0.3)
     fast = train_mod.collect_output(model, split, 32)
     slow = train_mod.collect_output(model, split, 32, by_length=False)
     assert fast.shape == (90,) and np.allclose(fast, slow, rtol=0, atol=1e-6)
@@ -176,24 +180,34 @@ def test_collect_output_refuses_an_output_whose_width_follows_the_history_length
     model = build("din", schema)
     model.forward = lambda b: SimpleNamespace(w=b.hist_mask.float())  # [B, T'] changes with T'
     with pytest.raises(ValueError, match="by_length=False"):
-        train_mod.collect_output(model, split, 8, "w")
-    assert train_mod.collect_output(model, split, 8, "w", by_length=False).shape == (40, schema.max_len)
+        train_mod.collect_output(model, split, 8, "w", by_length=True)
+    # an output other than the logits is collected in split order with every slot by default, even
+    # when all histories have one length (every trimmed batch would have the same, short, width)
+    assert train_mod.collect_output(model, split, 8, "w").shape == (40, schema.max_len)
+    same = make_split(schema, n=40, seed=8, lengths=[3] * 40)
+    assert train_mod.collect_output(model, same, 8, "w").shape == (40, schema.max_len)
+    assert train_mod.collect_output(model, same, 8, "w", by_length=True).shape == (40, 3)  # what the default avoids
 
 
-def test_cin_batched_outer_product_equals_the_broadcast_form():
+@pytest.mark.parametrize("split_half, activation", [(False, "identity"), (True, "identity"), (True, "relu")])
+def test_cin_batched_outer_product_equals_the_broadcast_form(split_half, activation):
     from bench.nn.interaction import CIN
 
     torch.manual_seed(0)
-    cin = CIN(5, (6, 4))
+    cin = CIN(5, (6, 4, 2), activation=activation, split_half=split_half)
     x0 = torch.randn(7, 5, 3, requires_grad=True)
 
     def reference(x):  # Eq. 6 with the broadcast multiply, as first written
         B, m, d = x.shape
         xt = x.transpose(1, 2)
         xk, pooled = xt, []
-        for layer in cin.layers:
-            xk = layer((xk.unsqueeze(3) * xt.unsqueeze(2)).reshape(B, d, -1))
-            pooled.append(xk.sum(1))
+        for k, (layer, act) in enumerate(zip(cin.layers, cin.activations)):
+            h = act(layer((xk.unsqueeze(3) * xt.unsqueeze(2)).reshape(B, d, -1)))
+            if split_half and k < len(cin.layers) - 1:
+                xk, out = h.split([cin.next_sizes[k], h.shape[-1] - cin.next_sizes[k]], dim=-1)
+            else:
+                xk, out = h, h
+            pooled.append(out.sum(1))
         return torch.cat(pooled, 1)
 
     out, ref = cin(x0), reference(x0)

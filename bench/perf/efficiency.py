@@ -546,7 +546,8 @@ def seed_cost_note(rows: Sequence[dict[str, Any]], seed: int) -> str:
     cpus = sorted({r.get("run_cpu") or "unknown CPU" for r in timed})
     return (f"One seed of the {len(timed)} models (the run records of seed {seed}, training to early stopping "
             f"plus scoring, each run in one worker process): {total:,.0f} s = {total / 60:.1f} min of worker "
-            f"time ({parts}); on 2 workers about half of it in wall time. Records made on {'; '.join(cpus)}.")
+            f"time ({parts}); on 2 workers about half of it in wall time. A run that draws Figure 5's "
+            f"curves (MIAN's default) includes its mid-epoch validations. Records made on {'; '.join(cpus)}.")
 
 
 def main(argv: list[str] | None = None) -> None:

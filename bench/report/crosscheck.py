@@ -68,7 +68,11 @@ def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_
         raise ValueError(f"no run of {dataset} in both stores")
     rows, cells = [], []
     order = {m: i for i, m in enumerate(MODEL_LABELS)}
-    for (model, variant), g in sorted(sub.groupby(["model", "variant"]), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+    if "results_version" not in sub:
+        sub = sub.assign(results_version=1)
+    mixed = sub["results_version"].nunique() > 1  # runs of two code versions: one row per version
+    groups = sub.groupby(["model", "variant", "results_version"])
+    for (model, variant, version), g in sorted(groups, key=lambda kv: (order.get(kv[0][0], 99), kv[0][1], kv[0][2])):
         d_auc = (g["theirs_auc"] - g["ours_auc"]).abs()
         d_ll = (g["theirs_logloss"] - g["ours_logloss"]).abs()
         std = float(g["ours_auc"].std(ddof=1)) if len(g) > 1 else float("nan")
@@ -79,10 +83,11 @@ def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_
             "abs_delta_mean_auc": float(abs(g["theirs_auc"].mean() - g["ours_auc"].mean())),
             "max_abs_delta_logloss": float(d_ll.max()), "seed_std_auc": std,
             "ratio_max_delta_to_seed_std": float(d_auc.max() / std) if std > 0 else float("nan"),
-            "results_version": int(g["results_version"].max()) if "results_version" in g else 1,
+            "results_version": int(version),
         }
         rows.append(row)
-        label = MODEL_LABELS.get(model, model) + ("" if variant == "default" else f" ({variant})")
+        label = (MODEL_LABELS.get(model, model) + ("" if variant == "default" else f" ({variant})")
+                 + (f" [RESULTS_VERSION {version}]" if mixed else ""))
         cells.append({
             "Model": label, "Runs": str(row["runs"]), "Bit-identical": str(row["bit_identical"]),
             "Same best epoch": str(row["same_best_epoch"]),
@@ -124,10 +129,13 @@ def cross_machine_notes(dataset_dir) -> list[str]:
             worst = frame.loc[frame["max_abs_delta_auc"].idxmax()]
         except (OSError, ValueError, KeyError, pd.errors.ParserError):
             continue
+        version = int(frame["results_version"].max()) if "results_version" in frame else 1  # older checks: version 1
+        if "results_version" in frame:
+            frame = frame[frame["results_version"] == version]  # a check of two versions: the newest one's rows
+            worst = frame.loc[frame["max_abs_delta_auc"].idxmax()]
         over = frame[frame["ratio_max_delta_to_seed_std"] >= 1]
         label = MODEL_LABELS.get(worst["model"], worst["model"])
         protocols = "+".join(sorted(set("+".join(frame["protocol"].astype(str)).split("+")))) if "protocol" in frame else "?"
-        version = int(frame["results_version"].max()) if "results_version" in frame else 1  # older checks: version 1
         code = "" if version == RESULTS_VERSION else f" with the code of RESULTS_VERSION {version}, not this table's {RESULTS_VERSION}"
         text = (f"Another machine (cross_machine/{path.stem}.md, {int(frame['runs'].sum())} runs of {protocols} retrained{code}): test AUC of "
                 f"a run moves by up to {worst['max_abs_delta_auc']:.1e} ({label}), mean "

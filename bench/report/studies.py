@@ -159,7 +159,7 @@ def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cas
         diffs = runner.checkpoint_differences(record, model) or []
         source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
     test = runner.dataset_for(spec).test
-    weights = collect_output(model, test.to(runner.device), 4096, "gim_weights")
+    weights = collect_output(model, test.to(runner.device), 4096, "gim_weights", by_length=True)  # [N, 7]
     try:
         idx = select_cases(test.label.cpu().numpy(), cases, case_seed)
     except ValueError as exc:

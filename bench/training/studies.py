@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 import logging
 import pickle
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

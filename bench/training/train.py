@@ -103,18 +103,22 @@ def nonfinite_window(device: torch.device) -> int:
 
 @torch.inference_mode()
 def collect_output(model: torch.nn.Module, split: Split, batch_size: int, name: str = "logits",
-                   by_length: bool = True) -> np.ndarray:
+                   by_length: bool | None = None) -> np.ndarray:
     """Concatenate output attribute ``name`` (the logits [B], or e.g. MIAN's ``gim_weights``
     [B, 7]) over ``split`` in eval mode -> [N, ...] float64 in split order ([0] for an empty
     split).
 
-    With ``by_length`` (default) the split is scored in batches of similar history length, each
-    trimmed to its longest real history (:meth:`Batch.length_sorted_batches`), and the outputs are
-    put back in split order: the same scores as ``by_length=False`` (split-order batches, all T
-    slots) up to float rounding (tested per model), without the padding. Outputs whose shape
-    depends on T (per-slot attention) need ``by_length=False``.
+    With ``by_length`` (the default for the logits) the split is scored in batches of similar
+    history length, each trimmed to its longest real history (:meth:`Batch.length_sorted_batches`),
+    and the outputs are put back in split order: the same scores as ``by_length=False``
+    (split-order batches, all T slots) up to float rounding (tested per model), without the
+    padding. Other outputs default to ``by_length=False``: a per-slot output ([B, T] attention)
+    would come back trimmed; pass ``by_length=True`` only for an output whose shape does not
+    depend on T (MIAN's ``gim_weights``).
     Raises ValueError when the model does not produce ``name``, or (``by_length``) when its shape
     varies between batches."""
+    if by_length is None:
+        by_length = name == "logits"
     was_training = model.training
     model.eval()
     parts, where = [], []
