@@ -68,8 +68,6 @@ def crosscheck_table(pairs: pd.DataFrame, dataset: str, ours_label: str, theirs_
         raise ValueError(f"no run of {dataset} in both stores")
     rows, cells = [], []
     order = {m: i for i, m in enumerate(MODEL_LABELS)}
-    if "results_version" not in sub:
-        sub = sub.assign(results_version=1)
     mixed = sub["results_version"].nunique() > 1  # runs of two code versions: one row per version
     groups = sub.groupby(["model", "variant", "results_version"])
     for (model, variant, version), g in sorted(groups, key=lambda kv: (order.get(kv[0][0], 99), kv[0][1], kv[0][2])):
@@ -126,13 +124,12 @@ def cross_machine_notes(dataset_dir) -> list[str]:
     for path in sorted(Path(dataset_dir).glob("cross_machine/*.csv")):
         try:
             frame = pd.read_csv(path)
+            version = int(frame["results_version"].max()) if "results_version" in frame else 1  # older checks: 1
+            if "results_version" in frame:
+                frame = frame[frame["results_version"] == version]  # a check of two versions: the newest one's rows
             worst = frame.loc[frame["max_abs_delta_auc"].idxmax()]
         except (OSError, ValueError, KeyError, pd.errors.ParserError):
             continue
-        version = int(frame["results_version"].max()) if "results_version" in frame else 1  # older checks: version 1
-        if "results_version" in frame:
-            frame = frame[frame["results_version"] == version]  # a check of two versions: the newest one's rows
-            worst = frame.loc[frame["max_abs_delta_auc"].idxmax()]
         over = frame[frame["ratio_max_delta_to_seed_std"] >= 1]
         label = MODEL_LABELS.get(worst["model"], worst["model"])
         protocols = "+".join(sorted(set("+".join(frame["protocol"].astype(str)).split("+")))) if "protocol" in frame else "?"
