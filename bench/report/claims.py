@@ -262,7 +262,9 @@ def claims_report(results: Path) -> Output:
     figure_notes: list[str] = []  # about the committed figures: in the file
     per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, figure_notes))
            for ds in sorted({r["dataset"] for r in records})}
-    text = claims_markdown(per, notes=figure_notes, dataset_notes={ds: cross_machine_notes(results / ds) for ds in per})
+    text = claims_markdown(per, notes=figure_notes,
+                           dataset_notes={ds: [*_signal_notes(results / ds), *cross_machine_notes(results / ds)]
+                                          for ds in per})
     atomic_write_text(results / "CLAIMS.md", text)
     return Output(text + "".join(f"\n{n}" for n in left_out), [results / "CLAIMS.md"])
 
@@ -278,3 +280,14 @@ def _gim_summary(path: Path, records: Sequence[dict[str, Any]], left_out: list[s
         left_out.append(f"{path} left out: its model is not the one of run {gim.get('run_id')}'s record.")
         return None
     return gim
+
+
+def _signal_notes(folder: Path) -> list[str]:
+    """The ablation study's note on IUIM's and ICIM's inputs (``input_signal.json``, written by
+    ``ablate``), so the IUIM / ICIM claims are read knowing whether the data lets them matter."""
+    from bench.data.stats import input_signal_note
+    from bench.report.studies import SIGNAL_FILE
+
+    path = folder / SIGNAL_FILE
+    return [input_signal_note(json.loads(path.read_text()))] if path.exists() else []
+

@@ -72,11 +72,28 @@ def ablation_study(runner, results: Path, dataset: str, variants: dict, seeds: i
                  if baselines else [])
     tab = variant_table(recs + base_recs, dataset, variants, f"Table 3 reproduction (ablation): {dataset}",
                         PAPER_TABLE3, PAPER_TABLE3_COLUMNS, baseline=best_baseline(base_recs, dataset))
+    tab.notes.append(signal_note(runner, results, dataset, extra, subset))
     if pool is not None:
         tab.notes.append("Best baseline chosen among " + (", ".join(baselines) if baselines else
                          "no model (--models none): no baseline row") + " (--models).")
     paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset) / "ablation")
     return Output(tab.markdown(), paths)
+
+
+SIGNAL_FILE = "input_signal.json"
+
+
+def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | None) -> str:
+    """The ablation table's note on what IUIM's and ICIM's inputs can tell about the label
+    (:func:`bench.data.stats.input_signal` of the prepared data the runs trained on), also written
+    to ``<out>/input_signal.json`` so that the claims report can say it without the data."""
+    from bench.data.stats import input_signal, input_signal_note
+    from bench.training.config import data_params
+
+    signal = input_signal(runner.dataset(dataset, data_params(extra)))
+    out = out_dir(results, dataset, extra, subset)
+    atomic_write_text(out / SIGNAL_FILE, json.dumps(signal, indent=1, sort_keys=True) + "\n")
+    return input_signal_note(signal)
 
 
 def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,

@@ -1,0 +1,40 @@
+"""The ablation's note on what IUIM's and ICIM's inputs can tell about the label (bench.data.stats)."""
+import numpy as np
+import pytest
+
+from bench.data.stats import field_signal, input_signal_note
+
+
+def test_a_field_shared_by_a_positive_and_its_negative_has_no_signal():
+    rng = np.random.default_rng(0)
+    ctx = np.repeat(rng.integers(0, 7, 500), 2)  # each impression: one positive, one negative, same context
+    label = np.tile([1.0, 0.0], 500)
+    assert field_signal(ctx, label, ctx[::-1].copy(), label[::-1].copy()) == pytest.approx(0.5)
+
+
+def test_a_field_that_decides_the_label_has_auc_one_and_unseen_values_get_the_overall_rate():
+    values = np.array([1, 1, 2, 2, 3, 3])
+    label = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    assert field_signal(values, label, np.array([1, 2]), np.array([1.0, 0.0])) == 1.0
+    # value 9 is unseen in train: scored at the train positive rate 0.5, between value 1 (1.0) and 2 (0.0)
+    auc = field_signal(values, label, np.array([9, 2, 1, 9]), np.array([1.0, 0.0, 1.0, 0.0]))
+    assert auc == pytest.approx(0.875)  # pairs: (1 vs 2) 1, (1 vs 9) 1, (9 vs 2) 1, (9 vs 9) 0.5
+
+
+def test_the_note_names_the_consequences_only_when_there_is_nothing_to_learn():
+    none = input_signal_note({"user": {"user_id": 0.5}, "context": {"gap": 0.5, "position": 0.501}})
+    assert "(J = 1)" in none and "identically 1" in none and "ICIM has no label signal" in none
+    some = input_signal_note({"user": {"user_id": 0.52, "age": 0.54}, "context": {"hour": 0.547, "weekday": 0.468}})
+    assert "(J = 2)" in some and "identically 1" not in some and "no label signal" not in some
+    assert "hour 0.547" in some and "weekday 0.468" in some  # below 0.5 is signal too (inverse)
+
+
+def test_the_claims_report_carries_the_note_of_the_committed_signal_file(tmp_path):
+    import json
+
+    from bench.report.claims import _signal_notes
+
+    assert _signal_notes(tmp_path) == []
+    (tmp_path / "input_signal.json").write_text(json.dumps({"user": {"user_id": 0.5}, "context": {"gap": 0.5}}))
+    [note] = _signal_notes(tmp_path)
+    assert "ICIM has no label signal" in note
