@@ -38,3 +38,18 @@ def test_the_claims_report_carries_the_note_of_the_committed_signal_file(tmp_pat
     (tmp_path / "input_signal.json").write_text(json.dumps({"user": {"user_id": 0.5}, "context": {"gap": 0.5}}))
     [note] = _signal_notes(tmp_path)
     assert "ICIM has no label signal" in note
+
+
+def test_the_main_table_states_each_models_mlp_activation_and_whose_choice_it_is():
+    from bench.report import activation_note
+
+    def rec(model, act):
+        return {"model": model, "config": {"model": {"mlp_activation": act}}}
+
+    note = activation_note([rec("din", "dice"), rec("dcn", "relu"), rec("mian", "relu"), {"model": "lr", "config": {"model": {}}}],
+                           ["lr", "dcn", "din", "mian"])
+    assert "Deep&Cross relu (its paper)" in note and "DIN dice (its paper, Sec. 4.4)" in note
+    assert "MIAN relu (not stated by the MIAN paper" in note and note.endswith("LR has no MLP.")
+    # a run set away from its paper's activation says so
+    assert "DIN prelu (set for these runs; its paper, Sec. 4.4: dice)" in activation_note([rec("din", "prelu")], ["din"])
+    assert activation_note([{"model": "lr", "config": {"model": {}}}], ["lr"]) is None

@@ -263,8 +263,44 @@ def main_table(
         f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (runs/<run_id>.json in the results folder)",
     ]
     notes += capped_notes(recs)
+    act = activation_note(recs, models)
+    if act:
+        notes.append(act)
     return Table(title=f"Table 2 reproduction: {dataset}", frame=frame, csv=csv, bold=bold, underline=underline,
                  notes=notes)
+
+
+#: each model's own paper's MLP activation and where it is stated (issue 14: the same footing,
+#: stated per model); MIAN's paper does not say (MIAN.md 7.6)
+PAPER_ACTIVATION = {
+    "wide_deep": ("relu", "its paper"), "dcn": ("relu", "its paper"), "deepfm": ("relu", "its paper"),
+    "xdeepfm": ("relu", "its paper"), "din": ("dice", "its paper, Sec. 4.4"), "dien": ("dice", "its paper's code"),
+    "mian": (None, "not stated by the MIAN paper (MIAN.md 7.6): ReLU as the other non-DIN models; Dice and "
+                   "PReLU are measured as readings (readings.md)"),
+}
+
+
+def activation_note(recs: Sequence[dict[str, Any]], models: Sequence[str]) -> str | None:
+    """The table note saying each model's MLP activation as its records were made (config
+    ``mlp_activation``) and whose choice it is (:data:`PAPER_ACTIVATION`); None when no record
+    has an MLP activation."""
+    seen: dict[str, set[str]] = {}
+    for r in recs:
+        act = r.get("config", {}).get("model", {}).get("mlp_activation")
+        if act is not None:
+            seen.setdefault(r["model"], set()).add(act)
+    parts = []
+    for m in models:
+        if m not in seen:
+            continue
+        used = "/".join(sorted(seen[m]))
+        paper, where = PAPER_ACTIVATION.get(m, (None, ""))
+        if paper is not None and seen[m] != {paper}:
+            where = f"set for these runs; {where}: {paper}"
+        parts.append(f"{model_label(m)} {used}" + (f" ({where})" if where else ""))
+    if not parts:
+        return None
+    return "MLP activation: " + "; ".join(parts) + (". LR has no MLP." if "lr" in models else ".")
 
 
 #: Table 2's metric columns: header -> metric
