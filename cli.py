@@ -84,9 +84,9 @@ def _models_option(help_text: str, none: str | None = None, baselines_only: bool
 
 
 def _variant_names() -> list[str]:
-    from bench.training.studies import ABLATION_VARIANTS, TRANSFORMER_VARIANTS
+    from bench.training.studies import ABLATION_VARIANTS, READINGS_VARIANTS, TRANSFORMER_VARIANTS
 
-    return list(dict.fromkeys([*ABLATION_VARIANTS, *TRANSFORMER_VARIANTS]))
+    return list(dict.fromkeys([*ABLATION_VARIANTS, *TRANSFORMER_VARIANTS, *READINGS_VARIANTS]))
 
 
 def _datasets_option(f):
@@ -352,8 +352,9 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
 
 
 @cli.command()
-@click.option("--study", type=click.Choice(["ablation", "transformer"]), default="ablation", show_default=True,
-              help="ablation = Table 3; transformer = Table 4 + Figure 5.")
+@click.option("--study", type=click.Choice(["ablation", "transformer", "readings"]), default="ablation",
+              show_default=True, help="ablation = Table 3; transformer = Table 4 + Figure 5; readings = MIAN's "
+                                      "readings of the paper's unspecified details, with their Figure 6 statistics.")
 @_datasets_option
 @click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), default=5, show_default=True,
               help=f"Seeds 0..N-1 (at most {MAX_SEEDS}).")
@@ -362,23 +363,27 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
               help="MIAN variants of the study to run (comma-separated or repeated; default all of the study's; "
                    "the full MIAN, 'default', is always run: the table compares every row with it). Ablation: "
                    "no_iuim, no_icim, no_ibim, no_gim, no_iuim_icim; transformer: post_ln, no_transformer, "
-                   "shared_score.")
+                   "shared_score; readings: gim_concat, gim_sum_concat, gim_uniform, shared_score, bilinear_score, "
+                   "mlp_prelu, mlp_dice.")
 @_models_option("Baseline pool of --study ablation's best-baseline row (comma-separated or repeated; default the "
                 "seven baselines; 'none': no baseline row, no baseline trained).", none="none", baselines_only=True)
 @_run_options
 @_workers_option
 def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_dir, device, threads, force, overrides,
            workers, cluster):
-    """The paper's ablation (Table 3) or Transformer-variant study (Table 4, Figure 5).
+    """The paper's ablation (Table 3), Transformer-variant study (Table 4, Figure 5) or the
+    readings of MIAN (readings.md and readings_gim.md: each reading of an unspecified detail
+    against the default, and the Figure 6 statistics of its seeds' models).
 
     With --variants, --models or another number of seeds than 5 the tables go to
     results/<dataset>/subsets/<tag>/, never over the full study's."""
     from bench.training.registry import MODEL_NAMES
-    from bench.report.studies import ablation_study, transformer_study
-    from bench.training.studies import ABLATION_VARIANTS, TRANSFORMER_VARIANTS
+    from bench.report.studies import ablation_study, readings_study, transformer_study
+    from bench.training.studies import ABLATION_VARIANTS, READINGS_VARIANTS, TRANSFORMER_VARIANTS
 
     datasets = datasets or ["movielens-100k"]
-    study_variants = ABLATION_VARIANTS if study == "ablation" else TRANSFORMER_VARIANTS
+    study_variants = {"ablation": ABLATION_VARIANTS, "transformer": TRANSFORMER_VARIANTS,
+                      "readings": READINGS_VARIANTS}[study]
     chosen, tag = _study_selection(study, study_variants, variants, models, seeds)
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
@@ -386,8 +391,10 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
         for ds in datasets:
             if study == "ablation":
                 _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models))
-            else:
+            elif study == "transformer":
                 _echo(transformer_study(runner, results, ds, chosen, seeds, extra, tag))
+            else:
+                _echo(readings_study(runner, results, ds, chosen, seeds, extra, tag, progress=click.echo))
 
 
 def _study_selection(study: str, study_variants: dict, variants: list[str] | None, models: list[str] | None,
@@ -404,7 +411,7 @@ def _study_selection(study: str, study_variants: dict, variants: list[str] | Non
                 f"{', '.join(foreign)} {'is not a variant' if len(foreign) == 1 else 'are not variants'} of "
                 f"--study {study}; its variants: {', '.join(study_variants)}", param_hint="'--variants'")
     if models is not None and study != "ablation":
-        raise click.BadParameter("the baseline pool only applies to --study ablation (the Transformer study has "
+        raise click.BadParameter(f"the baseline pool only applies to --study ablation (the {study} study has "
                                  "no baseline row)", param_hint="'--models'")
     chosen = {v: study_variants[v] for v in study_variants if variants is None or v == "default" or v in variants}
     parts = []
@@ -425,18 +432,26 @@ def _study_selection(study: str, study_variants: dict, variants: list[str] | Non
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Which seed's trained MIAN.")
 @click.option("--case-seed", type=click.IntRange(0, None), default=2021, show_default=True,
               help="Seed of the random draw of the cases among the test positives.")
+@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), default=5, show_default=True,
+              help="The whole-split statistics (share of test samples where an interactive representation "
+                   "outweighs its original, with its interval) are over the models of seeds 0..N-1.")
 @click.option("--redraw", is_flag=True,
               help="Only draw gim_heatmap.png again from the folder's gim_weights.csv and gim_summary.json "
                    "(the weights of the run they name; no model, nothing else written).")
 @_run_options
-def visualize_attention(cases, dataset, seed, case_seed, redraw, data_dir, raw_dir, results_dir, device, threads, force,
-                        overrides):
-    """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics.
+@_workers_option
+def visualize_attention(cases, dataset, seed, case_seed, seeds, redraw, data_dir, raw_dir, results_dir, device, threads,
+                        force, overrides, workers, cluster):
+    """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics
+    over the models of seeds 0..N-1 (gim_summary.json: per-seed shares, their mean and a 95 %
+    interval from a cluster bootstrap over test users).
 
-    The model is the run's best-epoch checkpoint (data/checkpoints/), else it is retrained. A
-    model that is not exactly the run record's (another machine's retrain: other validation or test
-    metrics) never writes over the figure: its files go to <folder>/local/ beside it. --force
-    retrains the run and replaces its record and the figure."""
+    Each model is its run's best-epoch checkpoint (data/checkpoints/), else the run is retrained
+    (a run without a record trains first, on --workers). A model that is not exactly its run
+    record's (another machine's retrain: other validation or test metrics) never writes over the
+    figure: the files go to <folder>/local/ beside it. --force retrains the runs and replaces their
+    records and the figure. With another --seed, --cases, --case-seed or --seeds the files go to
+    results/<dataset>/subsets/<tag>/."""
     from bench.training.config import parse_overrides
     from bench.report.studies import figure6, redraw_figure6
     from bench.training.runs import DEFAULT_RESULTS_DIR
@@ -445,11 +460,11 @@ def visualize_attention(cases, dataset, seed, case_seed, redraw, data_dir, raw_d
         if redraw:
             extra = parse_overrides(overrides)
             _echo(redraw_figure6(Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR, dataset, extra, seed, cases,
-                                 case_seed))
+                                 case_seed, seeds))
             return
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, datasets=(dataset,))
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, (dataset,), cluster)
         extra = _overrides(overrides, ["mian"])
-        _echo(figure6(runner, results, dataset, extra, seed, cases, case_seed, progress=click.echo))
+        _echo(figure6(runner, results, dataset, extra, seed, cases, case_seed, seeds, progress=click.echo))
 
 
 @cli.command()

@@ -20,7 +20,10 @@ from torch import nn
 from torch.nn import functional as F
 
 TRANSFORMER_KINDS = ("pre_ln", "post_ln", "none")
-IBIM_SCORES = ("per_slot", "shared")
+#: readings of the IBIM score, Eq. (8) (MIAN.md 7.2; :class:`BehaviourAttention`)
+IBIM_SCORES = ("per_slot", "shared", "bilinear")
+#: readings of GIM's output, Eq. (14)-(15) (MIAN.md 7.4, 7.6; :class:`GlobalInteraction`)
+GIM_MODES = ("sum", "concat", "sum_concat", "uniform")
 
 
 def tanh_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,6 +173,11 @@ class BehaviourAttention(nn.Module):
     behaviour (parameters sized by ``max_len`` and indexed from the end), which makes the ranking
     of behaviours depend on the candidate. ``score="shared"`` uses one W, b for every slot (then
     the candidate half of the score is a constant across t and only sharpens the weights).
+    ``score="bilinear"`` adds ``e_i^T M h_t`` to the per-slot score, ``gamma_t = tanh(V_t . W_t +
+    b_t + e_i^T M h_t)`` with M a learned [D_i, d_h] matrix (initialised to 0, so training starts
+    from the per-slot reading): Eq. (8)'s additive score weighs a behaviour by its slot and its own
+    content, never by its similarity to the candidate; the bilinear term lets the candidate pick
+    the behaviours that resemble it (a reading beyond 7.2, compared in the readings study).
 
     ``R_ibim`` is computed as ``[e_i * sum_t alpha_t ; sum_t alpha_t h_t]``, which is
     ``sum_t alpha_t V_t`` term for term (the e_i half is kept, 7.3) without materialising the
@@ -180,7 +188,7 @@ class BehaviourAttention(nn.Module):
         item_dim: D_i = width of e_i (F_i * embed_dim).
         state_dim: d_h = width of h_t.
         max_len: the schema's T.
-        score: "per_slot" | "shared".
+        score: "per_slot" | "shared" | "bilinear".
     Shapes: e_i [B, D_i], h [B, T, d_h], mask [B, T] bool, T <= max_len ->
         (R_ibim [B, D_i + d_h], alpha [B, T]).
     Raises:
@@ -195,11 +203,15 @@ class BehaviourAttention(nn.Module):
         self.state_dim = state_dim
         self.max_len = max_len
         self.score = score
-        slots = max_len if score == "per_slot" else 1
+        slots = 1 if score == "shared" else max_len
         self.weight = nn.Parameter(torch.empty(slots, item_dim + state_dim))
         self.bias = nn.Parameter(torch.zeros(slots))
         bound = 1.0 / math.sqrt(item_dim + state_dim)
         nn.init.uniform_(self.weight, -bound, bound)
+        if score == "bilinear":
+            self.bilinear = nn.Parameter(torch.zeros(item_dim, state_dim))  # M
+        else:
+            self.register_parameter("bilinear", None)
 
     @property
     def out_dim(self) -> int:
@@ -209,15 +221,17 @@ class BehaviourAttention(nn.Module):
         self, e_i: torch.Tensor, h: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         T = h.shape[1]
-        if self.score == "per_slot":
+        if self.score == "shared":
+            w_i, w_h = self.weight[0, : self.item_dim], self.weight[0, self.item_dim :]
+            scores = (e_i @ w_i).unsqueeze(1) + h @ w_h + self.bias  # [B, T]
+        else:
             w = self.weight[self.max_len - T :]  # [T, D_i + d_h], slot -1 = most recent
             b = self.bias[self.max_len - T :]
             w_i, w_h = w[:, : self.item_dim], w[:, self.item_dim :]
             # V_t . W_t = e_i . W_t^(i) + h_t . W_t^(h), all slots at once
             scores = e_i @ w_i.T + (h * w_h).sum(-1) + b  # [B, T]
-        else:
-            w_i, w_h = self.weight[0, : self.item_dim], self.weight[0, self.item_dim :]
-            scores = (e_i @ w_i).unsqueeze(1) + h @ w_h + self.bias  # [B, T]
+        if self.bilinear is not None:  # + e_i^T M h_t
+            scores = scores + torch.bmm(h, (e_i @ self.bilinear).unsqueeze(-1)).squeeze(-1)
         alpha = tanh_softmax(scores, mask)  # Eq. (7)-(8)
         pooled = torch.bmm(alpha.unsqueeze(1), h).squeeze(1)  # sum_t alpha_t h_t
         r = torch.cat([e_i * alpha.sum(1, keepdim=True), pooled], -1)  # Eq. (9)
@@ -269,37 +283,68 @@ class FieldAttention(nn.Module):
 
 class GlobalInteraction(nn.Module):
     """GIM, Eq. (14)-(15): attention over the representations
-    ``r_g = [e_i; e_c; e_b; e_u; R_ibim; R_iuim; R_icim]``.
+    ``r_g = [e_i; e_c; e_b; e_u; R_ibim; R_iuim; R_icim]``, in one of four readings (``mode``).
 
-    The representations have different widths, so each present r_l is first projected to a common
-    width D by its own linear map, ``p_l = r_l A_l + c_l`` (7.4 option a). The score is one scalar
-    per representation, ``tanh(p_l . w_l + b_l)`` (a reparametrisation of Eq. 15's
-    ``tanh(r_l . W_l + b_l)`` with ``W_l = A_l w_l``), the weights are a softmax over the present
-    representations, and ``R_g = sum_l alpha_l p_l``. An absent representation (a removed module,
-    or an empty field group) has width 0, no parameters and weight exactly 0.
+    The representations have different widths, so Eq. (15)'s weighted sum does not type-check as
+    written (7.4). The readings:
+
+    - ``"sum"`` (default, 7.4 option a): each present r_l is first projected to a common width D by
+      its own linear map, ``p_l = r_l A_l + c_l``. The score is one scalar per representation,
+      ``tanh(p_l . w_l + b_l)`` (a reparametrisation of Eq. 15's ``tanh(r_l . W_l + b_l)`` with
+      ``W_l = A_l w_l``), the weights are a softmax over the present representations, and the output
+      ``R_g = sum_l alpha_l p_l`` [B, D] alone feeds the MLP (7.6's recommendation).
+    - ``"concat"`` (7.4 option b): no projection; the score is Eq. (15)'s literally,
+      ``tanh(r_l . W_l + b_l)`` with W_l of width dims[l], the same softmax, and the output is the
+      weighted concatenation ``[alpha_1 r_1; ...; alpha_7 r_7]`` [B, sum(dims)] (absent ones left out):
+      every representation reaches the MLP, scaled by its weight.
+    - ``"sum_concat"`` (7.6, "optionally concatenate r_g"): as ``"sum"``, and the output is
+      ``[R_g; r_g]`` [B, D + sum(dims)], r_g the unweighted concatenation of Eq. (14).
+    - ``"uniform"`` (a control, not a reading): as ``"sum"`` with ``alpha_l = 1/k`` over the k
+      present representations (no score parameters): what the learned weights add.
+
+    An absent representation (a removed module, or an empty field group) has width 0, no
+    parameters and weight exactly 0 in every mode.
 
     The seven projections run as one batched matmul: the representations are concatenated (r_g of
     Eq. 14), gathered into a zero-padded [B, L, max width] tensor, and multiplied by the matching
-    zero-padded per-representation weight blocks.
+    zero-padded per-representation weight blocks. ``"concat"``'s scores are one segment sum
+    (``index_add``) over the columns of r_g.
 
     Args:
         dims: widths of the seven representations in the paper's order, 0 for an absent one.
-        dim: the common width D.
+        dim: the common width D (unused by ``"concat"``).
+        mode: "sum" | "concat" | "sum_concat" | "uniform".
     Shapes: reps = seven tensors [B, dims[l]] (None where dims[l] == 0) ->
-        (R_g [B, D], alpha [B, 7]).
+        (output [B, out_dim], alpha [B, 7]); ``out_dim`` = D, sum(dims), D + sum(dims), D by mode.
     Raises:
-        ValueError: no representation is present, or ``reps`` disagrees with ``dims``.
+        ValueError: unknown ``mode``, no representation is present, or ``reps`` disagrees with ``dims``.
     """
 
-    def __init__(self, dims: Sequence[int], dim: int):
+    def __init__(self, dims: Sequence[int], dim: int, mode: str = "sum"):
         super().__init__()
+        if mode not in GIM_MODES:
+            raise ValueError(f"gim_mode must be one of {', '.join(GIM_MODES)}, got {mode!r}")
         self.dims = tuple(int(x) for x in dims)
         self.dim = dim
+        self.mode = mode
         self.present = tuple(l for l, w in enumerate(self.dims) if w > 0)
         if not self.present:
             raise ValueError("GIM needs at least one representation")
         widths = [self.dims[l] for l in self.present]
         total, widest, n = sum(widths), max(widths), len(widths)
+        self.total = total
+        self.register_buffer("columns", torch.tensor(self.present, dtype=torch.long), persistent=False)
+        if mode == "concat":
+            # segment[c] = which present representation column c of r_g belongs to
+            segment = torch.repeat_interleave(torch.arange(n), torch.tensor(widths))
+            self.register_buffer("segment", segment, persistent=False)
+            self.score_weight = nn.Parameter(torch.empty(total))  # stacked W_l of Eq. (15)
+            self.score_bias = nn.Parameter(torch.zeros(n))  # b_l
+            start = 0
+            for w in widths:  # nn.Linear(w, 1)'s default scale, per block
+                nn.init.uniform_(self.score_weight[start : start + w], -1.0 / math.sqrt(w), 1.0 / math.sqrt(w))
+                start += w
+            return
         # gather[l, s] = row of r_g (and of proj_weight) feeding position s of representation l;
         # `total` points at an appended zero column / row.
         gather = torch.full((n, widest), total, dtype=torch.long)
@@ -308,36 +353,55 @@ class GlobalInteraction(nn.Module):
             gather[row, :w] = torch.arange(start, start + w)
             start += w
         self.register_buffer("gather", gather, persistent=False)
-        self.register_buffer("columns", torch.tensor(self.present, dtype=torch.long), persistent=False)
         self.proj_weight = nn.Parameter(torch.empty(total, dim))  # stacked A_l, rows by l
         self.proj_bias = nn.Parameter(torch.zeros(n, dim))  # c_l
-        self.score_weight = nn.Parameter(torch.empty(n, dim))  # w_l
-        self.score_bias = nn.Parameter(torch.zeros(n))  # b_l
+        scored = mode != "uniform"
+        if scored:
+            self.score_weight = nn.Parameter(torch.empty(n, dim))  # w_l
+            self.score_bias = nn.Parameter(torch.zeros(n))  # b_l
         start = 0
         for w in widths:  # nn.Linear's default scale, per block
             bound = 1.0 / math.sqrt(w)
             nn.init.uniform_(self.proj_weight[start : start + w], -bound, bound)
             start += w
-        nn.init.uniform_(self.score_weight, -1.0 / math.sqrt(dim), 1.0 / math.sqrt(dim))
+        if scored:
+            nn.init.uniform_(self.score_weight, -1.0 / math.sqrt(dim), 1.0 / math.sqrt(dim))
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the output that feeds the MLP (see the class docstring)."""
+        return {"sum": self.dim, "uniform": self.dim, "concat": self.total, "sum_concat": self.dim + self.total}[self.mode]
 
     def forward(self, reps: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(reps) != len(self.dims):
             raise ValueError(f"GIM expects {len(self.dims)} representations, got {len(reps)}")
         parts = [reps[l] for l in self.present]
         r_g = torch.cat(parts, -1)  # Eq. (14), absent parts left out
-        if r_g.shape[-1] != self.proj_weight.shape[0]:
+        if r_g.shape[-1] != self.total:
             raise ValueError(
                 f"GIM representations have total width {r_g.shape[-1]}, "
-                f"expected {self.proj_weight.shape[0]} (dims {self.dims})"
+                f"expected {self.total} (dims {self.dims})"
             )
         B = r_g.shape[0]
-        L, widest = self.gather.shape
-        flat = self.gather.reshape(-1)  # index_select: its backward is a fast index_add
-        r_pad = F.pad(r_g, (0, 1)).index_select(1, flat).view(B, L, widest)
-        w_pad = F.pad(self.proj_weight, (0, 0, 0, 1)).index_select(0, flat).view(L, widest, self.dim)
-        p = torch.bmm(r_pad.transpose(0, 1), w_pad).transpose(0, 1) + self.proj_bias  # [B, L, D]
-        scores = (p * self.score_weight).sum(-1) + self.score_bias  # [B, L]
-        alpha = tanh_softmax(scores)  # Eq. (15) weights
-        r = torch.bmm(alpha.unsqueeze(1), p).squeeze(1)  # R_g [B, D]
+        n = len(self.present)
+        if self.mode == "concat":
+            # r_l . W_l for every l at once: a segment sum of r_g * [W_1; ...; W_L]
+            scores = r_g.new_zeros(B, n).index_add(1, self.segment, r_g * self.score_weight) + self.score_bias
+            alpha = tanh_softmax(scores)  # Eq. (15) weights
+            out = r_g * alpha.index_select(1, self.segment)  # [alpha_1 r_1; ...; alpha_L r_L]
+        else:
+            L, widest = self.gather.shape
+            flat = self.gather.reshape(-1)  # index_select: its backward is a fast index_add
+            r_pad = F.pad(r_g, (0, 1)).index_select(1, flat).view(B, L, widest)
+            w_pad = F.pad(self.proj_weight, (0, 0, 0, 1)).index_select(0, flat).view(L, widest, self.dim)
+            p = torch.bmm(r_pad.transpose(0, 1), w_pad).transpose(0, 1) + self.proj_bias  # [B, L, D]
+            if self.mode == "uniform":
+                alpha = p.new_full((B, n), 1.0 / n)
+            else:
+                scores = (p * self.score_weight).sum(-1) + self.score_bias  # [B, L]
+                alpha = tanh_softmax(scores)  # Eq. (15) weights
+            out = torch.bmm(alpha.unsqueeze(1), p).squeeze(1)  # R_g [B, D]
+            if self.mode == "sum_concat":
+                out = torch.cat([out, r_g], -1)  # [R_g; r_g]
         weights = alpha.new_zeros(B, len(self.dims)).index_copy(1, self.columns, alpha)
-        return r, weights
+        return out, weights

@@ -24,6 +24,7 @@ from bench.nn.embedding import FeatureEmbedding
 from bench.nn.mlp import ACTIVATIONS, MLP
 from bench.nn.pooling import masked_mean
 from mian.layers import (
+    GIM_MODES,
     IBIM_SCORES,
     TRANSFORMER_KINDS,
     BehaviourAttention,
@@ -44,7 +45,8 @@ class MIANOutput(ModelOutput):
 
     logits: [B] pre-sigmoid click scores.
     gim_weights: [B, 7] GIM softmax weights (Eq. 15) in the order of :data:`GIM_INPUTS`, exactly 0
-        for a representation that is absent; None when GIM is off.
+        for a representation that is absent (1/k for each of the k present ones with
+        ``gim_mode="uniform"``); None when GIM is off.
     ibim_weights: [B, T] behaviour weights alpha_t (Eq. 7), 0 on padding; None when IBIM is off.
     iuim_weights: [B, J] user-field weights alpha_j (Eq. 10); None when IUIM is off.
     icim_weights: [B, K] context-field weights (Eq. 13); None when ICIM is off.
@@ -88,15 +90,27 @@ class MIAN(nn.Module):
 
         embed_dim: embedding size per field (PROTOCOL section 3).
         mlp: hidden sizes of the prediction MLP (PROTOCOL section 3, 7.6).
-        mlp_activation: "relu" | "prelu" | "dice".
+        mlp_activation: the prediction MLP's activation, 7.6 ("200-80 with PReLU/Dice", as DIN /
+            DIEN): "relu" (default) | "prelu" | "dice" (bench.nn.mlp.Dice, DIN Eq. 9).
         mlp_dropout: dropout after each hidden MLP layer.
         use_ibim, use_iuim, use_icim, use_gim: the four modules (Table 3 ablation).
         transformer: "pre_ln" (paper) | "post_ln" (Table 4 "w/ Transformer") | "none"
             (Table 4 "w/o both": Eq. 7-9 on the raw behaviour embeddings), 7.9.
-        ibim_score: "per_slot" (W_t per behaviour slot, 7.2) | "shared".
+        ibim_score: the score of Eq. (8), 7.2: "per_slot" (default: W_t, b_t per behaviour slot, the
+            subscript read literally) | "shared" (one W, b for every slot) | "bilinear" (per slot
+            plus e_i^T M h_t, M a learned [D_i, D_i] matrix: the candidate can pick the behaviours
+            similar to it, which Eq. 8's additive score cannot). See mian.layers.BehaviourAttention.
         n_layers, n_heads, ffn_dim, dropout, positional: the behaviour Transformer (7.1);
             ffn_dim None = the behaviour width F_i * embed_dim (SASRec's choice).
         gim_dim: common width D of the GIM projections (7.4a).
+        gim_mode: what GIM (Eq. 14-15) hands the MLP, 7.4 / 7.6: "sum" (default, 7.4a: R_g =
+            sum_l alpha_l p_l of the projected representations, alone) | "concat" (7.4b: the
+            weighted concatenation [alpha_1 r_1; ...; alpha_7 r_7], scores on the raw r_l) |
+            "sum_concat" (7.6: [R_g; r_g], r_g the concatenation of Eq. 14) | "uniform" (a control:
+            alpha_l = 1/k over the k present representations, otherwise "sum"). Ignored when
+            use_gim is False. Left out of the resolved config (and the run id) while "sum", so
+            the records made before it existed keep their ids (bench.nn.config.omitted_at_default).
+            See mian.layers.GlobalInteraction.
 
         The exact speed paths (``trim_padding``, ``length_buckets``) are constructor arguments of
         :class:`MIAN`, not fields here: they do not change the model, so not the run id.
@@ -118,6 +132,7 @@ class MIAN(nn.Module):
         dropout: float = 0.0
         positional: bool = True
         gim_dim: int = 128
+        gim_mode: str = choice("sum", GIM_MODES, omit_at_default=True)
 
     def __init__(
         self,
@@ -195,8 +210,8 @@ class MIAN(nn.Module):
             self.icim.out_dim if self.icim is not None else 0,
         )
         # GIM (Eq. 14-15); without it the representations are concatenated into the MLP.
-        self.gim = GlobalInteraction(self.rep_dims, cfg.gim_dim) if cfg.use_gim else None
-        mlp_in = cfg.gim_dim if self.gim is not None else sum(self.rep_dims)
+        self.gim = GlobalInteraction(self.rep_dims, cfg.gim_dim, cfg.gim_mode) if cfg.use_gim else None
+        mlp_in = self.gim.out_dim if self.gim is not None else sum(self.rep_dims)
         self.mlp = MLP(mlp_in, cfg.mlp, out_dim=1, activation=cfg.mlp_activation, dropout=cfg.mlp_dropout)
         log.debug("MIAN built: %s, representation widths %s", dataclasses.asdict(cfg), self.rep_dims)
 
@@ -241,7 +256,7 @@ class MIAN(nn.Module):
         reps = tuple(r if w > 0 else None for r, w in zip(reps, self.rep_dims))
         gim_w = None
         if self.gim is not None:
-            top, gim_w = self.gim(reps)  # R_g [B, gim_dim], [B, 7]
+            top, gim_w = self.gim(reps)  # [B, gim.out_dim] (R_g for "sum"), [B, 7]
         else:
             top = torch.cat([r for r in reps if r is not None], -1)  # r_g of Eq. (14)
         logits = self.mlp(top).squeeze(-1)

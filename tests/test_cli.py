@@ -40,11 +40,11 @@ def invoke(*args):
 
 def _figure_study(tiny, tmp_path):
     """A copy of the tiny data, a results folder and the arguments of a 3-case Figure 6 of a
-    one-epoch MIAN on them."""
+    one-epoch MIAN on them (statistics over seed 0 alone: one run)."""
     data, results = tmp_path / "data", tmp_path / "results"
     shutil.copytree(tiny, data)
-    return data, results, ["visualize-attention", "--cases", 3, "--data-dir", data, "--results-dir", results,
-                           "--set", "train.max_epochs=1"]
+    return data, results, ["visualize-attention", "--cases", 3, "--seeds", 1, "--data-dir", data, "--results-dir",
+                           results, "--set", "train.max_epochs=1"]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -59,7 +59,7 @@ def test_a_retrain_that_differs_from_its_record_never_replaces_the_figure(tiny, 
     data, results, args = _figure_study(tiny, tmp_path)
     res = invoke(*args)
     assert res.exit_code == 0, res.output
-    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
+    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3_seeds1"))
     committed = _snapshot(out)
     assert set(committed) == {"gim_heatmap.png", "gim_weights.csv", "gim_summary.json"}
     [record_path] = list((results / "runs").glob("*.json"))
@@ -129,7 +129,7 @@ def test_a_bare_checkpoint_of_another_model_is_told_apart_by_scoring_it(tiny, tm
 
     data, results, args = _figure_study(tiny, tmp_path)
     assert invoke(*args).exit_code == 0
-    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
+    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3_seeds1"))
     committed = _snapshot(out)
     [record_path] = list((results / "runs").glob("*.json"))
     record = json.loads(record_path.read_text())
@@ -331,7 +331,7 @@ def test_heatmap_is_sequential_with_horizontal_row_labels(tmp_path, monkeypatch)
 def test_redraw_draws_the_heatmap_from_the_committed_weights_only(tiny, tmp_path):
     data, results, args = _figure_study(tiny, tmp_path)
     assert invoke(*args).exit_code == 0
-    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3"))
+    [out] = list((results / "movielens-100k").glob("overrides-*/subsets/cases3_seeds1"))
     kept = {p: p.read_bytes() for p in (out / "gim_weights.csv", out / "gim_summary.json")}
     (out / "gim_heatmap.png").unlink()
     shutil.rmtree(data / "checkpoints")  # no model is needed

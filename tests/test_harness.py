@@ -295,11 +295,11 @@ def test_visualize_attention_retrains_a_missing_checkpoint_but_keeps_the_record(
 
     from cli import cli
 
-    args = ["visualize-attention", "--cases", "3", "--data-dir", str(tiny_ml100k), "--results-dir", str(tmp_path),
-            "--set", "train.max_epochs=1"]
+    args = ["visualize-attention", "--cases", "3", "--seeds", "1", "--data-dir", str(tiny_ml100k), "--results-dir",
+            str(tmp_path), "--set", "train.max_epochs=1"]
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    [out] = list((tmp_path / "movielens-100k").glob("overrides-*/subsets/cases3"))
+    [out] = list((tmp_path / "movielens-100k").glob("overrides-*/subsets/cases3_seeds1"))
     weights = (out / "gim_weights.csv").read_text()
     [record_path] = list((tmp_path / "runs").glob("*.json"))
     before = record_path.read_bytes()

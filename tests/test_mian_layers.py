@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from mian.layers import (
+    GIM_MODES,
     BehaviourAttention,
     BehaviourEncoder,
     FieldAttention,
@@ -134,6 +135,150 @@ def test_gim_matches_eq_14_15_with_per_representation_projections():
     assert n_params == sum(dims) * D + len(present) * (2 * D + 1)
 
 
+def _gim_loop(gim: GlobalInteraction, reps, dims):
+    """GIM of every reading written out sample by sample and representation by representation
+    (MIAN.md 7.4 a / b, 7.6, and the uniform control): (output [B, out], weights [B, 7])."""
+    B = next(r for r in reps if r is not None).shape[0]
+    present = [l for l, w in enumerate(dims) if w]
+    outs, weights = [], []
+    for b in range(B):
+        p, s, raw, start = [], [], [], 0
+        for n, l in enumerate(present):
+            r = reps[l][b]
+            raw.append(r)
+            if gim.mode == "concat":  # Eq. (15) on the raw r_l: tanh(r_l . W_l + b_l)
+                w_l = gim.score_weight[start : start + dims[l]]
+                s.append(torch.tanh(r @ w_l + gim.score_bias[n]))
+            else:  # p_l = r_l A_l + c_l, score tanh(p_l . w_l + b_l)
+                p_l = r @ gim.proj_weight[start : start + dims[l]] + gim.proj_bias[n]
+                p.append(p_l)
+                if gim.mode != "uniform":
+                    s.append(torch.tanh(p_l @ gim.score_weight[n] + gim.score_bias[n]))
+            start += dims[l]
+        if gim.mode == "uniform":
+            alpha = [torch.tensor(1.0 / len(present))] * len(present)
+        else:
+            e = [torch.exp(x) for x in s]
+            alpha = [x / sum(e) for x in e]
+        if gim.mode == "concat":
+            out = torch.cat([alpha[n] * raw[n] for n in range(len(present))])
+        else:
+            out = sum(alpha[n] * p[n] for n in range(len(present)))
+            if gim.mode == "sum_concat":
+                out = torch.cat([out, torch.cat(raw)])
+        w = torch.zeros(7)
+        for n, l in enumerate(present):
+            w[l] = alpha[n]
+        outs.append(out)
+        weights.append(w)
+    return torch.stack(outs), torch.stack(weights)
+
+
+@pytest.mark.parametrize("mode", GIM_MODES)
+def test_every_gim_reading_matches_its_loop_transcription(mode):
+    torch.manual_seed(7)
+    B, D = 4, 5
+    dims = (4, 0, 4, 6, 8, 0, 3)
+    gim = GlobalInteraction(dims, D, mode)
+    with torch.no_grad():
+        for name, p in gim.named_parameters():
+            if "bias" in name:
+                p.normal_()
+    reps = [torch.randn(B, w) if w else None for w in dims]
+    out, weights = gim(reps)
+    ref_out, ref_w = _gim_loop(gim, reps, dims)
+    total = sum(dims)
+    assert out.shape == (B, {"sum": D, "uniform": D, "concat": total, "sum_concat": D + total}[mode])
+    assert gim.out_dim == out.shape[1]
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_w)
+    # the Figure 6 weights: a softmax over the present representations (1/k for the control),
+    # exactly 0 for the absent ones, summing to 1
+    assert torch.all(weights[:, [1, 5]] == 0)
+    torch.testing.assert_close(weights.sum(1), torch.ones(B))
+    if mode == "uniform":
+        assert torch.all(weights[:, [0, 2, 3, 4, 6]] == 0.2)
+        assert not any("score" in n for n, _ in gim.named_parameters())
+    else:
+        assert weights[:, [0, 2, 3, 4, 6]].std(0).min() > 0  # per-sample weights, not constants
+    if mode == "sum_concat":  # [R_g; r_g]: the sum reading's output, then the representations
+        plain = GlobalInteraction(dims, D, "sum")
+        plain.load_state_dict(gim.state_dict())
+        torch.testing.assert_close(out[:, :D], plain(reps)[0])
+        torch.testing.assert_close(out[:, D:], torch.cat([r for r in reps if r is not None], -1))
+    n_params = sum(p.numel() for p in gim.parameters())
+    k = 5
+    assert n_params == {"sum": total * D + k * (2 * D + 1), "sum_concat": total * D + k * (2 * D + 1),
+                        "uniform": total * D + k * D, "concat": total + k}[mode]
+
+
+def test_gim_sum_reading_keeps_the_parameters_and_initialisation_of_before():
+    """The default reading builds the same parameters from the same random draws as the GIM the
+    committed runs were trained with (its names, shapes and values)."""
+    dims = (4, 0, 4, 6, 8, 0, 3)
+    torch.manual_seed(11)
+    new = GlobalInteraction(dims, 5)
+    torch.manual_seed(11)
+    widths = [w for w in dims if w]
+    ref = {"proj_weight": torch.empty(sum(widths), 5), "proj_bias": torch.zeros(5, 5),
+           "score_weight": torch.empty(5, 5), "score_bias": torch.zeros(5)}
+    start = 0
+    for w in widths:
+        torch.nn.init.uniform_(ref["proj_weight"][start : start + w], -1 / math.sqrt(w), 1 / math.sqrt(w))
+        start += w
+    torch.nn.init.uniform_(ref["score_weight"], -1 / math.sqrt(5), 1 / math.sqrt(5))
+    state = new.state_dict()
+    assert list(state) == list(ref)
+    for k, v in ref.items():
+        assert torch.equal(state[k], v), k
+
+
+def test_bilinear_ibim_score_matches_its_loop_transcription():
+    torch.manual_seed(8)
+    B, T, max_len, D_i = 3, 4, 7, 6
+    att = BehaviourAttention(D_i, D_i, max_len, "bilinear")
+    assert att.bilinear.shape == (D_i, D_i) and torch.all(att.bilinear == 0)  # starts as "per_slot"
+    with torch.no_grad():
+        att.bias.normal_()
+        att.bilinear.normal_()
+    e_i, h = torch.randn(B, D_i), torch.randn(B, T, D_i)
+    mask = _left_padded_mask([4, 2, 0], T)
+    r, alpha = att(e_i, h, mask)
+    for b in range(B):
+        real = [t for t in range(T) if mask[b, t]]
+        gamma = {}
+        for t in real:  # Eq. (8) per slot, plus e_i^T M h_t
+            slot = max_len - T + t
+            v_t = torch.cat([e_i[b], h[b, t]])
+            bil = sum(e_i[b, i] * att.bilinear[i, j] * h[b, t, j] for i in range(D_i) for j in range(D_i))
+            gamma[t] = torch.tanh(v_t @ att.weight[slot] + att.bias[slot] + bil)
+        z = sum(torch.exp(g) for g in gamma.values()) if real else None
+        for t in range(T):
+            want = torch.exp(gamma[t]) / z if t in real else torch.tensor(0.0)
+            torch.testing.assert_close(alpha[b, t], want)
+        want_r = (sum((alpha[b, t] * torch.cat([e_i[b], h[b, t]]) for t in real)) if real
+                  else torch.zeros(2 * D_i))  # Eq. (9)
+        torch.testing.assert_close(r[b], want_r)
+
+
+def test_bilinear_score_lets_the_candidate_pick_the_behaviour_like_it():
+    """Eq. (8)'s additive score weighs a behaviour by its slot and content alone; with M = I the
+    bilinear term puts the largest weight on the behaviour most similar to the candidate."""
+    torch.manual_seed(9)
+    D, T = 4, 5
+    h = torch.randn(1, T, D).expand(2, T, D)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    att = BehaviourAttention(D, D, T, "bilinear")
+    with torch.no_grad():
+        att.weight.zero_()
+        att.bilinear.copy_(torch.eye(D))
+    e_i = torch.stack([h[0, 1], h[0, 3]]) * 0.3  # each candidate resembles one behaviour
+    _, alpha = att(e_i, h, mask)
+    sims = e_i @ h[0].T
+    assert alpha[0].argmax() == sims[0].argmax() and alpha[1].argmax() == sims[1].argmax()
+    assert alpha[0].argmax() != alpha[1].argmax()
+
+
 def _layer_norm(x, ln):
     return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
 
@@ -242,3 +387,5 @@ def test_layer_argument_errors():
         FieldAttention(0, 4, 2)
     with pytest.raises(ValueError, match="at least one representation"):
         GlobalInteraction((0,) * 7, 8)
+    with pytest.raises(ValueError, match="gim_mode must be one of sum, concat, sum_concat, uniform"):
+        GlobalInteraction((4,) * 7, 8, "product")

@@ -8,13 +8,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from bench.nn.config import ConfigError
 from bench.nn.contract import Batch
 from bench.training.registry import build_model, count_params, make_config
 from conftest import make_split, repad, separable_split, tiny_schema
 from mian.model import GIM_INPUTS, MIAN, MIANOutput
 
 TRANSFORMERS = ("pre_ln", "post_ln", "none")
-SCORES = ("per_slot", "shared")
+SCORES = ("per_slot", "shared", "bilinear")
+#: the readings of MIAN.md 7.4 / 7.6 other than the default (Config overrides)
+READINGS = [{"gim_mode": "concat"}, {"gim_mode": "sum_concat"}, {"gim_mode": "uniform"},
+            {"ibim_score": "bilinear"}, {"mlp_activation": "prelu"}, {"mlp_activation": "dice"}]
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +37,11 @@ def _model(schema, seed: int = 0, trim_padding: bool = True, length_buckets: int
 
 
 def _randomise_biases(model: MIAN) -> None:
-    """Zero-initialised biases would hide bugs in the per-slot / per-field indexing."""
+    """Zero-initialised biases (and the bilinear score's M) would hide bugs in the per-slot /
+    per-field indexing."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") and "embedding" not in name:
+            if (name.endswith("bias") or name.endswith("bilinear")) and "embedding" not in name:
                 p.normal_(std=0.5)
 
 
@@ -135,6 +140,70 @@ def test_same_history_padded_to_two_lengths_gives_the_same_output(transformer, s
         torch.testing.assert_close(o6.ibim_weights, o11.ibim_weights[:, 5:], atol=1e-6, rtol=1e-6)
         assert torch.all(o11.ibim_weights[:, :5] == 0)
         torch.testing.assert_close(o6.gim_weights, o11.gim_weights, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(map(str, r.values())))
+def test_every_reading_is_padding_invariant(reading):
+    data_schema = tiny_schema(max_len=6)
+    model = _model(tiny_schema(max_len=11), **reading)
+    _randomise_biases(model)
+    model.eval()
+    batch6 = _batch(data_schema, n=10, lengths=[6, 4, 1, 0, 6, 2, 3, 5, 6, 1])
+    batch11 = repad(batch6, 11)
+    for context in (torch.inference_mode, torch.enable_grad):
+        with context():
+            o6, o11 = model(batch6), model(batch11)
+        torch.testing.assert_close(o6.logits, o11.logits, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(o6.gim_weights, o11.gim_weights, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sum", "concat", "sum_concat", "uniform"])
+def test_the_mlp_sees_what_the_gim_reading_outputs(mode):
+    """7.4 / 7.6: the MLP's input is GIM's output of the reading (R_g, the weighted
+    concatenation, or [R_g; r_g]); the Figure 6 weights sum to 1 (1/7 each for the control)."""
+    schema = tiny_schema(max_len=6)
+    model = _model(schema, gim_mode=mode)
+    _randomise_biases(model)
+    batch = _batch(schema, n=6, lengths=[6, 3, 0, 1, 5, 2])
+    out = model(batch)
+    total = sum(model.rep_dims)
+    width = {"sum": 128, "uniform": 128, "concat": total, "sum_concat": 128 + total}[mode]
+    assert model.mlp.net[0].in_features == width == model.gim.out_dim
+    seen = []
+    hook = model.mlp.register_forward_hook(lambda mod, args, res: seen.append(args[0]))
+    model(batch)
+    hook.remove()
+    top, weights = model.gim(_reps(model, batch))
+    torch.testing.assert_close(seen[0], top)
+    torch.testing.assert_close(weights, out.gim_weights)
+    torch.testing.assert_close(out.gim_weights.sum(1), torch.ones(6))
+    if mode == "uniform":
+        torch.testing.assert_close(out.gim_weights, torch.full((6, 7), 1 / 7))
+    if mode == "sum_concat":
+        torch.testing.assert_close(top[:, 128:], torch.cat([r for r in _reps(model, batch) if r is not None], -1))
+
+
+def _reps(model: MIAN, batch: Batch):
+    """The seven GIM inputs of ``batch`` computed from the model's modules one by one (Eq. 14)."""
+    from bench.nn.pooling import masked_mean
+
+    emb = model.embedding(batch.trim_padding())
+    B, D_i = emb.e_i.shape[0], model.item_dim
+    e_i, e_b = emb.e_i.reshape(B, D_i), emb.e_b.reshape(B, -1, D_i)
+    r_ibim, _ = model.ibim(e_i, model.encoder(e_b, emb.mask), emb.mask)
+    return (e_i, emb.e_c.reshape(B, -1), masked_mean(e_b, emb.mask), emb.e_u.reshape(B, -1), r_ibim,
+            model.iuim(e_i, emb.e_u)[0], model.icim(e_i, emb.e_c)[0])
+
+
+@pytest.mark.parametrize("activation,module", [("relu", torch.nn.ReLU), ("prelu", torch.nn.PReLU),
+                                               ("dice", "Dice")])
+def test_mlp_activation_builds_that_activation_in_the_prediction_mlp(activation, module):
+    from bench.nn.mlp import Dice
+
+    module = Dice if module == "Dice" else module
+    model = _model(tiny_schema(max_len=6), mlp_activation=activation)
+    acts = [m for m in model.mlp.net if not isinstance(m, torch.nn.Linear)]
+    assert len(acts) == len(model.cfg.mlp) and all(isinstance(m, module) for m in acts)
 
 
 def test_length_buckets_give_the_same_outputs_and_gradients_as_one_pass():
@@ -289,6 +358,7 @@ def test_shared_score_has_one_weight_vector_instead_of_one_per_slot():
         {"transformer": "post_ln"},
         {"transformer": "none"},
         {"ibim_score": "shared"},
+        *READINGS,
     ],
 )
 def test_every_variant_trains(params):
@@ -340,6 +410,9 @@ def test_invalid_configs_and_batches_are_rejected():
         MIAN.Config(ibim_score="dot")
     with pytest.raises(ValueError, match="activation"):
         MIAN.Config(mlp_activation="gelu")
+    for key, bad in (("gim_mode", "product"), ("ibim_score", "dot"), ("mlp_activation", "gelu")):
+        with pytest.raises(ConfigError, match=f"mian config: {key} expects one of .*, got '{bad}'"):
+            make_config(MIAN.Config, {key: bad}, where="mian config")
     with pytest.raises(ValueError, match="n_heads"):
         _model(schema, n_heads=3)  # 2 item fields x 16 = 32 is not divisible by 3
     with pytest.raises(ValueError, match="user fields"):

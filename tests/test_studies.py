@@ -115,14 +115,17 @@ def test_claims_report_verdicts_when_claims_hold():
 
 
 def test_claims_report_verdicts_when_claims_fail():
+    shares = {"R_ibim>e_b": 0.2, "R_iuim>e_u": 0.7, "R_icim>e_c": 0.45}
     gim = {"mean_weight": dict(zip(GIM_INPUTS, [0.25, 0.1, 0.2, 0.1, 0.1, 0.13, 0.12])), "n_samples": 100,
-           "share_interactive_larger": {"R_ibim>e_b": 0.2, "R_iuim>e_u": 0.7, "R_icim>e_c": 0.3}}
+           "share_interactive_larger": shares, "share_interactive_larger_over_seeds": shares,
+           "mean_weight_over_seeds": dict(zip(GIM_INPUTS, [0.25, 0.1, 0.2, 0.1, 0.1, 0.13, 0.12])),
+           "share_interval": {"R_ibim>e_b": [0.1, 0.3], "R_iuim>e_u": [0.6, 0.8], "R_icim>e_c": [0.4, 0.52]}}
     rows = {r["claim"]: r["verdict"] for r in dataset_claims(fake_study(-0.01, 0.002, 0.02), "ds", gim)}
     assert rows["Table 2: MIAN's AUC beats the best baseline (din)"] == NOT_REPRODUCED
     assert rows["Table 3: removing IBIM hurts most"] == NOT_REPRODUCED  # GIM's drop is larger
     assert rows["Figure 6: GIM weighs R_ibim above e_b"] == NOT_REPRODUCED
     assert rows["Figure 6: GIM weighs R_iuim above e_u"] == REPRODUCED
-    assert rows["Figure 6: GIM weighs R_icim above e_c"] == INCONCLUSIVE  # larger mean, minority of cases
+    assert rows["Figure 6: GIM weighs R_icim above e_c"] == INCONCLUSIVE  # the interval spans 50 %
     md = claims_markdown({"ds": dataset_claims(fake_study(-0.01, 0.002, 0.02), "ds", gim)})
     assert "not reproduced" in md and "## ds" in md
 

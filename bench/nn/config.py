@@ -19,9 +19,47 @@ class ConfigError(ValueError):
     """A configuration key or value that does not exist, does not parse or is out of range."""
 
 
-def choice(default: str, choices: Sequence[str]) -> Any:
-    """A string field of a Config that must be one of ``choices`` (checked by :class:`ModelConfig`)."""
-    return field(default=default, metadata={"choices": tuple(choices)})
+#: metadata key of a Config field that the resolved config, and so the run id, leaves out while the
+#: field holds its default (:func:`recorded_fields`): a field added after run records were made
+#: with its default behaviour, so that those records keep their configs and run ids
+OMIT_AT_DEFAULT = "omit_at_default"
+
+
+def choice(default: str, choices: Sequence[str], *, omit_at_default: bool = False) -> Any:
+    """A string field of a Config that must be one of ``choices`` (checked by :class:`ModelConfig`);
+    ``omit_at_default``: see :func:`omitted_at_default`."""
+    meta: dict[str, Any] = {"choices": tuple(choices)}
+    if omit_at_default:
+        meta[OMIT_AT_DEFAULT] = True
+    return field(default=default, metadata=meta)
+
+
+def omitted_at_default(default: Any, **metadata: Any) -> Any:
+    """A Config field that :func:`recorded_fields` leaves out while it equals ``default``: for a field
+    added to a model after its runs were recorded, whose default is the behaviour those runs had.
+    Their resolved configs (and run ids, a hash of them) stay what they were; a run that sets
+    another value records the field. ``metadata``: further field metadata (e.g. ``choices``)."""
+    return field(default=default, metadata={**metadata, OMIT_AT_DEFAULT: True})
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def recorded_fields(cfg: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(cfg)`` without the fields declared with :func:`omitted_at_default` (or
+    ``choice(..., omit_at_default=True)``) that hold their default: what a run record's config
+    stores and its run id hashes (:func:`bench.training.config.resolve_config`). A Config built
+    from such a dict gets the left-out fields' defaults back."""
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get(OMIT_AT_DEFAULT) and out[f.name] == _default(f):
+            del out[f.name]
+    return out
 
 
 def check_ranges(cfg: Any) -> None:

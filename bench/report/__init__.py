@@ -405,7 +405,8 @@ def variant_table(
     notes = [
         "Test-split metrics, mean ± sample std over seeds; Δ = variant mean - full MIAN mean; "
         "p = two-sided paired t-test of test AUC over seeds against full MIAN.",
-        "paper columns: the MIAN paper's own figures on its datasets, for orientation only.",
+        *(["paper columns: the MIAN paper's own figures on its datasets, for orientation only."] if paper_columns
+          else []),
         _provenance(recs_all),
         f"total wall time of these runs: {_wall_minutes(recs_all):.1f} min",
     ]
@@ -457,6 +458,27 @@ def _variant_row(key: str, label: str, recs: Sequence[dict[str, Any]], full: Seq
     return row, cells
 
 
+def add_valid_auc_column(tab: Table, records: Sequence[dict[str, Any]], dataset: str) -> None:
+    """Add the column "Valid AUC" (the best-epoch validation AUC, the early-stopping criterion:
+    mean ± std over seeds; bold: the highest mean), the CSV columns ``valid_auc_mean`` /
+    ``valid_auc_std`` and a note naming the row chosen on it, to a :func:`variant_table` of MIAN
+    variants (after its Logloss column)."""
+    means, stds = [], []
+    for v in tab.csv["variant"]:
+        vals = np.array([float(r["valid"]["auc"]) for r in records
+                         if r["dataset"] == dataset and r["model"] == "mian" and r["variant"] == v])
+        means.append(float(vals.mean()) if len(vals) else float("nan"))
+        stds.append(float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"))
+    tab.frame.insert(int(tab.frame.columns.get_loc("Logloss")) + 1, "Valid AUC",
+                     [fmt_pm(m, sd) if not math.isnan(m) else "" for m, sd in zip(means, stds)])
+    tab.csv["valid_auc_mean"], tab.csv["valid_auc_std"] = means, stds
+    best = best_index(means, True)
+    if best is not None:
+        tab.bold.add((best, "Valid AUC"))
+        tab.notes.append(f"Valid AUC: best-epoch validation AUC (the early-stopping criterion), mean ± std over "
+                         f"seeds; the reading chosen on it (never on test): {tab.csv['label'].iloc[best]}.")
+
+
 def convergence_curves(records: Sequence[dict[str, Any]], dataset: str, variants: Sequence[str]) -> pd.DataFrame:
     """Long frame of validation metrics against optimiser steps: columns variant, seed, step,
     auc, logloss (every evaluation of each MIAN run of ``variants``)."""
@@ -479,3 +501,62 @@ def steps_to_fraction(curves: pd.DataFrame, fraction: float = 0.99) -> pd.DataFr
         hit = g.loc[g["auc"] >= fraction * best, "step"]
         rows.append({"variant": v, "seed": s, "steps": int(hit.iloc[0]), "best_auc": float(best)})
     return pd.DataFrame(rows, columns=["variant", "seed", "steps", "best_auc"])
+
+
+# --------------------------------------------------------------------------- the readings' Figure 6
+
+#: the columns of the readings' Figure 6 table: the GIM inputs of PAIRS (original, interactive)
+FIGURE6_WEIGHT_COLUMNS = ("e_b", "R_ibim", "e_u", "R_iuim", "e_c", "R_icim")
+
+
+def readings_figure6_table(stats: dict[str, dict[str, Any]], dataset: str,
+                           variants: dict[str, tuple[str, dict[str, Any]]], notes: Sequence[str] = ()) -> Table:
+    """The Figure 6 statistics of each MIAN reading with learned GIM weights: one row per variant
+    of ``stats`` (in ``variants`` order; ``stats[v]``: :func:`bench.report.figures.share_interval`
+    of its seeds' models), the mean weight of each input of :data:`FIGURE6_WEIGHT_COLUMNS` and,
+    per interactive/original pair, the share of test samples where the interactive one is larger
+    (mean over seeds) with its interval; bold: the claims rule's "reproduced"
+    (:func:`bench.report.claims.figure6_verdict`). ``notes``: extra notes (e.g. retrained models).
+
+    Raises ValueError when ``stats`` is empty."""
+    from bench.report.claims import figure6_verdict
+    from bench.report.figures import PAIRS
+
+    order = [v for v in variants if v in stats]
+    if not order:
+        raise ValueError(f"no MIAN reading with learned GIM weights on {dataset!r}")
+    headers = ["Reading", "Seeds", *[f"w({c})" for c in FIGURE6_WEIGHT_COLUMNS], *[f"{a} > {b}" for a, b in PAIRS]]
+    cells, rows, bold = [], [], set()
+    for i, v in enumerate(order):
+        st = stats[v]
+        mw = st["mean_weight"]
+        n = len(next(iter(st["share_per_seed"].values())))
+        row = {"variant": v, "label": variants[v][0], "n_seeds": n,
+               **{f"mean_weight_{c}": mw[c] for c in FIGURE6_WEIGHT_COLUMNS}}
+        line = [variants[v][0], str(n), *[f"{mw[c]:.3f}" for c in FIGURE6_WEIGHT_COLUMNS]]
+        for a, b in PAIRS:
+            key, name = f"{a}>{b}", f"{a}_gt_{b}"
+            lo, hi = st["interval"][key]
+            verdict = figure6_verdict(mw[a], mw[b], (lo, hi))
+            row.update({f"share_{name}": st["share"][key], f"share_{name}_low": lo, f"share_{name}_high": hi,
+                        f"verdict_{name}": verdict})
+            line.append(f"{st['share'][key]:.1%} [{lo:.1%}, {hi:.1%}]")
+            if verdict == "reproduced":
+                bold.add((i, f"{a} > {b}"))
+        rows.append(row)
+        cells.append(line)
+    boot = stats[order[0]]["bootstrap"]
+    left = [variants[v][0] for v in variants if v not in stats]
+    table_notes = [
+        "w(x): mean GIM weight (Eq. 15) of input x over the test split and the seeds' models (the 7 weights of a "
+        "sample sum to 1; e_i not shown).",
+        f"a > b: share of test samples where the interactive representation a has the larger GIM weight than its "
+        f"original b, mean over the seeds' models [{boot['level']:.0%} percentile interval of a cluster bootstrap over "
+        f"the {boot['users']:,} test users, {boot['replicates']} replicates, numpy default_rng({boot['rng_seed']}), "
+        "the seeds' shares averaged within each replicate]; bold: the interval lies above 50 % and a has the larger "
+        "mean weight (results/CLAIMS.md's rule for a reproduced Figure 6 claim).",
+        *([f"Left out (no learned GIM weights): {', '.join(left)}."] if left else []),
+        *notes,
+    ]
+    return Table(title=f"Figure 6 statistics of the MIAN readings: {dataset}", frame=pd.DataFrame(cells, columns=headers),
+                 csv=pd.DataFrame(rows), bold=bold, underline=set(), notes=table_notes)

@@ -4,9 +4,12 @@ Verdict rule for comparisons over seeds (paired by seed, two-sided paired t-test
 - reproduced: the mean difference has the paper's sign and p < alpha;
 - not reproduced: the mean difference has the opposite sign and p < alpha;
 - inconclusive: p >= alpha, or too few paired seeds (< 2) to test.
-Figure 6 (GIM weights) has no seeds to pair: reproduced when the interactive representation has
-the larger mean weight AND is larger in more than half of the test samples, not reproduced when
-both fail, inconclusive when they disagree.
+Figure 6 (GIM weights; :func:`figure6_verdict`): the share of test samples where the interactive
+representation outweighs its original, averaged over the seeds' models, with its 95 % cluster-
+bootstrap interval over test users and seeds (bench.report.figures.share_interval): reproduced
+when the interval lies above 50 % and the interactive representation has the larger mean weight,
+not reproduced when the interval lies below 50 %, inconclusive otherwise (and for a summary
+without an interval).
 """
 from __future__ import annotations
 
@@ -179,21 +182,51 @@ def transformer_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[
     return rows
 
 
+def figure6_verdict(mean_a: float, mean_b: float, interval: Sequence[float] | None) -> str:
+    """Verdict of "GIM weighs a above b" from the mean weights of a and b and the interval
+    [low, high] of the share of test samples where a > b: reproduced when low > 0.5 and
+    mean_a > mean_b, not reproduced when high < 0.5, inconclusive otherwise (None: no interval)."""
+    if interval is None or any(math.isnan(x) for x in interval):
+        return INCONCLUSIVE
+    low, high = interval
+    if low > 0.5 and mean_a > mean_b:
+        return REPRODUCED
+    if high < 0.5:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
 def figure6_claims(gim: dict[str, Any] | None) -> list[dict[str, str]]:
     """Figure 6: GIM weighs each interactive representation above its original one (from a
-    ``gim_summary.json``; none without one)."""
+    ``gim_summary.json``; none without one). Uses the summary's statistics over seeds and their
+    interval (:func:`figure6_verdict`); a summary of one seed without them (written before the
+    interval existed) gives inconclusive rows saying so."""
     rows = []
-    mean_w, share = (gim["mean_weight"], gim["share_interactive_larger"]) if gim else ({}, {})
+    if not gim:
+        return rows
+    over_seeds = "share_interval" in gim
+    mean_w = gim.get("mean_weight_over_seeds" if over_seeds else "mean_weight", {})
+    share = gim.get("share_interactive_larger_over_seeds" if over_seeds else "share_interactive_larger", {})
     for a, b in PAIRS:
         key = f"{a}>{b}"
         if a not in mean_w or b not in mean_w or key not in share:
             continue
-        larger_mean = mean_w[a] > mean_w[b]
-        majority = share[key] > 0.5
-        v = REPRODUCED if (larger_mean and majority) else NOT_REPRODUCED if not (larger_mean or majority) else INCONCLUSIVE
+        if over_seeds:
+            lo, hi = gim["share_interval"][key]
+            per = gim.get("share_interactive_larger_per_seed", {}).get(key, [])
+            boot = gim.get("bootstrap", {})
+            ours = (f"mean {mean_w[a]:.3f} vs {mean_w[b]:.3f}; larger in {share[key]:.1%} of "
+                    f"{gim.get('n_samples', '?')} test samples (mean of {len(per)} seeds: "
+                    f"{', '.join(f'{x:.1%}' for x in per)}); {boot.get('level', 0.95):.0%} interval "
+                    f"{lo:.1%}-{hi:.1%} (bootstrap over {boot.get('users', '?')} test users and the seeds)")
+            v = figure6_verdict(mean_w[a], mean_w[b], (lo, hi))
+        else:
+            ours = (f"mean {mean_w[a]:.3f} vs {mean_w[b]:.3f}; larger in {share[key]:.1%} of "
+                    f"{gim.get('n_samples', '?')} test samples (seed {gim.get('seed', '?')} only, no interval: "
+                    "run visualize-attention again)")
+            v = INCONCLUSIVE
         rows.append(_claim(f"Figure 6: GIM weighs {a} above {b}", f"{PAPER_FIGURE6[key]}/{PAPER_FIGURE6_CASES} cases",
-                           f"mean {mean_w[a]:.3f} vs {mean_w[b]:.3f}; larger in {share[key]:.1%} of "
-                           f"{gim.get('n_samples', '?')} test samples", v))
+                           ours, v))
     return rows
 
 
@@ -220,9 +253,12 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         "Verdict rule: paired over seeds with a two-sided paired t-test, alpha = 0.05: *reproduced* when the "
         "difference has the paper's sign and p < 0.05, *not reproduced* when it has the opposite sign and p < 0.05, "
         "*inconclusive* otherwise. 'Removing IBIM hurts most': reproduced when its AUC drop is the largest single-"
-        "module drop and significant, not reproduced when another drop is larger (inconclusive with fewer than two paired seeds). Figure 6: reproduced when the "
-        "interactive representation has the larger mean GIM weight and is larger in most test samples, not "
-        "reproduced when neither holds. The paper's figures come from other datasets (Amazon Books / "
+        "module drop and significant, not reproduced when another drop is larger (inconclusive with fewer than two paired seeds). Figure 6: the share of test "
+        "samples where the interactive representation has the larger GIM weight, averaged over the seeds' models, "
+        "with its 95 % interval from a cluster bootstrap over test users (all samples of a drawn user; the seeds "
+        "averaged within each replicate): reproduced only when the interval lies above 50 % and the interactive "
+        "representation has the larger mean weight, not reproduced when the interval lies below 50 %, "
+        "inconclusive otherwise. The paper's figures come from other datasets (Amazon Books / "
         "Electronics, a commercial set); they show the direction claimed, not a value to match.",
         "",
     ]

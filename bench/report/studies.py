@@ -3,13 +3,15 @@
 under ``results/<dataset>/`` and return what the command prints (:class:`Output`).
 
 Table 2 (``reproduce``): :func:`main_table_study`; Table 3 (``ablate``): :func:`ablation_study`;
-Table 4 and Figure 5 (``ablate --study transformer``): :func:`transformer_study`; Figure 6
-(``visualize-attention``): :func:`figure6`, :func:`redraw_figure6`.
+Table 4 and Figure 5 (``ablate --study transformer``): :func:`transformer_study`; the readings of
+MIAN (``ablate --study readings``): :func:`readings_study`; Figure 6 (``visualize-attention``):
+:func:`figure6`, :func:`redraw_figure6`, with its statistics over seeds :func:`figure6_statistics`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -119,6 +121,49 @@ def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds
     return Output(tab.markdown(), paths + [out / "convergence.png"])
 
 
+def readings_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
+                   subset: str | None, progress: Callable[[str], None] = print) -> Output:
+    """The readings of MIAN's unspecified details (:data:`bench.training.studies.READINGS_VARIANTS`):
+    ``<out>/readings.{md,csv,tex}`` (test AUC / logloss, deltas and paired-t p-values against the
+    default, the best-epoch validation AUC) and ``<out>/readings_gim.{md,csv,tex}`` (the Figure 6
+    statistics of each reading with learned GIM weights, from its seeds' models:
+    :func:`figure6_statistics`)."""
+    from bench.report import add_valid_auc_column, readings_figure6_table
+    from bench.training.studies import variant_specs
+    from bench.training.train import RunSpec
+
+    recs = runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=f"{dataset} readings")
+    tab = variant_table(recs, dataset, variants, f"MIAN readings of the paper's unspecified details: {dataset}", {}, ())
+    add_valid_auc_column(tab, recs, dataset)
+    tab.notes.append("Each row changes one reading of the default (docs/MIAN.md, Readings; ../shared/paper/MIAN.md "
+                     "7.2, 7.4, 7.6); the Figure 6 statistics of the readings are in readings_gim.md.")
+    stats, notes, users = {}, [], None
+    for v, (label, overrides) in variants.items():
+        model_cfg = next(r["config"]["model"] for r in recs if r["variant"] == v)
+        if not model_cfg.get("use_gim", True) or model_cfg.get("gim_mode", "sum") == "uniform":
+            continue  # no learned GIM weights
+        trained = seed_gim_weights(runner, dataset, range(seeds), extra, variant=v, overrides=overrides,
+                                   progress=progress)
+        if users is None:
+            users = runner.dataset_for(RunSpec(dataset, "mian", 0, overrides=extra)).test.user_index.cpu().numpy()
+        stats[v] = figure6_statistics(trained, users)
+        differ = [s for s, t in trained.items() if t.diffs]
+        if differ:
+            notes.append(f"{label}: the model(s) of seed(s) {', '.join(map(str, differ))} are retrains on this machine "
+                         f"that differ from their run records ({trained[differ[0]].diffs[0]}, ...): these statistics "
+                         "are not those of the recorded models.")
+    out = out_dir(results, dataset, extra, subset)
+    paths = _publish(tab, results, dataset, extra, out / "readings")
+    texts = [tab.markdown()]
+    if stats:
+        gim_tab = readings_figure6_table(stats, dataset, variants, notes)
+        if extra:
+            gim_tab.notes.append(f"config overrides (--set): {extra}")
+        paths += gim_tab.write(out / "readings_gim")
+        texts.append(gim_tab.markdown())
+    return Output("\n".join(texts), paths)
+
+
 def _add_steps_column(tab: Table, curves, train: dict[str, Any] | None) -> None:
     """Table 4's column "Steps to 99% best valid AUC" (mean ± std over seeds), its CSV columns and
     its note; ``curves``: the validation curves of the runs that draw them
@@ -141,59 +186,119 @@ def _add_steps_column(tab: Table, curves, train: dict[str, Any] | None) -> None:
 
 # --------------------------------------------------------------------------- Figure 6
 
-#: Figure 6 of the protocol: MIAN seed 0, 14 test cases drawn with seed 2021 (others go to subsets/)
-FIGURE6_DEFAULTS = {"seed": 0, "cases": 14, "case_seed": 2021}
+#: Figure 6 of the protocol: MIAN seed 0, 14 test cases drawn with seed 2021, the interval over the
+#: models of seeds 0-4 (others go to subsets/)
+FIGURE6_DEFAULTS = {"seed": 0, "cases": 14, "case_seed": 2021, "seeds": 5}
 CASE_RULE = "uniform draw without replacement among test positives, numpy default_rng(case_seed), sorted by index"
 
 
-def figure6_names(dataset: str, seed: int, cases: int, case_seed: int) -> tuple[str | None, str]:
+def figure6_names(dataset: str, seed: int, cases: int, case_seed: int, seeds: int = 5) -> tuple[str | None, str]:
     """(the subsets/ tag of a Figure 6 other than the protocol's, None for it; the figure's title)."""
-    given = {"seed": seed, "cases": cases, "case_seed": case_seed}
+    given = {"seed": seed, "cases": cases, "case_seed": case_seed, "seeds": seeds}
     tag = "_".join(f"{k.replace('_', '')}{v}" for k, v in given.items() if v != FIGURE6_DEFAULTS[k])
     title = (f"Figure 6 reproduction on {dataset}: GIM weights of {cases} test positives "
              f"(MIAN seed {seed}, cases drawn with seed {case_seed})")
     return tag or None, title
 
 
-def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cases: int = 14, case_seed: int = 2021,
-            progress: Callable[[str], None] = print) -> Output:
-    """Figure 6: the GIM weights of MIAN seed ``seed`` on ``cases`` test positives
-    (``gim_heatmap.png``, ``gim_weights.csv``) and over the whole test split (``gim_summary.json``).
+@dataclass
+class SeedWeights:
+    """The GIM weights of one run's trained model on the test split.
 
-    The model is the run's best-epoch checkpoint, else it is retrained (said through ``progress``);
-    a model that is not exactly the run record's writes to ``<out>/local/``, never over the figure.
-    Raises ReportError (option ``--cases``) when the test split has fewer than ``cases`` positives."""
-    from bench.report.figures import select_cases
+    record: the run record; weights: [N, 7] (GIM_INPUTS order); diffs: how the model differs from
+    the record (:meth:`bench.training.studies.Runner.checkpoint_differences`; empty: the recorded
+    model); source: where the model came from (for messages)."""
+
+    record: dict[str, Any]
+    weights: Any
+    diffs: list[str]
+    source: str
+
+
+def seed_gim_weights(runner, dataset: str, seeds: Sequence[int], extra: dict, variant: str = "default",
+                     overrides: dict | None = None, progress: Callable[[str], None] = print) -> dict[int, SeedWeights]:
+    """{seed: :class:`SeedWeights`} of the MIAN ``variant`` (its config ``overrides``) on ``dataset``.
+
+    The runs without a record train first (``Runner.run_all``: workers, checkpoints); each model
+    is the run's best-epoch checkpoint, else the run is retrained (said through ``progress``; the
+    record is kept) and the differences from the record are kept in ``diffs``."""
     from bench.training.train import RunSpec, collect_output
 
-    spec = RunSpec(dataset, "mian", seed, overrides=extra)
-    record, model = runner.run(spec, keep_model=True)
-    if model is None:  # record without checkpoint (e.g. a fresh clone): retrain it
-        progress(f"no checkpoint for run {record['run_id']}; retraining it (the record is kept)")
-        model, diffs = runner.retrain_model(spec, record)
-        source = f"retrained MIAN seed {seed}"
-    else:
-        diffs = runner.checkpoint_differences(record, model) or []
-        source = f"the checkpoint of MIAN seed {seed} (a retrain on this machine)"
-    test = runner.dataset_for(spec).test
-    weights = collect_output(model, test.to(runner.device), 4096, "gim_weights", by_length=True)  # [N, 7]
-    try:
+    specs = [RunSpec(dataset, "mian", s, variant=variant, variant_overrides=dict(overrides or {}),
+                     overrides=dict(extra)) for s in seeds]
+    records = runner.run_all(specs, desc=f"{dataset} MIAN {variant}")
+    test = runner.dataset_for(specs[0]).test.to(runner.device) if specs else None
+    out = {}
+    for spec, record in zip(specs, records):
+        model = runner.load_model(record)
+        if model is None:  # record without checkpoint (e.g. a fresh clone): retrain it
+            progress(f"no checkpoint for run {record['run_id']}; retraining it (the record is kept)")
+            model, diffs = runner.retrain_model(spec, record)
+            source = f"retrained MIAN {variant} seed {spec.seed}"
+        else:
+            diffs = runner.checkpoint_differences(record, model) or []
+            source = f"the checkpoint of MIAN {variant} seed {spec.seed} (a retrain on this machine)"
+        weights = collect_output(model, test, 4096, "gim_weights", by_length=True)  # [N, 7]
+        out[spec.seed] = SeedWeights(record, weights, diffs, source.replace("MIAN default ", "MIAN "))
+    return out
+
+
+def figure6_statistics(trained: dict[int, SeedWeights], users) -> dict[str, Any]:
+    """The Figure 6 statistics over the seeds of ``trained`` (:func:`seed_gim_weights`) with the
+    test split's ``users`` [N]: :func:`bench.report.figures.share_interval` (the mean weights, each
+    seed's share of samples where the interactive representation outweighs the original, their
+    mean and its cluster-bootstrap interval over test users and seeds)."""
+    from bench.report.figures import share_interval
+
+    return share_interval([trained[s].weights for s in sorted(trained)], users)
+
+
+def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cases: int = 14, case_seed: int = 2021,
+            seeds: int = 5, progress: Callable[[str], None] = print) -> Output:
+    """Figure 6: the GIM weights of MIAN seed ``seed`` on ``cases`` test positives
+    (``gim_heatmap.png``, ``gim_weights.csv``) and over the whole test split (``gim_summary.json``:
+    seed ``seed``'s mean weights and shares, and :func:`figure6_statistics` over the models of
+    seeds 0..``seeds``-1: per-seed shares, their mean and its interval).
+
+    Each model is its run's best-epoch checkpoint, else the run is retrained (said through
+    ``progress``); when a model is not exactly its run record's, the files go to ``<out>/local/``,
+    never over the figure. Raises ReportError (option ``--cases``) when the test split has fewer
+    than ``cases`` positives."""
+    from bench.report.figures import select_cases
+    from bench.training.train import RunSpec
+
+    test = runner.dataset_for(RunSpec(dataset, "mian", seed, overrides=extra)).test
+    try:  # before any training
         idx = select_cases(test.label.cpu().numpy(), cases, case_seed)
     except ValueError as exc:
         raise ReportError(str(exc), option="--cases") from None
-    tag, title = figure6_names(dataset, seed, cases, case_seed)
+    stat_seeds = list(range(seeds))
+    trained = seed_gim_weights(runner, dataset, sorted({*stat_seeds, seed}), extra, progress=progress)
+    case = trained[seed]
+    record, weights = case.record, case.weights
+    tag, title = figure6_names(dataset, seed, cases, case_seed, seeds)
     out = out_dir(results, dataset, extra, tag)
-    if diffs:  # another model than the record's: beside the figure, never over it
+    differing = [s for s in sorted(trained) if trained[s].diffs]
+    diffs = case.diffs + [f"seed {s}: {d}" for s in differing if s != seed for d in trained[s].diffs]
+    if differing:  # another model than the record's: beside the figure, never over it
         committed, out = out, out / "local"
         title += "\nretrained on this machine: not the model of the run record"
-        shown = "; ".join(diffs[:2]) + (f"; {len(diffs) - 2} more difference(s)" if len(diffs) > 2 else "")
         kept = (f"the figure in {committed}/ is unchanged" if (committed / "gim_heatmap.png").exists()
                 else f"{committed}/ gets no figure from another model")
-        progress(f"{source} differs from record {record['run_id']} ({shown}): this machine gives another model; "
-                 f"writing the figure to {out}/; {kept} (use --force to retrain the run and replace its record "
-                 "and the figure)")
+        for s in differing:
+            t = trained[s]
+            shown = "; ".join(t.diffs[:2]) + (f"; {len(t.diffs) - 2} more difference(s)" if len(t.diffs) > 2 else "")
+            progress(f"{t.source} differs from record {t.record['run_id']} ({shown}): this machine gives another "
+                     f"model; writing the figure to {out}/; {kept} (use --force to retrain the run and replace its "
+                     "record and the figure)")
+    stats = figure6_statistics({s: trained[s] for s in stat_seeds}, test.user_index.cpu().numpy())
     summary = {"dataset": dataset, "run_id": record["run_id"], "seed": seed, "n_samples": int(len(weights)),
-               "cases": cases, "case_seed": case_seed, "case_rule": CASE_RULE}
+               "cases": cases, "case_seed": case_seed, "case_rule": CASE_RULE,
+               "seeds": stat_seeds, "seed_run_ids": [trained[s].record["run_id"] for s in stat_seeds],
+               "mean_weight_over_seeds": stats["mean_weight"],
+               "share_interactive_larger_per_seed": stats["share_per_seed"],
+               "share_interactive_larger_over_seeds": stats["share"],
+               "share_interval": stats["interval"], "bootstrap": stats["bootstrap"]}
     return _write_figure6(weights, idx, summary, diffs, out, title)
 
 
@@ -221,11 +326,19 @@ def _write_figure6(weights, idx, summary: dict[str, Any], diffs: list[str], out:
              "\nmean GIM weight over the whole test split (" + f"{len(weights):,} samples):"]
     lines += [f"  {name:7s} {w:.3f}" for name, w in sorted(summary["mean_weight"].items(), key=lambda kv: -kv[1])]
     lines += [f"  {pair}: in {share:.1%} of test samples" for pair, share in summary["share_interactive_larger"].items()]
+    if "share_interval" in summary:
+        level = summary["bootstrap"]["level"]
+        lines.append(f"over the models of seeds {', '.join(map(str, summary['seeds']))} ({level:.0%} interval, "
+                     f"cluster bootstrap over {summary['bootstrap']['users']:,} test users):")
+        lines += [f"  {pair}: in {share:.1%} [{summary['share_interval'][pair][0]:.1%}, "
+                  f"{summary['share_interval'][pair][1]:.1%}] of test samples (per seed: "
+                  + ", ".join(f"{x:.1%}" for x in summary["share_interactive_larger_per_seed"][pair]) + ")"
+                  for pair, share in summary["share_interactive_larger_over_seeds"].items()]
     return Output("\n".join(lines), [out / "gim_heatmap.png", out / "gim_weights.csv", out / "gim_summary.json"])
 
 
 def redraw_figure6(results: Path, dataset: str, extra: dict, seed: int = 0, cases: int = 14,
-                   case_seed: int = 2021) -> Output:
+                   case_seed: int = 2021, seeds: int = 5) -> Output:
     """``visualize-attention --redraw``: gim_heatmap.png from the folder's gim_weights.csv, after
     checking that its gim_summary.json names the same figure (dataset, cases). No model, nothing
     else written. Raises ReportError when the two files are missing, unreadable or of another figure."""
@@ -233,7 +346,7 @@ def redraw_figure6(results: Path, dataset: str, extra: dict, seed: int = 0, case
 
     from bench.report.figures import gim_heatmap
 
-    tag, title = figure6_names(dataset, seed, cases, case_seed)
+    tag, title = figure6_names(dataset, seed, cases, case_seed, seeds)
     out = out_dir(results, dataset, extra, tag, write=False)
     weights, summary_path = out / "gim_weights.csv", out / "gim_summary.json"
     try:

@@ -43,7 +43,7 @@ from bench.training.registry import config_class, make_config
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-from bench.nn.config import ConfigError  # noqa: E402,F401  (re-exported for the CLI)
+from bench.nn.config import ConfigError, recorded_fields  # noqa: E402,F401  (ConfigError re-exported for the CLI)
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,11 @@ def resolve_config(
     skip_foreign: bool = False,
     curves: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """The full resolved config {"train": {...}, "model": {...}} of one run.
+    """The full resolved config {"train": {...}, "model": {...}} of one run: every field of
+    TrainConfig and of the model's Config, except a field declared
+    :func:`bench.nn.config.omitted_at_default` that holds its default (left out, so that adding
+    such a field to a model keeps the configs and run ids of its earlier records;
+    :func:`bench.nn.config.recorded_fields`).
 
     ``curves``: the run draws convergence curves (:func:`bench.training.studies.draws_curves`), so
     ``train.eval_every_steps`` is the dataset's ``[curves] eval_every_steps`` (a ``--set
@@ -279,7 +283,7 @@ def resolve_config(
         model_cfg = make_config(model_cls, params, where=f"{model} config")
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    return {"train": _plain(dataclasses.asdict(train_cfg)), "model": _plain(dataclasses.asdict(model_cfg))}
+    return {"train": _plain(recorded_fields(train_cfg)), "model": _plain(recorded_fields(model_cfg))}
 
 
 def check_overrides(overrides: dict[str, Any], models: list[str] | tuple[str, ...]) -> None:

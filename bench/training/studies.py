@@ -434,6 +434,25 @@ TRANSFORMER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared_score": ("Pre-LN, shared IBIM score (Eq. 8 W shared over slots)", {"ibim_score": "shared"}),
 }
 
+# The readings of MIAN's unspecified details (MIAN.md 7.2, 7.4, 7.6; docs/MIAN.md "Readings"): each
+# row changes one reading of the default. "shared_score" is the Transformer study's run (same name,
+# same overrides: one run id).
+READINGS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("MIAN (GIM sum R_g, per-slot IBIM score, ReLU MLP)", {}),
+    "gim_concat": ("GIM weighted concatenation [a_l r_l] (7.4b)", {"gim_mode": "concat"}),
+    "gim_sum_concat": ("MLP on [R_g; r_g] (7.6)", {"gim_mode": "sum_concat"}),
+    "gim_uniform": ("GIM weights fixed at 1/7 (control)", {"gim_mode": "uniform"}),
+    "shared_score": ("IBIM score W shared over slots (7.2)", TRANSFORMER_VARIANTS["shared_score"][1]),
+    "bilinear_score": ("IBIM score per slot + e_i^T M h_t", {"ibim_score": "bilinear"}),
+    "mlp_prelu": ("MLP activation PReLU (7.6)", {"mlp_activation": "prelu"}),
+    "mlp_dice": ("MLP activation Dice (7.6)", {"mlp_activation": "dice"}),
+}
+
+#: every study's MIAN variants: name -> (label, overrides); a name in two studies is one run
+#: (the same overrides: tests/test_readings.py checks it), shown with each study's label
+STUDY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {**READINGS_VARIANTS, **TRANSFORMER_VARIANTS,
+                                                         **ABLATION_VARIANTS}
+
 # Figure 5 compares these three
 CONVERGENCE_VARIANTS = ("default", "post_ln", "no_transformer")
 
@@ -475,7 +494,7 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
 
     from bench.data.samples import ProtocolParams
 
-    variants = {**ABLATION_VARIANTS, **TRANSFORMER_VARIANTS}
+    variants = STUDY_VARIANTS
     default_data = dataclasses.asdict(ProtocolParams())
     kept, dropped = [], Counter()
     cache: dict[tuple[str, str, str], Any] = {}
