@@ -144,16 +144,19 @@ def test_cluster_bootstrap_resamples_users_not_samples():
 def _replicates(figures, weights, users, replicates, seed):
     """The replicates of R_ibim>e_b written as a loop: each replicate draws the users (the same
     draws as share_interval: numpy default_rng(seed), blocks of rows), pools all samples of every
-    drawn user, takes each seed's share and averages over seeds."""
+    drawn user, draws S of the S seeds with replacement (after the block's user draws) and averages
+    the drawn seeds' shares."""
     names = np.unique(users)
     rng = np.random.default_rng(seed)
     i, b = GIM_INPUTS.index("R_ibim"), GIM_INPUTS.index("e_b")
     out = []
     for start in range(0, replicates, figures._BOOTSTRAP_BLOCK):
-        draws = rng.integers(0, len(names), size=(min(figures._BOOTSTRAP_BLOCK, replicates - start), len(names)))
-        for row in draws:
+        size = min(figures._BOOTSTRAP_BLOCK, replicates - start)
+        draws = rng.integers(0, len(names), size=(size, len(names)))
+        seed_draws = rng.integers(0, len(weights), size=(size, len(weights)))
+        for row, seeds in zip(draws, seed_draws):
             rows = np.concatenate([np.flatnonzero(users == names[u]) for u in row])
-            out.append(np.mean([np.mean(w[rows, i] > w[rows, b]) for w in weights]))
+            out.append(np.mean([np.mean(weights[s][rows, i] > weights[s][rows, b]) for s in seeds]))
     return np.array(out)
 
 
@@ -173,14 +176,18 @@ def test_share_interval_equals_its_loop_transcription_over_users_and_seeds():
     assert share_interval(weights, users, replicates=250, rng_seed=9) == out  # a fixed seed: reproducible
 
 
-def test_share_interval_averages_the_seeds_within_each_replicate():
-    """Seed 0's model has R_ibim > e_b everywhere, seed 1's nowhere: every replicate's mean is
-    1/2, so the interval is [0.5, 0.5]; with one user per sample and one seed, the interval's
-    width is the binomial one (2 x 1.96 x sqrt(p (1 - p) / n))."""
+def test_share_interval_resamples_the_seeds_too():
+    """Seed 0's model has R_ibim > e_b everywhere, seed 1's nowhere: a replicate's share is the
+    share of seed 0 among its 2 seed draws, 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4, so the
+    95 % interval is [0, 1] (the seeds' spread is in it); with identical seeds it is a point; with
+    one user per sample and one seed, the interval's width is the binomial one
+    (2 x 1.96 x sqrt(p (1 - p) / n))."""
     users = np.arange(50)
     out = share_interval([_weights(np.ones(50, bool)), _weights(np.zeros(50, bool))], users)
-    assert out["share_per_seed"]["R_ibim>e_b"] == [1.0, 0.0]
-    np.testing.assert_allclose(out["interval"]["R_ibim>e_b"], [0.5, 0.5])
+    assert out["share_per_seed"]["R_ibim>e_b"] == [1.0, 0.0] and out["share"]["R_ibim>e_b"] == 0.5
+    np.testing.assert_allclose(out["interval"]["R_ibim>e_b"], [0.0, 1.0])
+    same = share_interval([_weights(np.ones(50, bool))] * 2, users)
+    np.testing.assert_allclose(same["interval"]["R_ibim>e_b"], [1.0, 1.0])
     n, p = 2000, 0.3
     larger = np.random.default_rng(0).random(n) < p
     lo, hi = share_interval([_weights(larger)], np.arange(n))["interval"]["R_ibim>e_b"]

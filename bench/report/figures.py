@@ -141,8 +141,9 @@ def share_interval(weights, users: np.ndarray, replicates: int = BOOTSTRAP["repl
     user (as often as drawn), computes each seed's share on those samples and averages it over the
     seeds; the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the
     replicates. Users are the unit because one user's samples share a history and a profile (they
-    are not independent); the same replicate is applied to every seed, so the seeds' own spread
-    enters through the average. Vectorised: the replicates are a [replicates, users] matrix of
+    are not independent). The seeds are resampled as well: each replicate also draws S of the S
+    seeds with replacement and averages the drawn seeds' shares, so the interval covers both the
+    test-sample noise and the seed-to-seed spread of the trained models (two-stage bootstrap). Vectorised: the replicates are a [replicates, users] matrix of
     user counts (drawn in blocks of rows), multiplied by per-user tallies.
 
     Args:
@@ -181,7 +182,9 @@ def share_interval(weights, users: np.ndarray, replicates: int = BOOTSTRAP["repl
         counts = np.bincount((np.arange(b)[:, None] * U + draws).ravel(), minlength=b * U).reshape(b, U)
         counts = counts.astype(np.float64)
         share = np.einsum("ru,psu->rps", counts, tally) / (counts @ per_user)[:, None, None]  # [b, P, S]
-        boot[start : start + b] = share.mean(-1)
+        seeds = rng.integers(0, S, size=(b, S))  # the seeds, resampled too: S draws with replacement
+        seed_w = np.bincount((np.arange(b)[:, None] * S + seeds).ravel(), minlength=b * S).reshape(b, S) / S
+        boot[start : start + b] = np.einsum("rps,rs->rp", share, seed_w)
     lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)], axis=0)
     per_seed = larger.mean(-1)  # [P, S]
     return {
