@@ -367,10 +367,14 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
                    "mlp_prelu, mlp_dice.")
 @_models_option("Baseline pool of --study ablation's best-baseline row (comma-separated or repeated; default the "
                 "seven baselines; 'none': no baseline row, no baseline trained).", none="none", baselines_only=True)
+@click.option("--reading", default=None, metavar="NAME|best",
+              help="Build every MIAN variant of --study ablation / transformer on this reading of MIAN (a readings "
+                   "variant, e.g. gim_sum_concat; 'best': the reading with the highest mean validation AUC in the "
+                   "committed readings study of each dataset); tables go to results/<dataset>/readings/<reading>/.")
 @_run_options
 @_workers_option
-def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_dir, device, threads, force, overrides,
-           workers, cluster):
+def ablate(study, datasets, seeds, variants, models, reading, data_dir, raw_dir, results_dir, device, threads, force,
+           overrides, workers, cluster):
     """The paper's ablation (Table 3), Transformer-variant study (Table 4, Figure 5) or the
     readings of MIAN (readings.md and readings_gim.md: each reading of an unspecified detail
     against the default, and the Figure 6 statistics of its seeds' models).
@@ -385,16 +389,44 @@ def ablate(study, datasets, seeds, variants, models, data_dir, raw_dir, results_
     study_variants = {"ablation": ABLATION_VARIANTS, "transformer": TRANSFORMER_VARIANTS,
                       "readings": READINGS_VARIANTS}[study]
     chosen, tag = _study_selection(study, study_variants, variants, models, seeds)
+    if reading is not None and study == "readings":
+        raise click.BadParameter("applies to --study ablation and transformer (the readings study is the "
+                                 "readings themselves)", param_hint="'--reading'")
+    if reading not in (None, "best") and reading not in READINGS_VARIANTS:
+        raise click.BadParameter(f"{reading!r} is not a reading; readings: best, {', '.join(READINGS_VARIANTS)}",
+                                 param_hint="'--reading'")
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
+            on = _resolve_reading(reading, results, ds)
             if study == "ablation":
-                _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models))
+                _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models, reading=on))
             elif study == "transformer":
-                _echo(transformer_study(runner, results, ds, chosen, seeds, extra, tag))
+                _echo(transformer_study(runner, results, ds, chosen, seeds, extra, tag, reading=on))
             else:
                 _echo(readings_study(runner, results, ds, chosen, seeds, extra, tag, progress=click.echo))
+
+
+def _resolve_reading(reading: str | None, results: Path, dataset: str) -> str | None:
+    """``--reading`` for ``dataset``: None, a reading name, or for 'best' the reading with the highest
+    mean validation AUC among the protocol records under ``results/runs`` (ReportError naming the
+    option when the readings study of ``dataset`` is not complete)."""
+    from bench.report import ReportError
+    from bench.training.runs import RunStore
+    from bench.training.studies import chosen_reading, protocol_records
+
+    if reading != "best":
+        return reading
+    records, _ = protocol_records(list(RunStore(Path(results) / "runs").records()))
+    best, means = chosen_reading(records, dataset)
+    if best is None:
+        raise ReportError(f"--reading best: the readings study of {dataset} is not complete (every reading needs "
+                          f"seeds 0-4); run `python cli.py ablate --study readings --dataset {dataset}` first",
+                          option="--reading")
+    click.echo(f"{dataset}: reading chosen on validation AUC: {best} ("
+               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items(), key=lambda kv: -kv[1])) + ")")
+    return best
 
 
 def _study_selection(study: str, study_variants: dict, variants: list[str] | None, models: list[str] | None,

@@ -370,3 +370,70 @@ def test_visualize_attention_summary_has_each_seeds_share_and_the_interval(tiny,
     local = json.loads((out / "local" / "gim_summary.json").read_text())
     assert local["model_differs_from_record"][0].startswith("seed 0: test AUC")
     assert json.loads((out / "gim_summary.json").read_text()) == summary
+
+
+# --------------------------------------------------------------------------- studies on a reading (ablate --reading)
+
+
+def test_a_study_on_a_reading_composes_overrides_and_reuses_moot_runs():
+    from bench.training.studies import (ABLATION_VARIANTS, TABLE4_VARIANTS, TRANSFORMER_VARIANTS, on_reading,
+                                        study_variant)
+
+    abl = on_reading("gim_sum_concat", ABLATION_VARIANTS)
+    assert list(abl)[0] == "gim_sum_concat" and abl["gim_sum_concat"][1] == {"gim_mode": "sum_concat"}
+    assert abl["gim_sum_concat+no_ibim"][1] == {"gim_mode": "sum_concat", "use_ibim": False}
+    assert "no_gim" in abl and abl["no_gim"] == ABLATION_VARIANTS["no_gim"]  # GIM off: the reading is moot
+    dice = on_reading("mlp_dice", ABLATION_VARIANTS)
+    assert dice["mlp_dice+no_gim"][1] == {"mlp_activation": "dice", "use_gim": False}  # not moot
+    t4 = on_reading("bilinear_score", {v: TRANSFORMER_VARIANTS[v] for v in TABLE4_VARIANTS})
+    assert t4["bilinear_score+no_transformer"][1] == {"ibim_score": "bilinear", "transformer": "none"}
+    assert on_reading("default", ABLATION_VARIANTS) == ABLATION_VARIANTS
+    for name, (label, over) in {**abl, **dice, **t4}.items():  # every composed name resolves back (protocol_records)
+        assert study_variant(name) == (label, over)
+    assert study_variant("gim_sum_concat+no_gim") is None and study_variant("nonsense+no_ibim") is None
+    assert study_variant("mlp_dice+shared_score") is None  # shared_score is a reading, not a Table 4 row
+    with pytest.raises(KeyError, match="unknown reading 'nope'"):
+        on_reading("nope", ABLATION_VARIANTS)
+
+
+def test_the_reading_is_chosen_on_validation_auc_never_test_and_only_once_complete():
+    from bench.training.studies import READINGS_VARIANTS, chosen_reading
+
+    def rec(v, seed, valid, test):
+        return {"dataset": "d", "model": "mian", "variant": v, "seed": seed, "valid": {"auc": valid},
+                "test": {"auc": test}}
+
+    recs = [rec(v, s, 0.70 + (0.01 if v == "mlp_dice" else 0.0), 0.9 if v == "gim_concat" else 0.6)
+            for v in READINGS_VARIANTS for s in range(5)]
+    best, means = chosen_reading(recs, "d")
+    assert best == "mlp_dice" and means["mlp_dice"] == pytest.approx(0.71)  # test AUC (gim_concat) ignored
+    assert chosen_reading(recs[:-1], "d") == (None, {})  # a reading lacks a seed: not complete
+    tie = [rec(v, s, 0.7, 0.7) for v in READINGS_VARIANTS for s in range(5)]
+    assert chosen_reading(tie, "d")[0] == "default"  # a tie keeps the default
+
+
+def test_ablate_on_a_reading_writes_its_own_tables_and_refuses_bad_readings(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from bench.training.runs import RunStore
+
+    results = tmp_path / "results"
+    common = ["--seeds", "1", "--data-dir", str(tiny), "--results-dir", str(results), "--set", "train.max_epochs=1",
+              "--workers", "1"]
+    run = CliRunner().invoke
+    res = run(cli.cli, ["ablate", "--reading", "gim_sum_concat", "--variants", "no_gim,no_ibim", "--models", "none",
+                        *common])
+    assert res.exit_code == 0, res.output
+    variants = sorted(r["variant"] for r in RunStore(results / "runs").records())
+    assert variants == ["gim_sum_concat", "gim_sum_concat+no_ibim", "no_gim"]
+    [md] = list(results.rglob("readings/gim_sum_concat/subsets/*/ablation.md"))
+    text = md.read_text()
+    assert "every MIAN row on the reading gim_sum_concat" in text and "w/o IBIM [MLP on [R_g; r_g] (7.6)]" in text
+    assert not list(results.rglob("ablation.md"))[1:]
+    res = run(cli.cli, ["ablate", "--reading", "best", *common])
+    assert res.exit_code != 0 and "--reading best: the readings study of movielens-100k is not complete" in res.output
+    res = run(cli.cli, ["ablate", "--reading", "nope", *common])
+    assert res.exit_code != 0 and "'nope' is not a reading" in res.output
+    res = run(cli.cli, ["ablate", "--study", "readings", "--reading", "mlp_dice", *common])
+    assert res.exit_code != 0 and "applies to --study ablation and transformer" in res.output

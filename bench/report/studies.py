@@ -22,18 +22,22 @@ from bench.report.crosscheck import cross_machine_notes
 from bench.report.paper import PAPER_TABLE3, PAPER_TABLE3_COLUMNS, PAPER_TABLE4, PAPER_TABLE4_COLUMNS
 
 
-def out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None, write: bool = True) -> Path:
+def out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None, write: bool = True,
+            reading: str | None = None) -> Path:
     """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config,
     models and seeds. With ``--set`` overrides, a sub-folder named by them (holding
     ``overrides.json`` unless ``write`` is False: a command that only reads); for a subset of the
-    models or another number of seeds, ``subsets/<tag>`` below that. So the protocol's tables are
-    never replaced by a partial or differently configured study."""
+    models or another number of seeds, ``subsets/<tag>`` below that; a study on top of a
+    ``reading`` of MIAN (``ablate --reading``) goes to ``readings/<reading>/`` before the subset.
+    So the protocol's tables are never replaced by a partial or differently configured study."""
     out = results / dataset
     if extra:
         text = json.dumps(extra, sort_keys=True)
         out = out / f"overrides-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
         if write:
             atomic_write_text(out / "overrides.json", text + "\n")
+    if reading is not None:  # a study on top of a reading of MIAN (ablate --reading)
+        out = out / "readings" / reading
     if subset:
         out = out / "subsets" / subset
     return out
@@ -60,32 +64,51 @@ def main_table_study(runner, results: Path, dataset: str, models: Sequence[str],
     return Output(tab.markdown(), paths)
 
 
+def _reading_runs(runner, dataset: str, variants: dict, seeds: int, extra: dict, reading: str | None,
+                  desc: str) -> tuple[list[dict[str, Any]], dict, str]:
+    """Run the MIAN ``variants`` of a study, on top of ``reading`` when given
+    (:func:`bench.training.studies.on_reading`): (their records, shown under the plain variant
+    names so the study's table treats them as usual; the variants with labels naming the reading;
+    a title suffix)."""
+    from bench.training.studies import on_reading, variant_specs
+
+    if reading is None:
+        return runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=desc), variants, ""
+    composed = on_reading(reading, variants)
+    recs = runner.run_all(variant_specs(dataset, composed, range(seeds), extra), desc=f"{desc} on {reading}")
+    plain = dict(zip(composed, variants))  # composed name -> the study's own name
+    shown = [{**r, "variant": plain[r["variant"]]} for r in recs]
+    labels = {v: composed[c] for c, v in plain.items()}
+    return shown, labels, f", every MIAN row on the reading {reading}"
+
+
 def ablation_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
-                   subset: str | None, pool: Sequence[str] | None = None) -> Output:
+                   subset: str | None, pool: Sequence[str] | None = None, reading: str | None = None) -> Output:
     """Table 3: the MIAN ``variants`` and the best baseline of ``pool`` (None: the seven
     baselines; empty: no baseline row), whose runs are the main table's (reused when `reproduce`
-    made them): ``<out>/ablation.{md,csv,tex}``."""
+    made them): ``<out>/ablation.{md,csv,tex}``. With ``reading`` (a READINGS_VARIANTS name) every
+    MIAN variant is built on that reading and the table goes to ``readings/<reading>/``."""
     from bench.training.registry import MODEL_NAMES
-    from bench.training.studies import main_specs, variant_specs
+    from bench.training.studies import main_specs
 
     baselines = [m for m in MODEL_NAMES if m != "mian" and (pool is None or m in pool)]
-    recs = runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=f"{dataset} ablation")
+    recs, variants, on = _reading_runs(runner, dataset, variants, seeds, extra, reading, f"{dataset} ablation")
     base_recs = (runner.run_all(main_specs(dataset, baselines, range(seeds), extra), desc=f"{dataset} baselines")
                  if baselines else [])
-    tab = variant_table(recs + base_recs, dataset, variants, f"Table 3 reproduction (ablation): {dataset}",
+    tab = variant_table(recs + base_recs, dataset, variants, f"Table 3 reproduction (ablation): {dataset}{on}",
                         PAPER_TABLE3, PAPER_TABLE3_COLUMNS, baseline=best_baseline(base_recs, dataset))
-    tab.notes.append(signal_note(runner, results, dataset, extra, subset))
+    tab.notes.append(signal_note(runner, results, dataset, extra, subset, reading))
     if pool is not None:
         tab.notes.append("Best baseline chosen among " + (", ".join(baselines) if baselines else
                          "no model (--models none): no baseline row") + " (--models).")
-    paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset) / "ablation")
+    paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset, reading=reading) / "ablation")
     return Output(tab.markdown(), paths)
 
 
 SIGNAL_FILE = "input_signal.json"
 
 
-def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | None) -> str:
+def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | None, reading: str | None = None) -> str:
     """The ablation table's note on what IUIM's and ICIM's inputs can tell about the label
     (:func:`bench.data.stats.input_signal` of the prepared data the runs trained on), also written
     to ``<out>/input_signal.json`` so that the claims report can say it without the data."""
@@ -93,25 +116,33 @@ def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | 
     from bench.training.config import data_params
 
     signal = input_signal(runner.dataset(dataset, data_params(extra)))
-    out = out_dir(results, dataset, extra, subset)
+    out = out_dir(results, dataset, extra, subset, reading=reading)
     atomic_write_text(out / SIGNAL_FILE, json.dumps(signal, indent=1, sort_keys=True) + "\n")
     return input_signal_note(signal)
 
 
 def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
-                      subset: str | None) -> Output:
+                      subset: str | None, reading: str | None = None) -> Output:
     """Table 4 with the steps each variant takes to 99% of its best validation AUC
-    (``<out>/transformer.{md,csv,tex}``) and Figure 5 (``<out>/convergence.png``)."""
+    (``<out>/transformer.{md,csv,tex}``) and Figure 5 (``<out>/convergence.png``). With ``reading``
+    (a READINGS_VARIANTS name) the Table 4 rows of ``variants`` are built on that reading, into
+    ``readings/<reading>/``, without Figure 5 (those runs validate at epoch ends only)."""
     from bench.report.figures import convergence_plot
-    from bench.training.studies import CONVERGENCE_VARIANTS, TRANSFORMER_VARIANTS, draws_curves, variant_specs
+    from bench.training.studies import CONVERGENCE_VARIANTS, TABLE4_VARIANTS, TRANSFORMER_VARIANTS, draws_curves
 
-    recs = runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=f"{dataset} transformer")
-    tab = variant_table(recs, dataset, variants, f"Table 4 reproduction (Transformer variants): {dataset}",
+    if reading is not None:
+        variants = {v: o for v, o in variants.items() if v in TABLE4_VARIANTS}
+    recs, variants, on = _reading_runs(runner, dataset, variants, seeds, extra, reading, f"{dataset} transformer")
+    tab = variant_table(recs, dataset, variants, f"Table 4 reproduction (Transformer variants): {dataset}{on}",
                         PAPER_TABLE4, PAPER_TABLE4_COLUMNS)
+    out = out_dir(results, dataset, extra, subset, reading=reading)
+    if reading is not None:
+        tab.notes.append("No Figure 5 and no steps column on a reading: its runs validate at epoch ends only "
+                         "(the mid-epoch cadence is the protocol's Figure 5 runs').")
+        return Output(tab.markdown(), _publish(tab, results, dataset, extra, out / "transformer"))
     curve_recs = [r for r in recs if draws_curves(r["model"], r["variant"])]
     curves = convergence_curves(curve_recs, dataset, list(variants))
     _add_steps_column(tab, curves, curve_recs[0]["config"]["train"] if curve_recs else None)
-    out = out_dir(results, dataset, extra, subset)
     paths = _publish(tab, results, dataset, extra, out / "transformer")
     shown = [v for v in CONVERGENCE_VARIANTS if v in variants]
     convergence_plot(curves[curves["variant"].isin(shown)], {v: TRANSFORMER_VARIANTS[v][0] for v in shown},

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import pickle
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -456,6 +457,64 @@ STUDY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {**READINGS_VARIANTS, **
 # Figure 5 compares these three
 CONVERGENCE_VARIANTS = ("default", "post_ln", "no_transformer")
 
+#: joins a reading and a study variant in the name of a run of that variant on top of the reading
+READING_SEP = "+"
+#: the Transformer study's variants that are Table 4 rows (shared_score is a reading of Eq. 8 itself)
+TABLE4_VARIANTS = ("default", "post_ln", "no_transformer")
+#: a study switch that makes a reading's key irrelevant: with it the composed run is the plain variant's
+_MOOT = {"gim_mode": ("use_gim", False), "ibim_score": ("use_ibim", False)}
+
+
+def on_reading(reading: str, variants: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The study ``variants`` (ABLATION_VARIANTS or the Table 4 rows of TRANSFORMER_VARIANTS) on top of
+    the reading ``reading`` (a :data:`READINGS_VARIANTS` name): ``default`` becomes the reading's own run
+    (named ``reading``), each other variant ``<reading>+<variant>`` with the reading's overrides and
+    then the variant's. A variant that makes the reading moot (``no_gim`` for a GIM reading,
+    ``no_ibim`` for an IBIM-score reading) is the plain variant's run (same name, same config), so
+    it is never trained twice. Raises KeyError naming the reading when it is unknown."""
+    if reading not in READINGS_VARIANTS:
+        raise KeyError(f"unknown reading {reading!r}; readings: {', '.join(READINGS_VARIANTS)}")
+    r_label, r_over = READINGS_VARIANTS[reading]
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for v, (label, over) in variants.items():
+        if v == "default" or reading == "default":
+            name, merged = (reading, dict(r_over)) if v == "default" else (v, dict(over))
+            out[name] = (label if reading == "default" else r_label, merged)
+            continue
+        moot = bool(r_over) and all(k in _MOOT and over.get(_MOOT[k][0]) == _MOOT[k][1] for k in r_over)
+        out[v if moot else f"{reading}{READING_SEP}{v}"] = (label if moot else f"{label} [{r_label}]",
+                                                            dict(over) if moot else {**r_over, **over})
+    return out
+
+
+def study_variant(name: str) -> tuple[str, dict[str, Any]] | None:
+    """(label, MIAN overrides) of a study variant name: one of :data:`STUDY_VARIANTS`, or a
+    ``<reading>+<variant>`` of :func:`on_reading` (ablation variants, Table 4 rows); None if unknown."""
+    if name in STUDY_VARIANTS:
+        return STUDY_VARIANTS[name]
+    reading, sep, base = name.partition(READING_SEP)
+    if not sep or reading not in READINGS_VARIANTS:
+        return None
+    pool = {**ABLATION_VARIANTS, **{v: TRANSFORMER_VARIANTS[v] for v in TABLE4_VARIANTS}}
+    if base not in pool or base == "default":
+        return None
+    return on_reading(reading, {base: pool[base]}).get(name)
+
+
+def chosen_reading(records: Sequence[dict[str, Any]], dataset: str, seeds: int = 5) -> tuple[str | None, dict[str, float]]:
+    """The reading of :data:`READINGS_VARIANTS` with the highest mean best-epoch VALIDATION AUC
+    (never test) over the MIAN runs of ``dataset``, among the readings with all ``seeds`` seeds
+    0..seeds-1; (None, {}) while any reading lacks a seed (the readings study is not complete).
+    Returns (the reading, {reading: mean validation AUC})."""
+    means: dict[str, float] = {}
+    for v in READINGS_VARIANTS:
+        vals = {int(r["seed"]): float(r["valid"]["auc"]) for r in records
+                if r["dataset"] == dataset and r["model"] == "mian" and r["variant"] == v}
+        if set(range(seeds)) - set(vals):
+            return None, {}
+        means[v] = statistics.fmean(vals[s] for s in range(seeds))
+    return max(means, key=lambda v: (means[v], v == "default")), means
+
 
 def draws_curves(model: str, variant: str) -> bool:
     """Whether the run of ``model`` / ``variant`` draws convergence curves (Figure 5: the MIAN
@@ -494,7 +553,6 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
 
     from bench.data.samples import ProtocolParams
 
-    variants = STUDY_VARIANTS
     default_data = dataclasses.asdict(ProtocolParams())
     kept, dropped = [], Counter()
     cache: dict[tuple[str, str, str], Any] = {}
@@ -503,13 +561,13 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
             dropped[f"made by code of another RESULTS_VERSION ({r.get('results_version', 1)}; this code: "
                     f"{RESULTS_VERSION})"] += 1
             continue
-        if r["model"] == "mian" and r["variant"] not in variants or r["model"] != "mian" and r["variant"] != "default":
+        if r["model"] == "mian" and study_variant(r["variant"]) is None or r["model"] != "mian" and r["variant"] != "default":
             dropped["unknown study variant"] += 1
             continue
         key = (r["dataset"], r["model"], r["variant"])
         if key not in cache:
             try:
-                overrides = variants[r["variant"]][1] if r["model"] == "mian" else {}
+                overrides = study_variant(r["variant"])[1] if r["model"] == "mian" else {}
                 cache[key] = resolve_config(r["dataset"], r["model"], overrides, {},
                                             curves=draws_curves(r["model"], r["variant"]))
             except Exception:  # noqa: BLE001 - a model or dataset this version no longer knows
