@@ -1,4 +1,6 @@
 """Figure writers, convergence statistics and the claims report, on known inputs."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -302,3 +304,36 @@ def test_table4_steps_column_covers_the_curve_runs_with_their_cadence(tmp_path):
     assert np.isnan(csv.loc["shared_score", "steps_to_99pct_mean"])
     md = (tmp_path / "ds" / "transformer.md").read_text()
     assert "validation is evaluated every 50 steps" in md and "every 0" not in md
+
+
+def test_claims_side_by_side_under_the_reading_chosen_on_validation():
+    """MIAN's default loses to DIN; the reading mlp_dice has the best VALIDATION AUC and beats DIN
+    on test, gim_concat has the best TEST AUC but a low validation AUC: the side column is
+    mlp_dice's and names the Table 2 verdict that depends on the reading."""
+    from bench.report.claims import as_reading, reading_claims
+    from bench.training.studies import READINGS_VARIANTS
+
+    rng = np.random.default_rng(3)
+    recs = []
+    for s in range(5):
+        recs.append(_rec("default", s, 0.80 + rng.normal(0, 0.0005), model="din"))
+        for v in READINGS_VARIANTS:
+            test = {"default": 0.79, "mlp_dice": 0.81, "gim_concat": 0.83}.get(v, 0.785) + rng.normal(0, 0.0005)
+            r = _rec(v, s, test)
+            r["valid"] = {"auc": {"mlp_dice": 0.75, "gim_concat": 0.60}.get(v, 0.70)}
+            recs.append(r)
+        recs.append(_rec("mlp_dice+no_ibim", s, 0.80 + rng.normal(0, 0.0005)))
+    seen = as_reading(recs, "mlp_dice")
+    assert {r["variant"] for r in seen if r["model"] == "mian"} == {"default", "no_ibim"}
+    assert all(r["run_id"].startswith("mian-mlp_dice") for r in seen if r["model"] == "mian")
+    info = reading_claims(recs, "ds", Path("/nonexistent"), [])
+    assert info["reading"] == "mlp_dice"
+    base = dataset_claims(recs, "ds")
+    side = {r["claim"]: r["verdict"] for r in info["rows"]}
+    assert side["Table 2: MIAN's AUC beats the best baseline (din)"] == REPRODUCED
+    assert side["Table 3: removing IBIM lowers AUC"] == REPRODUCED
+    md = claims_markdown({"ds": base}, readings={"ds": info})
+    assert "Chosen: **mlp_dice**" in md and "| ours, mlp_dice" in md
+    assert "Verdicts that depend on the reading (1): Table 2: MIAN's AUC beats the best baseline (din) " \
+           "(not reproduced -> reproduced)" in md
+    assert "not yet (the readings study of ds is not complete" in claims_markdown({"ds": base}, readings={"ds": None})

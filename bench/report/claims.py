@@ -238,8 +238,83 @@ def dataset_claims(
             *transformer_claims(records, dataset), *figure6_claims(gim)]
 
 
+def as_reading(records: Sequence[dict[str, Any]], reading: str) -> list[dict[str, Any]]:
+    """The records as the claims would see them had ``reading`` been MIAN's default: the runs of
+    the ablation and Table 4 variants built on it (:func:`bench.training.studies.on_reading`) under
+    their plain names (``reading`` -> ``default``, ``<reading>+no_ibim`` -> ``no_ibim``; a moot
+    variant's plain run kept), the other MIAN runs left out, every baseline run kept."""
+    from bench.training.studies import ABLATION_VARIANTS, TABLE4_VARIANTS, TRANSFORMER_VARIANTS, on_reading
+
+    base = {**ABLATION_VARIANTS, **{v: TRANSFORMER_VARIANTS[v] for v in TABLE4_VARIANTS}}
+    plain = dict(zip(on_reading(reading, base), base))
+    return [r if r["model"] != "mian" else {**r, "variant": plain[r["variant"]]}
+            for r in records if r["model"] != "mian" or r["variant"] in plain]
+
+
+def reading_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path,
+                   left_out: list[str]) -> dict[str, Any] | None:
+    """The claims of ``dataset`` under the reading of MIAN chosen on validation AUC
+    (:func:`bench.training.studies.chosen_reading`; None while the readings study is not complete):
+    {"reading", "label", "means" (reading -> mean validation AUC), "rows" (:func:`dataset_claims`
+    on :func:`as_reading`; Figure 6 from the readings study's ``readings_gim.json``)}."""
+    from bench.report.studies import READINGS_GIM_FILE
+    from bench.training.studies import READINGS_VARIANTS, chosen_reading
+
+    best, means = chosen_reading(records, dataset)
+    if best is None:
+        return None
+    gim = None
+    if best == "default":
+        gim = _gim_summary(folder / "gim_summary.json", records, [])
+    elif (folder / READINGS_GIM_FILE).exists():
+        gim = json.loads((folder / READINGS_GIM_FILE).read_text()).get(best)
+        if gim is not None and gim.get("model_differs_from_record"):
+            left_out.append(f"{folder / READINGS_GIM_FILE} [{best}] left out: its models are not those of the records.")
+            gim = None
+    return {"reading": best, "label": READINGS_VARIANTS[best][0], "means": means,
+            "rows": dataset_claims(as_reading(records, best), dataset, gim)}
+
+
+def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, dataset: str) -> list[str]:
+    """The paragraph and side-by-side table of the claims under the reading chosen on validation."""
+    from tabulate import tabulate
+
+    if info is None:
+        return [f"Reading chosen on validation: not yet (the readings study of {dataset} is not complete: "
+                f"`python cli.py ablate --study readings --dataset {dataset}`).", ""]
+    best, means = info["reading"], info["means"]
+    ranked = ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items(), key=lambda kv: -kv[1]))
+    head = [f"### {dataset}: the claims under the reading chosen on validation AUC", "",
+            f"Mean best-epoch validation AUC of each reading of MIAN (5 seeds; never test): {ranked}. "
+            f"Chosen: **{best}** ({info['label']})."]
+    if best == "default":
+        return head + ["The default reading is also the validation choice: every verdict above stands as it is.", ""]
+    theirs = {r["claim"]: r for r in info["rows"]}
+    table, changed, missing = [], [], []
+    for r in rows:
+        o = theirs.get(r["claim"])
+        if o is None:
+            missing.append(r["claim"])
+        elif o["verdict"] != r["verdict"]:
+            changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
+        table.append([r["claim"], r["ours"], r["verdict"], o["ours"] if o else "not run on this reading",
+                      o["verdict"] if o else ""])
+    head += ["", tabulate(table, headers=["claim", "ours, default reading", "verdict", f"ours, {best}", f"verdict, {best}"],
+                          tablefmt="github", disable_numparse=True), ""]
+    if changed:
+        head.append(f"Verdicts that depend on the reading ({len(changed)}): " + "; ".join(changed) + ".")
+    else:
+        head.append("No verdict of the claims run on both readings depends on the reading.")
+    if missing:
+        head.append(f"Not run on {best} ({len(missing)} claim(s)): the ablation and Table 4 on it come from "
+                    f"`python cli.py ablate --reading best --dataset {dataset}` and `... --study transformer "
+                    "--reading best`; Figure 5 is drawn for the default reading only (its cadence).")
+    return head + [""]
+
+
 def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequence[str] = (),
-                    dataset_notes: dict[str, Sequence[str]] | None = None) -> str:
+                    dataset_notes: dict[str, Sequence[str]] | None = None,
+                    readings: dict[str, dict[str, Any] | None] | None = None) -> str:
     """``results/CLAIMS.md``: one section per dataset, one row per claim, then that dataset's
     ``dataset_notes`` (e.g. what a change of machine moves: :func:`bench.report.crosscheck.cross_machine_notes`)."""
     from tabulate import tabulate
@@ -276,6 +351,8 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         for note in (dataset_notes or {}).get(ds, ()):
             parts += ["", f"- {note}"]
         parts.append("")
+        if readings is not None and rows:
+            parts += _reading_section(rows, readings.get(ds), ds)
     parts += list(notes)
     return "\n".join(parts) + "\n"
 
@@ -296,11 +373,14 @@ def claims_report(results: Path) -> Output:
     if not records:
         raise ReportError(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
     figure_notes: list[str] = []  # about the committed figures: in the file
+    datasets = sorted({r["dataset"] for r in records})
     per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, figure_notes))
-           for ds in sorted({r["dataset"] for r in records})}
+           for ds in datasets}
+    readings = {ds: reading_claims(records, ds, results / ds, figure_notes) for ds in datasets}
     text = claims_markdown(per, notes=figure_notes,
                            dataset_notes={ds: [*_signal_notes(results / ds), *cross_machine_notes(results / ds)]
-                                          for ds in per})
+                                          for ds in per},
+                           readings=readings)
     atomic_write_text(results / "CLAIMS.md", text)
     return Output(text + "".join(f"\n{n}" for n in left_out), [results / "CLAIMS.md"])
 

@@ -168,7 +168,7 @@ def readings_study(runner, results: Path, dataset: str, variants: dict, seeds: i
     add_valid_auc_column(tab, recs, dataset)
     tab.notes.append("Each row changes one reading of the default (docs/MIAN.md, Readings; ../shared/paper/MIAN.md "
                      "7.2, 7.4, 7.6); the Figure 6 statistics of the readings are in readings_gim.md.")
-    stats, notes, users = {}, [], None
+    stats, summaries, notes, users = {}, {}, [], None
     for v, (label, overrides) in variants.items():
         model_cfg = next(r["config"]["model"] for r in recs if r["variant"] == v)
         if not model_cfg.get("use_gim", True) or model_cfg.get("gim_mode", "sum") == "uniform":
@@ -178,6 +178,10 @@ def readings_study(runner, results: Path, dataset: str, variants: dict, seeds: i
         if users is None:
             users = runner.dataset_for(RunSpec(dataset, "mian", 0, overrides=extra)).test.user_index.cpu().numpy()
         stats[v] = figure6_statistics(trained, users)
+        summaries[v] = {"dataset": dataset, "variant": v, "n_samples": int(len(users)),
+                        **summary_over_seeds(stats[v], trained),
+                        **({"model_differs_from_record": [d for t in trained.values() for d in t.diffs]}
+                           if any(t.diffs for t in trained.values()) else {})}
         differ = [s for s, t in trained.items() if t.diffs]
         if differ:
             notes.append(f"{label}: the model(s) of seed(s) {', '.join(map(str, differ))} are retrains on this machine "
@@ -191,6 +195,8 @@ def readings_study(runner, results: Path, dataset: str, variants: dict, seeds: i
         if extra:
             gim_tab.notes.append(f"config overrides (--set): {extra}")
         paths += gim_tab.write(out / "readings_gim")
+        atomic_write_text(out / READINGS_GIM_FILE, json.dumps(summaries, indent=1, sort_keys=True) + "\n")
+        paths.append(out / READINGS_GIM_FILE)
         texts.append(gim_tab.markdown())
     return Output("\n".join(texts), paths)
 
@@ -284,6 +290,21 @@ def figure6_statistics(trained: dict[int, SeedWeights], users) -> dict[str, Any]
     return share_interval([trained[s].weights for s in sorted(trained)], users)
 
 
+def summary_over_seeds(stats: dict[str, Any], trained: dict[int, "SeedWeights"]) -> dict[str, Any]:
+    """The over-seeds part of a ``gim_summary.json`` (what :func:`bench.report.claims.figure6_claims`
+    reads) from :func:`figure6_statistics` ``stats`` of the models ``trained`` (seed -> SeedWeights)."""
+    seeds = sorted(trained)
+    return {"seeds": seeds, "seed_run_ids": [trained[s].record["run_id"] for s in seeds],
+            "mean_weight_over_seeds": stats["mean_weight"],
+            "share_interactive_larger_per_seed": stats["share_per_seed"],
+            "share_interactive_larger_over_seeds": stats["share"],
+            "share_interval": stats["interval"], "bootstrap": stats["bootstrap"]}
+
+
+#: the readings study's Figure 6 summaries, one per reading with learned GIM weights (read by `report`)
+READINGS_GIM_FILE = "readings_gim.json"
+
+
 def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cases: int = 14, case_seed: int = 2021,
             seeds: int = 5, progress: Callable[[str], None] = print) -> Output:
     """Figure 6: the GIM weights of MIAN seed ``seed`` on ``cases`` test positives
@@ -325,11 +346,7 @@ def figure6(runner, results: Path, dataset: str, extra: dict, seed: int = 0, cas
     stats = figure6_statistics({s: trained[s] for s in stat_seeds}, test.user_index.cpu().numpy())
     summary = {"dataset": dataset, "run_id": record["run_id"], "seed": seed, "n_samples": int(len(weights)),
                "cases": cases, "case_seed": case_seed, "case_rule": CASE_RULE,
-               "seeds": stat_seeds, "seed_run_ids": [trained[s].record["run_id"] for s in stat_seeds],
-               "mean_weight_over_seeds": stats["mean_weight"],
-               "share_interactive_larger_per_seed": stats["share_per_seed"],
-               "share_interactive_larger_over_seeds": stats["share"],
-               "share_interval": stats["interval"], "bootstrap": stats["bootstrap"]}
+               **summary_over_seeds(stats, {s: trained[s] for s in stat_seeds})}
     return _write_figure6(weights, idx, summary, diffs, out, title)
 
 
