@@ -178,7 +178,7 @@ def test_report_reads_only_the_protocol_folders_gim_summary(tmp_path, monkeypatc
     seen = {}
     real = bench.report.claims.dataset_claims
     monkeypatch.setattr(bench.report.claims, "dataset_claims",
-                        lambda records, ds, gim: seen.__setitem__(ds, gim) or real(records, ds, gim))
+                        lambda records, ds, gim, **kw: seen.__setitem__(ds, gim) or real(records, ds, gim, **kw))
     local = dict(committed, share_interactive_larger={**committed["share_interactive_larger"], "R_ibim>e_b": 0.0848},
                  model_differs_from_record=["test AUC 0.7125 vs 0.7107"])
     (results / "movielens-100k" / "local").mkdir()

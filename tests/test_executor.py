@@ -61,6 +61,15 @@ def _checkpoints_hold_the_records(data, records: dict, since: float) -> None:
         assert runner.checkpoint_differences(rec) == []
 
 
+def _same_scores(one_dir, other_dir, records: dict) -> None:
+    """Every record has its test scores beside it (checked against it), the same as one worker's."""
+    one, other = RunStore(Path(one_dir) / "runs"), RunStore(Path(other_dir) / "runs")
+    for rid, rec in records.items():
+        scores, why = other.checked_scores(rec)
+        assert why is None, why
+        assert other.scores_path(rid).read_bytes() == one.scores_path(rid).read_bytes()
+
+
 def _trainers(results) -> set[str]:
     """The process names that the run logs say trained the runs."""
     import re
@@ -76,6 +85,7 @@ def test_one_worker_two_workers_and_ray_give_the_same_records(tiny, tmp_path):
     _same_records(one, two)
     assert all(name.startswith("SpawnProcess-") for name in _trainers(tmp_path / "two"))  # by the pool's workers
     _checkpoints_hold_the_records(tiny, two, start)  # written by the parent from the workers' bytes
+    _same_scores(tmp_path / "one", tmp_path / "two", two)  # so are the test scores
 
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -84,6 +94,7 @@ def test_one_worker_two_workers_and_ray_give_the_same_records(tiny, tmp_path):
         on_ray = _reproduce(tiny, tmp_path / "ray", "--cluster", "auto")  # the Ray this process started
         _same_records(one, on_ray)
         _checkpoints_hold_the_records(tiny, on_ray, start)
+        _same_scores(tmp_path / "one", tmp_path / "ray", on_ray)
         # a task's error is raised here as itself, not as Ray's wrapper
         with make_executor(cluster="auto") as ex, pytest.raises(ConfigError, match=r"^--set 'nokey': expected key=value$"):
             list(ex.completed(parse_overrides, [["nokey"]]))

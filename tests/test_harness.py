@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -185,6 +186,55 @@ def test_checkpoint_reload_gives_the_same_predictions(runner, monkeypatch):
     ds = runner.dataset("toyset")
     assert reloaded is not None
     assert (train_mod.predict(model, ds.test, 64) == train_mod.predict(reloaded, ds.test, 64)).all()
+
+
+def test_every_trained_run_writes_its_test_scores_before_its_record(runner, monkeypatch):
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=2))
+    real_save, seen = RunStore.save, []
+
+    def save(store, record):
+        seen.append(store.scores_path(record["run_id"]).exists())
+        return real_save(store, record)
+
+    monkeypatch.setattr(RunStore, "save", save)
+    rec, model = runner.run(RunSpec("toyset", "toy", 0))  # train one run
+    [rec1] = runner.run_all([RunSpec("toyset", "toy", 1)])  # a study's run (this process's executor)
+    assert seen == [True, True]
+    ds = runner.dataset("toyset")
+    for r in (rec, rec1):
+        scores, why = runner.store.checked_scores(r)
+        assert why is None and scores.shape == (len(ds.test.label),)
+    np.testing.assert_array_equal(runner.store.checked_scores(rec)[0], train_mod.predict(model, ds.test, 128))
+
+
+def test_a_record_without_scores_gets_them_from_its_checkpoint_else_a_retrain_only_when_they_match(runner, monkeypatch,
+                                                                                                   caplog):
+    from bench.training.runs import sealed
+
+    monkeypatch.setattr(studies_mod, "resolve_config", lambda ds, m, v, o, **kw: config(max_epochs=2))
+    specs = [RunSpec("toyset", "toy", s) for s in range(3)]
+    recs = runner.run_all(specs)
+    paths = [runner.store.scores_path(r["run_id"]) for r in recs]
+    original = [p.read_bytes() for p in paths]
+    for p in paths:
+        p.unlink()
+    (runner.checkpoint_dir / f"{recs[1]['run_id']}.pt").unlink()  # seed 1: no checkpoint, so retrained
+    tampered = dict(recs[2], test={**recs[2]["test"], "auc": recs[2]["test"]["auc"] + 1e-6})  # seed 2: "another model"
+    runner.store.save(sealed(tampered))
+    calls = []
+    real = train_mod.train_run
+    monkeypatch.setattr(train_mod, "train_run", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    with caplog.at_level("INFO"):
+        again = runner.run_all(specs)
+    assert again[:2] == recs[:2] and calls == [1]  # nothing trained but seed 1's retrain; records kept
+    assert [p.exists() and p.read_bytes() for p in paths[:2]] == original[:2]  # the very same bytes
+    assert not paths[2].exists()
+    assert "test scores written for 2 run record(s): 1 from checkpoints, 1 from retrains; 1 not written" in caplog.text
+    assert f"run {recs[2]['run_id']}: the test scores of its checkpoint do not reproduce its record (test auc" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        runner.run_all(specs[:2])  # every record has its scores: nothing to do
+    assert "test scores written" not in caplog.text and calls == [1]
 
 
 def test_set_overrides_are_validated():

@@ -10,13 +10,14 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from bench import io as io_mod
 from bench.training import studies as studies_mod
 from bench.training import train as train_mod
-from bench.training.runs import RecordError, RunStore, StoreError, checksum, record_problems, seal
+from bench.training.runs import RecordError, RunStore, StoreError, checksum, record_problems, scores_problems, seal, sealed
 from bench.training.train import RunSpec
 from cli import cli
 from test_harness import config, runner  # noqa: F401 - the fixture
@@ -133,6 +134,61 @@ def test_record_problems_name_the_key_and_the_type(tiny):
     assert "not its file name" in record_problems(good, "0" * 16)[0]
     moved = dict(good, seed=good["seed"] + 1)
     assert "run_id is not the hash" in record_problems(moved)[0]
+
+
+def test_the_selection_on_logloss_is_checked_against_the_records_own_history(tiny):
+    [path] = list((tiny[1] / "runs").glob("*.json"))
+    good = json.loads(path.read_text())
+    assert good["test_by_logloss"]["epoch"] == 1 and good["valid_by_logloss"] == good["valid_history"][-1]["valid"]
+    committed = RunStore(REPO / "results" / "runs").load("01abea69baf7566c")
+    assert "test_by_logloss" not in committed and record_problems(committed, committed["run_id"]) == []  # older: accepted
+    for edit, msg in (
+        (lambda r: r["test_by_logloss"].update(epoch=2), "test_by_logloss.epoch: expected 1 (the epoch end of lowest"),
+        (lambda r: r["valid_by_logloss"].update(auc=0.1), "valid_by_logloss: expected the validation metrics of epoch 1"),
+        (lambda r: r.pop("valid_by_logloss"), "valid_by_logloss: expected an object {auc, logloss, gauc}, found missing"),
+        (lambda r: r["test_by_logloss"].update(epoch="1"), "test_by_logloss.epoch: expected an integer, found str"),
+        (lambda r: r["test_by_logloss"].update(logloss=float("inf")), "test_by_logloss.logloss: expected a finite"),
+    ):
+        bad = json.loads(path.read_text())
+        edit(bad)
+        assert msg in record_problems(sealed(bad), path.stem)[0], (msg, record_problems(sealed(bad), path.stem))
+
+
+def test_a_trained_run_keeps_its_test_scores_and_they_are_checked_against_its_record(tiny, tmp_path):
+    data, results = _copy(tiny, tmp_path)
+    store = RunStore(results / "runs")
+    [record] = store.records()
+    scores_file = results / "scores" / f"{record['run_id']}.npy"
+    [keys_file] = list((results / "scores").glob("test-movielens-100k-*.npz"))
+    assert keys_file.name == f"test-movielens-100k-{record['fingerprint'][:16]}.npz"
+    scores = np.load(scores_file, allow_pickle=False)
+    assert scores.dtype == np.float32 and scores.ndim == 1
+    got, why = store.checked_scores(record)
+    assert why is None and np.array_equal(got, scores.astype(np.float64))
+    labels, users = store.load_test_keys(record["dataset"], record["fingerprint"])
+    assert scores_problems(record, scores, labels, users) == [] and labels.size == scores.size
+
+    def why_not(array=None, raw: bytes | None = None) -> str:
+        if raw is not None:
+            scores_file.write_bytes(raw)
+        else:
+            np.save(scores_file, array, allow_pickle=False)
+        got, why = store.checked_scores(record)
+        assert got is None
+        return why
+
+    flipped = scores.copy()
+    flipped[:5] = -flipped[:5]
+    assert "does not reproduce its record (test auc" in why_not(flipped)
+    assert f"{scores.size - 1} scores for a test split of {scores.size} samples" in why_not(scores[:-1])
+    assert "cannot be read" in why_not(raw=b"\x93NUMPY garbage")
+    np.save(scores_file, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # a pickle is never loaded
+    assert "cannot be read" in store.checked_scores(record)[1]
+    scores_file.unlink()
+    assert store.checked_scores(record) == (None, f"run {record['run_id']} has no scores file ({scores_file.name})")
+    np.save(scores_file, scores, allow_pickle=False)
+    keys_file.unlink()
+    assert "no test-split keys" in store.checked_scores(record)[1]
 
 
 def test_seal_adds_only_the_checksum(tmp_path):

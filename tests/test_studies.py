@@ -7,7 +7,10 @@ import pytest
 
 from bench.training.runs import RESULTS_VERSION
 
-from bench.report.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, claims_markdown, dataset_claims, verdict
+from bench.metrics import split_metrics
+from bench.report.claims import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, TestEvidence, claims_markdown, combined_verdict,
+                                 dataset_claims, main_table_claims, verdict)
+from bench.training.runs import RunStore
 from bench.report.figures import FIGURE6_ROWS, GIM_INPUTS, convergence_plot, gim_heatmap, gim_summary, select_cases
 from bench.report import convergence_curves, steps_to_fraction, variant_table
 from bench.training.studies import ABLATION_VARIANTS
@@ -107,29 +110,162 @@ def fake_study(mian_gain: float, ibim_drop: float, gim_drop: float):
     return recs
 
 
-def test_claims_report_verdicts_when_claims_hold():
-    rows = {r["claim"]: r["verdict"] for r in dataset_claims(fake_study(0.01, 0.02, 0.005), "ds")}
-    assert rows["Table 2: MIAN's AUC beats the best baseline (din)"] == REPRODUCED
-    assert rows["Table 3: removing IBIM lowers AUC"] == REPRODUCED
-    assert rows["Table 3: removing IBIM hurts most"] == REPRODUCED
-    assert rows["Table 4: Pre-LN beats Post-LN (AUC)"] == REPRODUCED
-    assert rows["Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than Post-LN"] in (REPRODUCED, INCONCLUSIVE)
+def _test_split(n_users=300, per_user=8, seed=0):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users) + 1000, per_user)
+    return rng, rng.integers(0, 2, users.size), users
 
 
-def test_claims_report_verdicts_when_claims_fail():
+def scored(tmp_path, logits: dict[tuple[str, str, int], np.ndarray], labels, users, histories=None, extra=None):
+    """Run records of ``logits`` ((model, variant, seed) -> test logits [N]) whose test metrics are
+    those of the logits, the logits kept as their scores in ``tmp_path``, and the TestEvidence over them."""
+    store = RunStore(tmp_path / "runs")
+    store.save_test_keys("ds", "f" * 64, labels, users)
+    recs = []
+    for (model, variant, seed), x in logits.items():
+        x = np.asarray(x, dtype=np.float32)
+        rec = _rec(variant, seed, 0.0, model=model, history=(histories or {}).get((model, variant, seed)))
+        rec["test"] = split_metrics(labels, x.astype(np.float64), users)
+        rec.update((extra or {}).get((model, variant, seed), {}))
+        store.save_scores(rec["run_id"], x)
+        recs.append(rec)
+    return recs, TestEvidence(store, n_boot=400)
+
+
+def scored_study(tmp_path, mian_gain: float, ibim_drop: float, gim_drop: float):
+    """fake_study's runs with test scores: per seed one noise vector shared by every model (so that
+    their differences are precise over test samples), logits = k * (2 y - 1) + noise with strength k:
+    DIN 1 (+ a little per seed), LR 0.7, MIAN DIN's + ``mian_gain``, its variants MIAN's - their drop."""
+    rng, labels, users = _test_split()
+    sign = 2.0 * labels - 1
+    logits, hist = {}, {}
+    for s in range(5):
+        z = rng.normal(size=labels.size)
+        k = 1.0 + rng.normal(0, 0.01)
+        full = k + mian_gain
+        for key, strength in ((("din", "default"), k), (("lr", "default"), 0.7), (("mian", "default"), full),
+                              (("mian", "no_ibim"), full - ibim_drop), (("mian", "no_gim"), full - gim_drop),
+                              (("mian", "post_ln"), full - 0.1)):
+            logits[(*key, s)] = strength * sign + z + rng.normal(0, 0.02, labels.size)
+        hist[("mian", "default", s)] = _hist([0.6, 0.7, 0.8, 0.8])
+        hist[("mian", "post_ln", s)] = _hist([0.6, 0.65, 0.7] + [0.75] * (s % 2) + [0.8])  # 40 or 50 steps
+    return scored(tmp_path, logits, labels, users, hist)
+
+
+def test_claims_report_verdicts_when_claims_hold(tmp_path):
+    recs, evidence = scored_study(tmp_path, 0.2, 0.3, 0.1)
+    rows = {r["claim"]: r for r in dataset_claims(recs, "ds", evidence=evidence)}
+    for claim in ("Table 2: MIAN's AUC beats the best baseline (din)", "Table 3: removing IBIM lowers AUC",
+                  "Table 3: removing IBIM hurts most", "Table 4: Pre-LN beats Post-LN (AUC)"):
+        assert rows[claim]["verdict"] == REPRODUCED, rows[claim]
+    assert "p users 0.0025 [+0." in rows["Table 2: MIAN's AUC beats the best baseline (din)"]["ours"]  # 1/400: floor
+    fig5 = rows["Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than Post-LN"]
+    assert fig5["verdict"] == REPRODUCED and "p seeds" in fig5["ours"] and "p users" not in fig5["ours"]  # t-test alone
+    # the same records without their scores: no test-metric claim can be reproduced
+    bare = {r["claim"]: r for r in dataset_claims(recs, "ds")}
+    assert bare["Table 2: MIAN's AUC beats the best baseline (din)"]["verdict"] == INCONCLUSIVE
+    assert "p users n/a: no test scores were given to the report" in bare["Table 3: removing IBIM lowers AUC"]["ours"]
+    assert bare["Table 3: removing IBIM hurts most"]["verdict"] == INCONCLUSIVE
+    # one run's scores missing: its claims say so and are inconclusive; the others keep their verdicts
+    gone = next(r for r in recs if r["variant"] == "no_ibim" and r["seed"] == 3)
+    RunStore(tmp_path / "runs").scores_path(gone["run_id"]).unlink()
+    rows = {r["claim"]: r for r in dataset_claims(recs, "ds", evidence=TestEvidence(RunStore(tmp_path / "runs"), 400))}
+    assert rows["Table 3: removing IBIM lowers AUC"]["verdict"] == INCONCLUSIVE
+    assert f"p users n/a: run {gone['run_id']} has no scores file" in rows["Table 3: removing IBIM lowers AUC"]["ours"]
+    assert rows["Table 2: MIAN's AUC beats the best baseline (din)"]["verdict"] == REPRODUCED
+
+
+def test_claims_report_verdicts_when_claims_fail(tmp_path):
     shares = {"R_ibim>e_b": 0.2, "R_iuim>e_u": 0.7, "R_icim>e_c": 0.45}
     gim = {"mean_weight": dict(zip(GIM_INPUTS, [0.25, 0.1, 0.2, 0.1, 0.1, 0.13, 0.12])), "n_samples": 100,
            "share_interactive_larger": shares, "share_interactive_larger_over_seeds": shares,
            "mean_weight_over_seeds": dict(zip(GIM_INPUTS, [0.25, 0.1, 0.2, 0.1, 0.1, 0.13, 0.12])),
            "share_interval": {"R_ibim>e_b": [0.1, 0.3], "R_iuim>e_u": [0.6, 0.8], "R_icim>e_c": [0.4, 0.52]}}
-    rows = {r["claim"]: r["verdict"] for r in dataset_claims(fake_study(-0.01, 0.002, 0.02), "ds", gim)}
+    recs, evidence = scored_study(tmp_path, -0.2, 0.02, 0.3)
+    rows = {r["claim"]: r["verdict"] for r in dataset_claims(recs, "ds", gim, evidence)}
     assert rows["Table 2: MIAN's AUC beats the best baseline (din)"] == NOT_REPRODUCED
     assert rows["Table 3: removing IBIM hurts most"] == NOT_REPRODUCED  # GIM's drop is larger
     assert rows["Figure 6: GIM weighs R_ibim above e_b"] == NOT_REPRODUCED
     assert rows["Figure 6: GIM weighs R_iuim above e_u"] == REPRODUCED
     assert rows["Figure 6: GIM weighs R_icim above e_c"] == INCONCLUSIVE  # the interval spans 50 %
-    md = claims_markdown({"ds": dataset_claims(fake_study(-0.01, 0.002, 0.02), "ds", gim)})
+    md = claims_markdown({"ds": dataset_claims(recs, "ds", gim, evidence)})
     assert "not reproduced" in md and "## ds" in md
+    assert "the claim is *reproduced* only when both say reproduced" in md and "2000 replicates" in md
+
+
+def _claim_row(recs, evidence, claim="Table 2: MIAN's AUC beats the best baseline (din)"):
+    return next(r for r in main_table_claims(recs, "ds", evidence) if r["claim"] == claim)
+
+
+def test_a_seed_significant_difference_within_test_sample_noise_is_inconclusive(tmp_path):
+    """Two fixed models that rank the test samples differently, the seeds moving them hardly at
+    all: the t-test over seeds sees a steady difference, the bootstrap over users sees noise."""
+    rng, labels, users = _test_split(n_users=60, per_user=10, seed=3)
+    sign = 2.0 * labels - 1
+    f_mian, f_din = 1.0 * sign + rng.normal(size=labels.size), 0.97 * sign + rng.normal(size=labels.size)
+    logits = {}
+    for s in range(5):
+        logits[("mian", "default", s)] = f_mian + rng.normal(0, 0.01, labels.size)
+        logits[("din", "default", s)] = f_din + rng.normal(0, 0.01, labels.size)
+    recs, evidence = scored(tmp_path, logits, labels, users)
+    row = _claim_row(recs, evidence)
+    a = {r["seed"]: r["test"]["auc"] for r in recs if r["model"] == "mian"}
+    b = {r["seed"]: r["test"]["auc"] for r in recs if r["model"] == "din"}
+    from bench.report import paired_test
+    diff, p_seeds = np.mean([a[s] - b[s] for s in a]), paired_test(a, b)
+    boot, _ = evidence.compare(*({r["seed"]: r for r in recs if r["model"] == m} for m in ("mian", "din")), "auc")
+    assert diff > 0 and p_seeds < 0.05 and boot.p > 0.05, (diff, p_seeds, boot)  # the case: the tests disagree
+    assert verdict(diff, p_seeds, +1) == REPRODUCED  # what the t-test alone said before
+    assert row["verdict"] == INCONCLUSIVE
+    assert f"p seeds {p_seeds:.2g}" in row["ours"] and f"p users {boot.p:.2g}" in row["ours"]
+
+
+def test_a_difference_clear_over_test_samples_but_not_over_seeds_is_inconclusive(tmp_path):
+    """Per seed the two models share their noise (each seed's difference is precise over test
+    samples) but the difference swings between seeds: the bootstrap is significant, the t-test not."""
+    rng, labels, users = _test_split(n_users=300, per_user=8, seed=4)
+    sign = 2.0 * labels - 1
+    logits = {}
+    for s, gain in enumerate([0.12, -0.06, 0.15, -0.03, 0.1]):
+        z = rng.normal(size=labels.size)
+        logits[("mian", "default", s)] = (1.0 + gain) * sign + z
+        logits[("din", "default", s)] = 1.0 * sign + z
+    recs, evidence = scored(tmp_path, logits, labels, users)
+    row = _claim_row(recs, evidence)
+    boot, _ = evidence.compare(*({r["seed"]: r for r in recs if r["model"] == m} for m in ("mian", "din")), "auc")
+    p_seeds = float(row["ours"].split("p seeds ")[1].split(",")[0])
+    assert boot.diff > 0 and boot.p < 0.05 and p_seeds > 0.05, (boot, row["ours"])
+    assert row["verdict"] == INCONCLUSIVE
+
+
+def test_combined_verdict_rule():
+    assert combined_verdict(0.01, 0.01, 0.001, +1) == REPRODUCED
+    assert combined_verdict(-0.01, 0.01, 0.001, +1) == NOT_REPRODUCED
+    assert combined_verdict(0.01, 0.01, 0.2, +1) == INCONCLUSIVE  # the tests disagree
+    assert combined_verdict(0.01, 0.2, 0.001, +1) == INCONCLUSIVE
+    assert combined_verdict(-0.01, 0.01, None, +1) == INCONCLUSIVE  # bootstrap n/a: never a verdict
+    assert combined_verdict(0.01, 0.01, float("nan"), +1) == INCONCLUSIVE
+    assert combined_verdict(-0.01, 0.001, 0.001, -1) == REPRODUCED
+
+
+def test_logloss_claims_say_how_the_models_were_selected_and_show_the_logloss_selection(tmp_path):
+    rng, labels, users = _test_split()
+    sign = 2.0 * labels - 1
+    logits, extra = {}, {}
+    for s in range(5):
+        z = rng.normal(size=labels.size)
+        for model, k in (("mian", 1.3), ("din", 1.0)):
+            logits[(model, "default", s)] = k * sign + z
+            extra[(model, "default", s)] = {"test_by_logloss": {"epoch": 2, "auc": 0.7, "gauc": 0.7,
+                                                                "logloss": (0.55 if model == "mian" else 0.6) + 0.001 * s}}
+    recs, evidence = scored(tmp_path, logits, labels, users, extra=extra)
+    row = _claim_row(recs, evidence, "Table 2: MIAN's logloss is below the best baseline's (din)")
+    assert row["verdict"] == REPRODUCED and "p users 0.0025 [-0." in row["ours"]
+    assert "; models selected on validation AUC. Selected on validation logloss: 0.5520 vs 0.6020 (Δ -0.0500, " \
+           "p seeds n/a, n=5)" in row["ours"]  # (constant differences: the t-test is undefined)
+    del recs[0]["test_by_logloss"]
+    row = _claim_row(recs, evidence, "Table 2: MIAN's logloss is below the best baseline's (din)")
+    assert row["ours"].endswith("Selected on validation logloss: n/a: record predates")
 
 
 def test_the_paper_numbers_give_the_papers_best_baselines_and_claims_texts():
@@ -306,34 +442,37 @@ def test_table4_steps_column_covers_the_curve_runs_with_their_cadence(tmp_path):
     assert "validation is evaluated every 50 steps" in md and "every 0" not in md
 
 
-def test_claims_side_by_side_under_the_reading_chosen_on_validation():
+def test_claims_side_by_side_under_the_reading_chosen_on_validation(tmp_path):
     """MIAN's default loses to DIN; the reading mlp_dice has the best VALIDATION AUC and beats DIN
     on test, gim_concat has the best TEST AUC but a low validation AUC: the side column is
     mlp_dice's and names the Table 2 verdict that depends on the reading."""
     from bench.report.claims import as_reading, reading_claims
     from bench.training.studies import READINGS_VARIANTS
 
-    rng = np.random.default_rng(3)
-    recs = []
+    rng, labels, users = _test_split()
+    sign = 2.0 * labels - 1
+    logits, extra = {}, {}
     for s in range(5):
-        recs.append(_rec("default", s, 0.80 + rng.normal(0, 0.0005), model="din"))
+        z = rng.normal(size=labels.size)
+        logits[("din", "default", s)] = 1.0 * sign + z + rng.normal(0, 0.02, labels.size)
         for v in READINGS_VARIANTS:
-            test = {"default": 0.79, "mlp_dice": 0.81, "gim_concat": 0.83}.get(v, 0.785) + rng.normal(0, 0.0005)
-            r = _rec(v, s, test)
-            r["valid"] = {"auc": {"mlp_dice": 0.75, "gim_concat": 0.60}.get(v, 0.70)}
-            recs.append(r)
-        recs.append(_rec("mlp_dice+no_ibim", s, 0.80 + rng.normal(0, 0.0005)))
+            k = {"default": 0.8, "mlp_dice": 1.2, "gim_concat": 1.5}.get(v, 0.9)
+            logits[("mian", v, s)] = k * sign + z + rng.normal(0, 0.02, labels.size)
+            extra[("mian", v, s)] = {"valid": {"auc": {"mlp_dice": 0.75, "gim_concat": 0.60}.get(v, 0.70)}}
+        logits[("mian", "mlp_dice+no_ibim", s)] = 0.9 * sign + z + rng.normal(0, 0.02, labels.size)
+    recs, evidence = scored(tmp_path, logits, labels, users, extra=extra)
     seen = as_reading(recs, "mlp_dice")
     assert {r["variant"] for r in seen if r["model"] == "mian"} == {"default", "no_ibim"}
     assert all(r["run_id"].startswith("mian-mlp_dice") for r in seen if r["model"] == "mian")
-    info = reading_claims(recs, "ds", Path("/nonexistent"), [])
-    assert info["reading"] == "mlp_dice"
-    base = dataset_claims(recs, "ds")
+    info = reading_claims(recs, "ds", tmp_path / "nonexistent", [], evidence)
+    assert info["reading"] == "mlp_dice"  # not gim_concat, the best on test
+    base = dataset_claims(recs, "ds", evidence=evidence)
+    assert {r["claim"]: r["verdict"] for r in base}["Table 2: MIAN's AUC beats the best baseline (din)"] == NOT_REPRODUCED
     side = {r["claim"]: r["verdict"] for r in info["rows"]}
     assert side["Table 2: MIAN's AUC beats the best baseline (din)"] == REPRODUCED
     assert side["Table 3: removing IBIM lowers AUC"] == REPRODUCED
     md = claims_markdown({"ds": base}, readings={"ds": info})
     assert "Chosen: **mlp_dice**" in md and "| ours, mlp_dice" in md
-    assert "Verdicts that depend on the reading (1): Table 2: MIAN's AUC beats the best baseline (din) " \
-           "(not reproduced -> reproduced)" in md
+    assert "Verdicts that depend on the reading (2): Table 2: MIAN's AUC beats the best baseline (din) " \
+           "(not reproduced -> reproduced); Table 2: MIAN's logloss" in md
     assert "not yet (the readings study of ds is not complete" in claims_markdown({"ds": base}, readings={"ds": None})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,9 +19,10 @@ class SequenceAdapter:
     """Epoch e sets the single weight to e; the validation AUC at the end of epoch e is aucs[e-1];
     ``mid`` mid-epoch validations per epoch score 0.99 (they must never select an epoch)."""
 
-    def __init__(self, aucs, mid: int = 0):
+    def __init__(self, aucs, mid: int = 0, lls=None):
         self.model = nn.Linear(1, 1, bias=False)
         self.steps, self.aucs, self.mid = 0, list(aucs), mid
+        self.lls = list(lls) if lls is not None else [0.5] * len(self.aucs)
         self.calls: list[str] = []
         self.epoch, self.in_epoch = 0, False
 
@@ -39,9 +41,11 @@ class SequenceAdapter:
     def score(self, split):
         self.calls.append(split)
         auc = 0.99 if self.in_epoch else self.aucs[self.epoch - 1]
+        ll = 0.5 if self.in_epoch else self.lls[self.epoch - 1]
         if split == "test":
             auc = self.model.weight.detach().item()  # tells which weights were scored
-        return {"auc": auc, "logloss": 0.5, "gauc": auc}
+            ll = 10 + auc
+        return {"auc": auc, "logloss": ll, "gauc": auc}
 
     def take_train_loss(self):
         return float(self.steps)
@@ -72,6 +76,27 @@ def test_early_stopping_follows_the_validation_auc(aucs, patience, max_epochs, b
         trainer.epoch()
 
 
+@pytest.mark.parametrize("aucs, lls, best, by_ll", [
+    ([0.60, 0.70, 0.65, 0.66], [0.70, 0.60, 0.55, 0.58], 2, 3),  # logloss still falls after the AUC's best
+    ([0.60, 0.70, 0.65, 0.66], [0.70, 0.50, 0.55, 0.50], 2, 2),  # the same epoch (a tie is no gain)
+    ([0.60, 0.70, 0.65, 0.66], [0.40, 0.50, 0.55, 0.58], 2, 1),
+    ([0.60, 0.70, 0.65, 0.66], [float("nan"), 0.50, float("nan"), 0.45], 2, 4),  # NaN never selected
+])
+def test_selection_on_logloss_rides_along_without_changing_the_auc_selection(aucs, lls, best, by_ll):
+    adapter = SequenceAdapter(aucs, mid=1, lls=lls)
+    trainer = Trainer(adapter, 20, 2).fit()
+    assert (trainer.best_epoch, trainer.epochs_run, trainer.best_logloss_epoch) == (best, 4, by_ll)
+    with pytest.raises(RuntimeError, match="test"):
+        trainer.test_by_logloss()
+    test = trainer.test()
+    by = trainer.test_by_logloss()
+    assert by == {"epoch": by_ll, "auc": float(by_ll), "logloss": 10.0 + by_ll, "gauc": float(by_ll)}
+    assert adapter.calls.count("test") == (1 if by_ll == best else 2)  # the first scoring reused when it can be
+    assert adapter.model.weight.detach().item() == best and not adapter.model.training  # AUC-selected weights back
+    assert test["auc"] == best and trainer.test_logits is None  # an adapter without score_logits
+    assert trainer.valid_by_logloss == {"auc": aucs[by_ll - 1], "logloss": lls[by_ll - 1], "gauc": aucs[by_ll - 1]}
+
+
 def test_epoch_by_epoch_then_fit_is_the_same_run():
     # the efficiency benchmark times the first epoch alone, then lets fit() go on
     a = Trainer(SequenceAdapter([0.5, 0.7, 0.6, 0.6]), 20, 2)
@@ -95,22 +120,47 @@ def test_step_loop_stops_restores_and_scores_test_last(monkeypatch):
     ds = golden_dataset()  # 320 training samples: 10 steps per epoch of 32
     aucs = iter([0.6, 0.8, 0.7, 0.75, 0.9])
     snapshots, order = [], []
-    real = train_mod.evaluate
+    real = train_mod.score_split
 
-    def evaluate(model, split, batch_size):
+    def score_split(model, split, batch_size):  # every scoring (evaluate, the test logits) goes through it
         if split.label is ds.test.label:
             order.append("test")
             return real(model, split, batch_size)
         order.append("valid")
         snapshots.append(copy.deepcopy(model.state_dict()))
-        return {"auc": next(aucs), "logloss": 0.6, "gauc": 0.5}
+        return {"auc": next(aucs), "logloss": 0.6, "gauc": 0.5}, np.zeros(len(split.label))
 
-    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    monkeypatch.setattr(train_mod, "score_split", score_split)
     record, model = train_mod.train_run(ds, "lr", _config(), seed=0, progress=False)
     assert (record["best_epoch"], record["epochs_run"], record["steps"]) == (2, 4, 40)
-    assert order == ["valid"] * 4 + ["test"]
+    assert order[:5] == ["valid"] * 4 + ["test"]
     assert record["valid"]["auc"] == 0.8
     state = model.state_dict()
     assert all(torch.equal(state[k], snapshots[1][k]) for k in state)  # epoch 2's weights
     assert not all(torch.equal(state[k], snapshots[3][k]) for k in state)
-    assert record["test"] == real(model, ds.test, 64)
+    assert record["test"] == real(model, ds.test, 64)[0]
+    # logloss constant: its first epoch end is its best, another epoch than the AUC's; scored once more
+    assert record["test_by_logloss"]["epoch"] == 1 and record["valid_by_logloss"]["auc"] == 0.6
+    assert order == ["valid"] * 4 + ["test", "test"]
+    assert record["test_by_logloss"] != {"epoch": 1, **record["test"]}  # epoch 1's weights, scored after fit
+
+
+def test_train_run_hands_over_the_test_logits_its_record_scored():
+    from bench.metrics import split_metrics
+    from bench.training.runs import record_problems, sealed
+
+    ds = golden_dataset()
+    kept = []
+    record, model = train_mod.train_run(ds, "lr", _config(max_epochs=3), seed=0, progress=False,
+                                        on_test_scores=kept.append)
+    [logits] = kept
+    assert logits.shape == (len(ds.test.label),) and logits.dtype == np.float64
+    assert np.array_equal(logits.astype(np.float32).astype(np.float64), logits)  # float32 keeps them exactly
+    assert split_metrics(ds.test.label.numpy(), logits, ds.test.user_index.numpy()) == record["test"]
+    np.testing.assert_array_equal(logits, train_mod.predict(model, ds.test, 64))
+    ends = [h for h in record["valid_history"] if h["epoch_end"]]
+    best = min(ends, key=lambda h: h["valid"]["logloss"])
+    assert record["test_by_logloss"]["epoch"] == best["epoch"] and record["valid_by_logloss"] == best["valid"]
+    if best["epoch"] == record["best_epoch"]:
+        assert {k: record["test_by_logloss"][k] for k in record["test"]} == record["test"]
+    assert record_problems(sealed(record)) == []

@@ -1,10 +1,17 @@
 """The claims report: one row per claim of the paper, the paper's figure, ours and a verdict.
 
-Verdict rule for comparisons over seeds (paired by seed, two-sided paired t-test, alpha 0.05):
-- reproduced: the mean difference has the paper's sign and p < alpha;
-- not reproduced: the mean difference has the opposite sign and p < alpha;
-- inconclusive: p >= alpha, or too few paired seeds (< 2) to test.
-Figure 6 (GIM weights; :func:`figure6_verdict`): the share of test samples where the interactive
+A claim about a test metric (AUC, logloss: Tables 2-4) is tested twice, on the same paired
+difference (a - b, the mean over the seeds both have):
+- over seeds: a two-sided paired t-test (seed-to-seed variation of training);
+- over test samples: the paired cluster bootstrap over test users of
+  :func:`bench.metrics.paired_bootstrap` (:data:`BOOTSTRAP_REPLICATES` replicates, draws seeded
+  with :data:`BOOTSTRAP_SEED`), from the runs' kept test scores (``results/scores``, each checked
+  against its record by :meth:`bench.training.runs.RunStore.checked_scores`).
+Each test alone gives *reproduced* (p < alpha, the paper's sign), *not reproduced* (p < alpha, the
+opposite sign) or *inconclusive*; the claim's verdict is theirs when both agree, else inconclusive
+(:func:`combined_verdict`). A run without usable test scores leaves the bootstrap n/a, so its
+claims are inconclusive. Figure 5 (steps to 99 % of the best validation AUC) has no test samples:
+the t-test alone decides. Figure 6 (GIM weights; :func:`figure6_verdict`): the share of test samples where the interactive
 representation outweighs its original, averaged over the seeds' models, with its 95 % cluster-
 bootstrap interval over test users and seeds (bench.report.figures.share_interval): reproduced
 when the interval lies above 50 % and the interactive representation has the larger mean weight,
@@ -20,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bench.metrics import BootstrapResult, bootstrap_replicates, bootstrap_summary
 from bench.report.figures import PAIRS
 from bench.report.paper import (PAPER_FIGURE5, PAPER_FIGURE6, PAPER_FIGURE6_CASES, PAPER_TABLE2,
                                 PAPER_TABLE2_DATASETS, PAPER_TABLE2_LOGLOSS, PAPER_TABLE3, PAPER_TABLE4,
@@ -37,6 +45,8 @@ from bench.report import (
 
 ALPHA = 0.05
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+#: the bootstrap over test users of every claim: replicates and the seed of the draws
+BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED = 2000, 0
 
 
 def verdict(diff: float, p: float, expected_sign: int, alpha: float = ALPHA) -> str:
@@ -50,12 +60,86 @@ def verdict(diff: float, p: float, expected_sign: int, alpha: float = ALPHA) -> 
     return INCONCLUSIVE
 
 
+def combined_verdict(diff: float, p_seeds: float, p_users: float | None, expected_sign: int,
+                     alpha: float = ALPHA) -> str:
+    """Verdict of a paired claim tested over seeds (``p_seeds``) and over test users
+    (``p_users``; None or NaN: the bootstrap is n/a): :func:`verdict` of each test, the common one
+    when they agree, else inconclusive; with the bootstrap n/a never reproduced (nor not
+    reproduced): inconclusive."""
+    if p_users is None or math.isnan(p_users):
+        return INCONCLUSIVE
+    a, b = verdict(diff, p_seeds, expected_sign, alpha), verdict(diff, p_users, expected_sign, alpha)
+    return a if a == b else INCONCLUSIVE
+
+
+class TestEvidence:
+    """The kept test scores of the runs (``<results>/scores``, through ``store``'s
+    :meth:`~bench.training.runs.RunStore.checked_scores`: length and metrics checked against the
+    record) and their bootstrap replicates (:func:`bench.metrics.bootstrap_replicates`), computed
+    once per run and metric: every run of a dataset is resampled with the same draws of test
+    users (same seed), so the replicates of two runs pair. ``store`` None: no scores (every
+    bootstrap n/a)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, store: Any | None, n_boot: int = BOOTSTRAP_REPLICATES, seed: int = BOOTSTRAP_SEED):
+        self.store, self.n_boot, self.seed = store, n_boot, seed
+        self._keys: dict[tuple[str, str], Any] = {}
+        self._scores: dict[str, Any] = {}
+        self._reps: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
+
+    def _checked(self, record: dict[str, Any]) -> tuple[Any, str | None]:
+        rid = record["run_id"]
+        if rid not in self._scores:
+            if self.store is None:
+                self._scores[rid] = (None, "no test scores were given to the report")
+            else:
+                k = (record["dataset"], record["fingerprint"])
+                if k not in self._keys:
+                    self._keys[k] = self.store.load_test_keys(*k)
+                self._scores[rid] = self.store.checked_scores(record, self._keys[k])
+        return self._scores[rid]
+
+    def compare(self, a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metric: str
+                ) -> tuple[BootstrapResult | None, str | None]:
+        """The bootstrap of mean(metric(a) - metric(b)) over the seeds ``a`` and ``b`` (seed ->
+        record) share: (result, None), or (None, why it is n/a: no shared seed, a run without
+        usable scores)."""
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            return None, "no paired runs"
+        recs = [a[s] for s in seeds] + [b[s] for s in seeds]
+        todo = []
+        for r in recs:
+            scores, why = self._checked(r)
+            if scores is None:
+                bad = sum(self._checked(x)[0] is None for x in recs)
+                return None, why + (f" (and {bad - 1} more of these {len(recs)} runs)" if bad > 1 else "")
+            if (r["run_id"], metric) not in self._reps and r["run_id"] not in {x["run_id"] for x in todo}:
+                todo.append(r)
+        if todo:  # one call: the same draws for all of them
+            labels, users = self._keys[(todo[0]["dataset"], todo[0]["fingerprint"])]
+            obs, reps = bootstrap_replicates(labels, users, np.stack([self._checked(r)[0] for r in todo]),
+                                             self.n_boot, self.seed, metric)
+            for j, r in enumerate(todo):
+                self._reps[(r["run_id"], metric)] = (float(obs[j]), reps[:, j])
+        pa = [self._reps[(a[s]["run_id"], metric)] for s in seeds]
+        pb = [self._reps[(b[s]["run_id"], metric)] for s in seeds]
+        observed = float(np.mean([x[0] - y[0] for x, y in zip(pa, pb)]))
+        return bootstrap_summary(observed, np.mean([x[1] - y[1] for x, y in zip(pa, pb)], axis=0)), None
+
+
+def _seed_records(records, dataset, model, variant) -> dict[int, dict[str, Any]]:
+    return {int(r["seed"]): r for r in records
+            if r["dataset"] == dataset and r["model"] == model and r["variant"] == variant}
+
+
+def _values(recs: dict[int, dict[str, Any]], metric: str, split: str = "test") -> dict[int, float]:
+    return {s: float(r[split][metric]) for s, r in recs.items()}
+
+
 def _seed_metric(records, dataset, model, variant, metric) -> dict[int, float]:
-    return {
-        int(r["seed"]): float(r["test"][metric])
-        for r in records
-        if r["dataset"] == dataset and r["model"] == model and r["variant"] == variant
-    }
+    return _values(_seed_records(records, dataset, model, variant), metric)
 
 
 def _compare(
@@ -78,9 +162,50 @@ def _claim(claim: str, paper: str, ours: str, verdict_: str) -> dict[str, str]:
 
 def _paired_claim(claim: str, paper: str, a: dict[int, float], b: dict[int, float], expected_sign: int,
                   prefix: str = "", digits: int = 4) -> dict[str, str]:
-    """The row of the claim that ``a`` differs from ``b`` (paired by seed) with ``expected_sign``."""
+    """The row of the claim that ``a`` differs from ``b`` (paired by seed) with ``expected_sign``,
+    tested over seeds alone (no test samples: Figure 5)."""
     _, _, v, text = _compare(a, b, expected_sign, digits)
+    return _claim(claim, paper, prefix + text.replace(", p ", ", p seeds ", 1), v)
+
+
+def _test_compare(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metric: str, expected_sign: int,
+                  evidence: TestEvidence | None) -> tuple[float, str, str]:
+    """(mean difference of test ``metric`` over the shared seeds, verdict, text) of records ``a``
+    against ``b`` under both tests (:func:`combined_verdict`)."""
+    diff, p, _, text = _compare(_values(a, metric), _values(b, metric), expected_sign)
+    if math.isnan(diff):
+        return diff, INCONCLUSIVE, text
+    boot, why = (evidence or TestEvidence(None)).compare(a, b, metric)
+    if boot is None:
+        users = f"p users n/a: {why}"
+    else:
+        users = f"p users {fmt_p(boot.p)} [{fmt_delta(boot.low)}, {fmt_delta(boot.high)}]"
+    text = text.replace(f", p {fmt_p(p)}, ", f", p seeds {fmt_p(p)}, {users}, ", 1)
+    return diff, combined_verdict(diff, p, None if boot is None else boot.p, expected_sign), text
+
+
+def _sample_claim(claim: str, paper: str, a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metric: str,
+                  expected_sign: int, evidence: TestEvidence | None, prefix: str = "") -> dict[str, str]:
+    """The row of the claim that test ``metric`` of records ``a`` differs from ``b`` (seed ->
+    record) with ``expected_sign``, tested over seeds and over test users. A logloss claim also
+    says that the models are selected on validation AUC and gives the same comparison with
+    selection on validation logloss (``test_by_logloss``; over seeds only)."""
+    _, v, text = _test_compare(a, b, metric, expected_sign, evidence)
+    if metric == "logloss":
+        text += "; models selected on validation AUC. " + _by_logloss_text(a, b, expected_sign)
     return _claim(claim, paper, prefix + text, v)
+
+
+def _by_logloss_text(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], expected_sign: int) -> str:
+    """The logloss comparison of ``a`` and ``b`` with each run's model selected on validation
+    logloss (its record's ``test_by_logloss``), or why it is n/a."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds or any("test_by_logloss" not in r for s in seeds for r in (a[s], b[s])):
+        return "Selected on validation logloss: n/a: record predates"
+    la = {s: float(a[s]["test_by_logloss"]["logloss"]) for s in seeds}
+    lb = {s: float(b[s]["test_by_logloss"]["logloss"]) for s in seeds}
+    _, _, _, text = _compare(la, lb, expected_sign)
+    return "Selected on validation logloss: " + text.replace(", p ", ", p seeds ", 1)
 
 
 def _versus(table: dict[str, tuple[float, ...]], a: str, b: str | dict[str, str], columns: dict[str, int]) -> str:
@@ -97,17 +222,18 @@ TABLE3_AUC = {"Books": 0, "Electronics": 2}
 REMOVED = {"no_iuim": "IUIM", "no_icim": "ICIM", "no_ibim": "IBIM", "no_gim": "GIM", "no_iuim_icim": "IUIM&ICIM"}
 
 
-def main_table_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, str]]:
+def main_table_claims(records: Sequence[dict[str, Any]], dataset: str,
+                      evidence: TestEvidence | None = None) -> list[dict[str, str]]:
     """Table 2: MIAN's AUC above the best baseline's (by AUC), its logloss below the best
     baseline's (by logloss)."""
-    mian_auc = _seed_metric(records, dataset, "mian", "default", "auc")
+    mian = _seed_records(records, dataset, "mian", "default")
     base = best_baseline(records, dataset)
-    if not (mian_auc and base):
+    if not (mian and base):
         return []
     paper_best = {d: paper_best_baseline(PAPER_TABLE2, j, True) for d, j in TABLE2_COLUMNS.items()}
-    rows = [_paired_claim(f"Table 2: MIAN's AUC beats the best baseline ({base})",
+    rows = [_sample_claim(f"Table 2: MIAN's AUC beats the best baseline ({base})",
                           _versus(PAPER_TABLE2, "mian", paper_best, TABLE2_COLUMNS),
-                          mian_auc, _seed_metric(records, dataset, base, "default", "auc"), +1)]
+                          mian, _seed_records(records, dataset, base, "default"), "auc", +1, evidence)]
     lls = {}
     for m in sorted({r["model"] for r in records if r["dataset"] == dataset and r["model"] != "mian"}):
         d = _seed_metric(records, dataset, m, "default", "logloss")
@@ -116,25 +242,25 @@ def main_table_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[d
     if lls:
         bl = min(lls, key=lls.get)
         paper_best = {d: paper_best_baseline(PAPER_TABLE2_LOGLOSS, j, False) for d, j in TABLE2_COLUMNS.items()}
-        rows.append(_paired_claim(f"Table 2: MIAN's logloss is below the best baseline's ({bl})",
+        rows.append(_sample_claim(f"Table 2: MIAN's logloss is below the best baseline's ({bl})",
                                   _versus(PAPER_TABLE2_LOGLOSS, "mian", paper_best, TABLE2_COLUMNS),
-                                  _seed_metric(records, dataset, "mian", "default", "logloss"),
-                                  _seed_metric(records, dataset, bl, "default", "logloss"), -1))
+                                  mian, _seed_records(records, dataset, bl, "default"), "logloss", -1, evidence))
     return rows
 
 
-def ablation_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, str]]:
+def ablation_claims(records: Sequence[dict[str, Any]], dataset: str,
+                    evidence: TestEvidence | None = None) -> list[dict[str, str]]:
     """Table 3: removing each module lowers AUC, removing IBIM the most, and MIAN without IUIM and
     ICIM still beats the best baseline."""
-    mian_auc = _seed_metric(records, dataset, "mian", "default", "auc")
+    mian = _seed_records(records, dataset, "mian", "default")
     rows, drops = [], {}
     for variant, label in REMOVED.items():
-        var = _seed_metric(records, dataset, "mian", variant, "auc")
-        if var and mian_auc:
-            drops[label] = _compare(mian_auc, var, +1)[:2]
-            rows.append(_paired_claim(f"Table 3: removing {label} lowers AUC",
-                                      _versus(PAPER_TABLE3, "default", variant, TABLE3_AUC), mian_auc, var, +1,
-                                      prefix="MIAN "))
+        var = _seed_records(records, dataset, "mian", variant)
+        if var and mian:
+            diff, v, text = _test_compare(mian, var, "auc", +1, evidence)
+            drops[label] = (diff, v)
+            rows.append(_claim(f"Table 3: removing {label} lowers AUC",
+                               _versus(PAPER_TABLE3, "default", variant, TABLE3_AUC), "MIAN " + text, v))
     singles = {k: v for k, v in drops.items() if k in ("IUIM", "ICIM", "IBIM", "GIM")}
     if "IBIM" in singles and len(singles) >= 2:
         drop = {name: PAPER_TABLE3["default"][j] - PAPER_TABLE3["no_ibim"][j] for name, j in TABLE3_AUC.items()}
@@ -143,35 +269,40 @@ def ablation_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dic
                            + ", ".join(f"{k} {fmt_delta(d)}" for k, (d, _) in sorted(singles.items(),
                                                                                      key=lambda kv: -kv[1][0])),
                            _largest_drop_verdict(singles, "IBIM")))
-    both = _seed_metric(records, dataset, "mian", "no_iuim_icim", "auc")
+    both = _seed_records(records, dataset, "mian", "no_iuim_icim")
     base = best_baseline(records, dataset)
     if both and base:
-        rows.append(_paired_claim(f"Table 3: MIAN w/o IUIM&ICIM still beats the best baseline ({base})",
+        rows.append(_sample_claim(f"Table 3: MIAN w/o IUIM&ICIM still beats the best baseline ({base})",
                                   _versus(PAPER_TABLE3, "no_iuim_icim", "best_baseline", TABLE3_AUC),
-                                  both, _seed_metric(records, dataset, base, "default", "auc"), +1))
+                                  both, _seed_records(records, dataset, base, "default"), "auc", +1, evidence))
     return rows
 
 
-def _largest_drop_verdict(drops: dict[str, tuple[float, float]], module: str) -> str:
-    """Verdict of "removing ``module`` hurts most" from {module: (AUC drop, p)}."""
-    largest = max(drops, key=lambda k: drops[k][0])
-    diff, p = drops[module]
-    if math.isnan(p):  # fewer than 2 paired seeds: nothing can be concluded
+def _largest_drop_verdict(drops: dict[str, tuple[float, str]], module: str) -> str:
+    """Verdict of "removing ``module`` hurts most" from {module: (AUC drop, verdict of "removing
+    it lowers AUC")}: not reproduced when another module's drop is larger, reproduced when
+    ``module``'s is the largest and its own claim is reproduced (both tests), else inconclusive
+    (also with fewer than 2 paired seeds: NaN drop)."""
+    diff, v = drops[module]
+    if math.isnan(diff):
         return INCONCLUSIVE
-    if largest == module and p < ALPHA and diff > 0:
-        return REPRODUCED
-    return NOT_REPRODUCED if largest != module else INCONCLUSIVE
+    largest = max(drops, key=lambda k: drops[k][0] if not math.isnan(drops[k][0]) else -math.inf)
+    if largest != module:
+        return NOT_REPRODUCED
+    return REPRODUCED if v == REPRODUCED else INCONCLUSIVE
 
 
-def transformer_claims(records: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, str]]:
+def transformer_claims(records: Sequence[dict[str, Any]], dataset: str,
+                       evidence: TestEvidence | None = None) -> list[dict[str, str]]:
     """Table 4: Pre-LN beats Post-LN beats no Transformer (AUC); Figure 5: Pre-LN reaches 99% of
     its best validation AUC in fewer steps."""
     names = {"default": "Pre-LN", "post_ln": "Post-LN", "no_transformer": "no Transformer"}
-    auc = {v: _seed_metric(records, dataset, "mian", v, "auc") for v in names}
-    rows = [_paired_claim(f"Table 4: {names[a]} beats {names[b]} (AUC)",
-                          f"Commercial {PAPER_TABLE4[a][0]:.4f} vs {PAPER_TABLE4[b][0]:.4f}", auc[a], auc[b], +1)
+    runs = {v: _seed_records(records, dataset, "mian", v) for v in names}
+    rows = [_sample_claim(f"Table 4: {names[a]} beats {names[b]} (AUC)",
+                          f"Commercial {PAPER_TABLE4[a][0]:.4f} vs {PAPER_TABLE4[b][0]:.4f}", runs[a], runs[b], "auc",
+                          +1, evidence)
             for a, b in (("default", "post_ln"), ("default", "no_transformer"), ("post_ln", "no_transformer"))
-            if auc[a] and auc[b]]
+            if runs[a] and runs[b]]
     curves = convergence_curves(records, dataset, tuple(names))
     if not curves.empty:
         steps = steps_to_fraction(curves)
@@ -231,11 +362,14 @@ def figure6_claims(gim: dict[str, Any] | None) -> list[dict[str, str]]:
 
 
 def dataset_claims(
-    records: Sequence[dict[str, Any]], dataset: str, gim: dict[str, Any] | None = None
+    records: Sequence[dict[str, Any]], dataset: str, gim: dict[str, Any] | None = None,
+    evidence: TestEvidence | None = None,
 ) -> list[dict[str, str]]:
-    """Claim rows for one dataset: claim, paper, ours, verdict. Claims without runs are omitted."""
-    return [*main_table_claims(records, dataset), *ablation_claims(records, dataset),
-            *transformer_claims(records, dataset), *figure6_claims(gim)]
+    """Claim rows for one dataset: claim, paper, ours, verdict. Claims without runs are omitted.
+    ``evidence``: the runs' test scores for the bootstrap (None: n/a, so no test-metric claim is
+    reproduced)."""
+    return [*main_table_claims(records, dataset, evidence), *ablation_claims(records, dataset, evidence),
+            *transformer_claims(records, dataset, evidence), *figure6_claims(gim)]
 
 
 def as_reading(records: Sequence[dict[str, Any]], reading: str) -> list[dict[str, Any]]:
@@ -252,7 +386,7 @@ def as_reading(records: Sequence[dict[str, Any]], reading: str) -> list[dict[str
 
 
 def reading_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path,
-                   left_out: list[str]) -> dict[str, Any] | None:
+                   left_out: list[str], evidence: "TestEvidence | None" = None) -> dict[str, Any] | None:
     """The claims of ``dataset`` under the reading of MIAN chosen on validation AUC
     (:func:`bench.training.studies.chosen_reading`; None while the readings study is not complete):
     {"reading", "label", "means" (reading -> mean validation AUC), "rows" (:func:`dataset_claims`
@@ -272,7 +406,7 @@ def reading_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path
             left_out.append(f"{folder / READINGS_GIM_FILE} [{best}] left out: its models are not those of the records.")
             gim = None
     return {"reading": best, "label": READINGS_VARIANTS[best][0], "means": means,
-            "rows": dataset_claims(as_reading(records, best), dataset, gim)}
+            "rows": dataset_claims(as_reading(records, best), dataset, gim, evidence=evidence)}
 
 
 def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, dataset: str) -> list[str]:
@@ -322,18 +456,32 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
     parts = [
         "# Does MIAN's evidence hold? Claims of the paper against our runs",
         "",
-        "Generated by `python cli.py report` from the run records under `results/runs/` and the GIM "
-        "summaries under `results/<dataset>/`; do not edit by hand.",
+        "Generated by `python cli.py report` from the run records under `results/runs/`, their test scores "
+        "under `results/scores/` and the GIM summaries under `results/<dataset>/`; do not edit by hand.",
         "",
-        "Verdict rule: paired over seeds with a two-sided paired t-test, alpha = 0.05: *reproduced* when the "
-        "difference has the paper's sign and p < 0.05, *not reproduced* when it has the opposite sign and p < 0.05, "
-        "*inconclusive* otherwise. 'Removing IBIM hurts most': reproduced when its AUC drop is the largest single-"
-        "module drop and significant, not reproduced when another drop is larger (inconclusive with fewer than two paired seeds). Figure 6: the share of test "
+        "Verdict rule: a claim about a test metric (Tables 2-4) compares the mean over seeds of the paired "
+        "difference a - b (Δ) with two tests, alpha = 0.05: (1) over seeds, a two-sided paired t-test ('p seeds': "
+        "the variation between training seeds); (2) over test samples, a paired cluster bootstrap over test users "
+        f"('p users': {BOOTSTRAP_REPLICATES} replicates, each drawing the test users with replacement, numpy "
+        f"default_rng({BOOTSTRAP_SEED}), the same draws for both models and every seed; p = 2 x the share of "
+        "replicates on the other side of 0, at least 1/2000; in brackets the 95 % percentile interval of Δ), from "
+        "each run's kept test scores (results/scores/, checked against its record). Each test alone says "
+        "*reproduced* (p < 0.05 with the paper's sign), *not reproduced* (p < 0.05 with the opposite sign) or "
+        "*inconclusive*; the claim is *reproduced* only when both say reproduced, *not reproduced* only when both "
+        "say not reproduced, and *inconclusive* otherwise: either test not significant, the two disagreeing, "
+        "fewer than two paired seeds, or the bootstrap n/a (a run without test scores). 'Removing IBIM hurts "
+        "most': reproduced when its AUC drop is the largest single-module drop and 'removing IBIM lowers AUC' is "
+        "reproduced, not reproduced when another drop is larger (inconclusive with fewer than two paired seeds). "
+        "Figure 5 (validation steps, no test samples): the t-test over seeds alone. Figure 6: the share of test "
         "samples where the interactive representation has the larger GIM weight, averaged over the seeds' models, "
-        "with its 95 % interval from a cluster bootstrap over test users (all samples of a drawn user; the seeds "
-        "averaged within each replicate): reproduced only when the interval lies above 50 % and the interactive "
+        "with its 95 % interval from a two-stage bootstrap (test users with replacement, all samples of a drawn user, "
+        "and the seeds with replacement): reproduced only when the interval lies above 50 % and the interactive "
         "representation has the larger mean weight, not reproduced when the interval lies below 50 %, "
-        "inconclusive otherwise. The paper's figures come from other datasets (Amazon Books / "
+        "inconclusive otherwise. Logloss claims: every run's model is the epoch of best validation AUC "
+        "(the protocol's early stopping), whose logloss may be worse than at the epoch of best validation logloss; "
+        "'selected on validation logloss' gives the same comparison with each run's epoch of lowest validation "
+        "logloss (its record's test_by_logloss; t-test over seeds only, no verdict; n/a for records made before "
+        "the field existed). The paper's figures come from other datasets (Amazon Books / "
         "Electronics, a commercial set); they show the direction claimed, not a value to match.",
         "",
     ]
@@ -358,7 +506,8 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
 
 
 def claims_report(results: Path) -> Output:
-    """Write ``results/CLAIMS.md`` from the protocol's run records under ``results/runs`` and each
+    """Write ``results/CLAIMS.md`` from the protocol's run records under ``results/runs``, their
+    test scores under ``results/scores`` (:class:`TestEvidence`) and each
     dataset's ``gim_summary.json`` (left out when it is not of a protocol run's model); returns its
     text followed by the run records left out and why (shown, not written: the file depends only
     on the protocol's records and the committed figures, so runs made with ``--set`` or on other
@@ -369,14 +518,17 @@ def claims_report(results: Path) -> Output:
     from bench.training.runs import RunStore
     from bench.training.studies import protocol_records
 
-    records, left_out = protocol_records(list(RunStore(results / "runs").records()))
+    store = RunStore(results / "runs")
+    records, left_out = protocol_records(list(store.records()))
     if not records:
         raise ReportError(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
     figure_notes: list[str] = []  # about the committed figures: in the file
+    evidence = TestEvidence(store)
     datasets = sorted({r["dataset"] for r in records})
-    per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, figure_notes))
+    per = {ds: dataset_claims(records, ds, _gim_summary(results / ds / "gim_summary.json", records, figure_notes),
+                              evidence=evidence)
            for ds in datasets}
-    readings = {ds: reading_claims(records, ds, results / ds, figure_notes) for ds in datasets}
+    readings = {ds: reading_claims(records, ds, results / ds, figure_notes, evidence) for ds in datasets}
     text = claims_markdown(per, notes=figure_notes,
                            dataset_notes={ds: [*_signal_notes(results / ds), *cross_machine_notes(results / ds)]
                                           for ds in per},

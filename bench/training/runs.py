@@ -7,17 +7,28 @@ and ``RESULTS_VERSION`` (bumped whenever a code change alters results). Each rec
 checked (JSON, the types of the keys the harness reads, run id, checksum) every time it is read,
 and one that fails is refused with :class:`RecordError` naming the file: committed records are
 never silently recomputed over. Writes are atomic.
+
+Beside the records, ``results/scores/`` holds each run's test scores: ``<run_id>.npy``, the test
+logits [N] (float32, test-split order) of the run's selected model, and per prepared dataset
+``test-<dataset>-<fingerprint[:16]>.npz`` (the test split's labels and user keys), so that the
+report can test a difference over test samples (:func:`bench.metrics.paired_bootstrap`) from
+committed files alone. :meth:`RunStore.checked_scores` gives a run's scores only when they belong
+to its record (:func:`scores_problems`: length and metrics).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from bench.io import atomic_write_text
+import numpy as np
+
+from bench.io import atomic_write_bytes, atomic_write_text
+from bench.metrics import split_metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +40,8 @@ REQUIRED_KEYS = ("run_id", "protocol", "dataset", "model", "variant", "seed", "c
 #: the fields of a record that make up its run key (and so its id)
 KEY_FIELDS = ("protocol", "dataset", "fingerprint", "model", "variant", "seed", "config", "results_version")
 METRIC_KEYS = ("auc", "logloss", "gauc")
+#: how far the metrics of a run's scores file may be from its record's test metrics
+SCORES_TOLERANCE = 1e-9
 
 
 class StoreError(Exception):
@@ -132,6 +145,13 @@ def record_problems(record: Any, rid: str | None = None) -> list[str]:
                 metrics(h["valid"], f"{name}.valid")
             if len(out) > 5:
                 break
+    has_ll = [k in record for k in ("test_by_logloss", "valid_by_logloss")]
+    if any(has_ll):
+        if kind("test_by_logloss", (dict,), "an object {epoch, auc, logloss, gauc}"):
+            kind("epoch", (int,), "an integer", record["test_by_logloss"], "test_by_logloss.epoch")
+            metrics(record["test_by_logloss"], "test_by_logloss")
+        if kind("valid_by_logloss", (dict,), "an object {auc, logloss, gauc}"):
+            metrics(record["valid_by_logloss"], "valid_by_logloss")
     if out:
         return out
     if rid is not None and record["run_id"] != rid:
@@ -143,10 +163,27 @@ def record_problems(record: Any, rid: str | None = None) -> list[str]:
         return ["it has no checksum (not written by this harness, or by a version before checksums)"]
     if record["checksum"] != checksum(record):
         return ["its content does not match its checksum (the file was edited after it was written)"]
-    return []
+    return _logloss_selection_problems(record) if any(has_ll) else []
 
 
 _MISSING = object()
+
+
+def _logloss_selection_problems(record: dict[str, Any]) -> list[str]:
+    """Whether ``test_by_logloss`` / ``valid_by_logloss`` are the selection on validation logloss
+    of ``record``'s own validation history (types already checked)."""
+    ends = [h for h in record["valid_history"] if h["epoch_end"]]
+    finite = [h for h in ends if not math.isnan(h["valid"]["logloss"])]
+    if not finite:
+        return ["test_by_logloss: the validation history has no epoch end with a finite logloss"]
+    best = min(finite, key=lambda h: h["valid"]["logloss"])  # the first of equal minima, as the Trainer
+    epoch = record["test_by_logloss"]["epoch"]
+    if epoch != best["epoch"]:
+        return [f"test_by_logloss.epoch: expected {best['epoch']} (the epoch end of lowest validation logloss), "
+                f"found {epoch}"]
+    if canonical_json(record["valid_by_logloss"]) != canonical_json(best["valid"]):
+        return [f"valid_by_logloss: expected the validation metrics of epoch {epoch}'s end"]
+    return []
 
 
 def _short(value: Any) -> str:
@@ -211,6 +248,77 @@ class RunStore:
         atomic_write_text(path, json.dumps(record, sort_keys=True, indent=1) + "\n")
         return path
 
+    @property
+    def scores_dir(self) -> Path:
+        """``scores/`` beside the records' folder (``results/scores`` for ``results/runs``)."""
+        return self.root.parent / "scores"
+
+    def scores_path(self, rid: str) -> Path:
+        return self.scores_dir / f"{rid}.npy"
+
+    def has_scores(self, rid: str) -> bool:
+        return self.scores_path(rid).exists()
+
+    def save_scores(self, rid: str, logits: np.ndarray) -> Path:
+        """Write the test logits [N] of run ``rid`` atomically as float32 ``.npy`` (no pickle)."""
+        path = self.scores_path(rid)
+        atomic_write_bytes(path, _npy_bytes(np.ascontiguousarray(np.asarray(logits).reshape(-1), dtype=np.float32)))
+        return path
+
+    def test_keys_path(self, dataset: str, fingerprint: str) -> Path:
+        return self.scores_dir / f"test-{dataset}-{fingerprint[:16]}.npz"
+
+    def save_test_keys(self, dataset: str, fingerprint: str, labels: np.ndarray, users: np.ndarray) -> Path:
+        """Write the test split's labels (int8) and user keys (int64) of the prepared ``dataset``
+        with ``fingerprint`` atomically (once: an existing file is kept)."""
+        path = self.test_keys_path(dataset, fingerprint)
+        if not path.exists():
+            buf = io.BytesIO()
+            np.savez(buf, label=np.asarray(labels).reshape(-1).astype(np.int8),
+                     user=np.asarray(users).reshape(-1).astype(np.int64))
+            atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def load_test_keys(self, dataset: str, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels [N], users [N]) of the test split of ``dataset`` / ``fingerprint``; None when
+        the file is missing or unreadable (logged, naming it)."""
+        path = self.test_keys_path(dataset, fingerprint)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                labels, users = z["label"], z["user"]
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("test-split keys %s cannot be read (%s); delete it and run a study command again", path, exc)
+            return None
+        if labels.shape != users.shape or labels.ndim != 1:
+            log.warning("test-split keys %s: label %s and user %s arrays differ", path, labels.shape, users.shape)
+            return None
+        return labels, users
+
+    def checked_scores(self, record: dict[str, Any], keys: tuple[np.ndarray, np.ndarray] | None = None
+                       ) -> tuple[np.ndarray | None, str | None]:
+        """(test logits [N] float64, None) of ``record`` when its scores file exists, loads (no
+        pickle) and passes :func:`scores_problems` against the test split's keys (``keys``, or
+        :meth:`load_test_keys` of the record's dataset and fingerprint); else (None, why: one
+        sentence naming the run and the file, no folder)."""
+        rid = record["run_id"]
+        path = self.scores_path(rid)
+        if not path.exists():
+            return None, f"run {rid} has no scores file ({path.name})"
+        keys = keys if keys is not None else self.load_test_keys(record["dataset"], record["fingerprint"])
+        if keys is None:
+            return None, (f"run {rid}: no test-split keys "
+                          f"{self.test_keys_path(record['dataset'], record['fingerprint']).name}")
+        try:
+            scores = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            return None, f"run {rid}: its scores file {path.name} cannot be read ({exc})"
+        problems = scores_problems(record, scores, *keys)
+        if problems:
+            return None, f"run {rid}: its scores file {path.name} does not reproduce its record ({'; '.join(problems)})"
+        return scores.astype(np.float64).reshape(-1), None
+
     def records(self) -> Iterable[dict[str, Any]]:
         """Every record, in file-name order. Raises :class:`RecordError` naming every file that
         fails its check (none is used then)."""
@@ -232,6 +340,29 @@ class RunStore:
             raise RecordError(f"{len(bad)} run records under {self.root} fail their check ({names}); "
                               f"the first: {bad[0][1]}")
         return good
+
+def scores_problems(record: dict[str, Any], scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> list[str]:
+    """Whether ``scores`` (test logits [N]) belong to ``record``: their length is that of the
+    test split (``labels`` [N], ``users`` [N]) and the AUC, logloss and gAUC computed from them
+    (:func:`bench.metrics.split_metrics`) equal the record's test metrics to
+    :data:`SCORES_TOLERANCE`. Empty when they do; else what differs."""
+    scores = np.asarray(scores).reshape(-1)
+    if scores.size != np.asarray(labels).size:
+        return [f"{scores.size} scores for a test split of {np.asarray(labels).size} samples"]
+    got = split_metrics(labels, scores.astype(np.float64), users)
+    out = []
+    for m in METRIC_KEYS:
+        want = record["test"][m]
+        if not (math.isnan(got[m]) and math.isnan(want)) and not abs(got[m] - want) <= SCORES_TOLERANCE:
+            out.append(f"test {m} {got[m]!r} from the scores, {want!r} in the record")
+    return out
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
 
 def seal(root: Path | None = None) -> list[Path]:
     """Add the checksum to every record under ``root`` (default ``results/runs``) that has none:

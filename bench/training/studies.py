@@ -4,6 +4,11 @@ A finished run is loaded from its record, never recomputed unless ``force``. The
 on the executor of :mod:`bench.training.executor` (this process, local worker processes or a Ray cluster),
 and this process writes each record as soon as its run ends, so an interrupted study started again
 runs only the missing runs.
+
+Every run trained here has its test scores (the selected model's test logits) written to
+``results/scores/<run_id>.npy`` before its record; a loaded record without them gets them from
+its checkpoint (else a retrain), only when they reproduce the record's test metrics
+(:meth:`Runner.backfill_scores`).
 """
 from __future__ import annotations
 
@@ -17,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from bench.training import train as train_mod
 from bench.training.config import data_params, resolve_config
 from bench.training.executor import ExecutorError, first_line, make_executor
-from bench.training.runs import DEFAULT_RESULTS_DIR, RESULTS_VERSION, RunStore, StoreError, run_id, run_key, sealed
+from bench.training.runs import (DEFAULT_RESULTS_DIR, RESULTS_VERSION, RunStore, StoreError, run_id, run_key, scores_problems,
+                                 sealed)
 from bench.training.train import RunSpec
 
 log = logging.getLogger(__name__)
@@ -109,9 +116,11 @@ class Runner:
                     log.info("run %s: using its record, made with %s thread(s) (now %d; DIN/DIEN/MIAN metrics can "
                              "differ in the last digits with the thread count; --force to retrain)",
                              rid, record.get("threads"), torch.get_num_threads())
+                self.backfill_scores([spec], [record])
                 model = self.load_model(record) if keep_model else None
                 return record, model
-        record, model = self._train(spec, rid, config)
+        record, model, logits = self._train(spec, rid, config)
+        self._save_scores(spec, record, logits)
         return self._save(record), model
 
     def _save(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -128,16 +137,77 @@ class Runner:
                 f"saved: make {self.store.root} writable and run the command again") from None
         return record
 
-    def _train_model(self, spec: RunSpec, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
-        """Train ``spec`` with its resolved ``config`` here: (record, not saved; best-epoch model)."""
-        return train_mod.train_run(self.dataset_for(spec), spec.model, config, spec.seed, variant=spec.variant,
-                                   device=self.device, log_dir=self.log_dir, progress=self.progress)
+    def _train_model(self, spec: RunSpec, config: dict[str, Any]
+                     ) -> tuple[dict[str, Any], torch.nn.Module, np.ndarray | None]:
+        """Train ``spec`` with its resolved ``config`` here: (record, not saved; best-epoch model;
+        its test logits [N] float32, None when the training gave none)."""
+        kept: list[np.ndarray] = []
+        record, model = train_mod.train_run(self.dataset_for(spec), spec.model, config, spec.seed, variant=spec.variant,
+                                            device=self.device, log_dir=self.log_dir, progress=self.progress,
+                                            on_test_scores=kept.append)
+        return record, model, (np.asarray(kept[-1], dtype=np.float32) if kept else None)
 
-    def _train(self, spec: RunSpec, rid: str, config: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
-        """Train ``spec`` here and keep its best-epoch weights as ``<rid>.pt`` (the record is not saved)."""
-        record, model = self._train_model(spec, config)
+    def _train(self, spec: RunSpec, rid: str, config: dict[str, Any]
+               ) -> tuple[dict[str, Any], torch.nn.Module, np.ndarray | None]:
+        """Train ``spec`` here and keep its best-epoch weights as ``<rid>.pt`` (the record is not
+        saved): (record, model, test logits)."""
+        record, model, logits = self._train_model(spec, config)
         self.save_checkpoint(rid, model, record)
-        return record, model
+        return record, model, logits
+
+    def _save_scores(self, spec: RunSpec, record: dict[str, Any], logits: np.ndarray | None) -> None:
+        """Write the test logits of ``record``'s run (and, once per prepared dataset, the test
+        split's labels and users) under the store's ``scores/``: before the record, so that no
+        record trained here exists without them. Raises StoreError when they cannot be written."""
+        rid = record["run_id"]
+        if logits is None:
+            log.warning("run %s: the training gave no test scores; the record is saved without them", rid)
+            return
+        ds = self.dataset_for(spec)
+        try:
+            self.store.save_test_keys(ds.name, ds.fingerprint, ds.test.label.cpu().numpy(),
+                                      ds.test.user_index.cpu().numpy())
+            self.store.save_scores(rid, logits)
+        except OSError as exc:
+            raise StoreError(f"could not write the test scores {self.store.scores_path(rid)} ({exc.strerror or exc}); "
+                             f"make {self.store.scores_dir} writable and run the command again") from None
+
+    def backfill_scores(self, specs: Sequence[RunSpec], records: Sequence[dict[str, Any] | None]) -> dict[str, int]:
+        """Give each loaded ``records[i]`` (the run of ``specs[i]``; None: skipped) without a scores
+        file its test scores: the model of its checkpoint (:meth:`load_model`), else a retrain
+        (:meth:`retrain_model`), scores the test split through :func:`bench.training.train.score_split`
+        (training's own test scoring) and the scores are written only when their AUC, logloss and
+        gAUC equal the record's test metrics (:func:`bench.training.runs.scores_problems`); otherwise a
+        warning names the run and what differs, and nothing is written. Returns the counts
+        {"checkpoint", "retrain", "mismatch"} (logged when any)."""
+        counts = {"checkpoint": 0, "retrain": 0, "mismatch": 0}
+        seen = set()
+        for spec, record in zip(specs, records):
+            if record is None or record["run_id"] in seen or self.store.has_scores(record["run_id"]):
+                continue
+            seen.add(record["run_id"])
+            source, model = "checkpoint", self.load_model(record)
+            if model is None:
+                log.info("run %s has no checkpoint: retraining it for its test scores (the record is kept)",
+                         record["run_id"])
+                source, (model, _) = "retrain", self.retrain_model(spec, record)
+            test = self.dataset_for(spec).test
+            _, logits = train_mod.score_split(model, test.to(self.device), record["config"]["train"]["eval_batch_size"])
+            logits = logits.astype(np.float32)  # what the file keeps (the models' logits are float32)
+            problems = scores_problems(record, logits, test.label.cpu().numpy(), test.user_index.cpu().numpy())
+            if problems:
+                counts["mismatch"] += 1
+                log.warning("run %s: the test scores of its %s do not reproduce its record (%s); no scores file "
+                            "written (the record has no test-sample significance until they do)", record["run_id"],
+                            source, "; ".join(problems))
+                continue
+            self._save_scores(spec, record, logits)
+            counts[source] += 1
+        if any(counts.values()):
+            log.info("test scores written for %d run record(s): %d from checkpoints, %d from retrains; %d not written "
+                     "(scores differ from the record)", counts["checkpoint"] + counts["retrain"], counts["checkpoint"],
+                     counts["retrain"], counts["mismatch"])
+        return counts
 
     def retrain_model(self, spec: RunSpec, record: dict[str, Any]) -> tuple[torch.nn.Module, list[str]]:
         """Train ``spec`` again to get its model when ``record`` has no checkpoint (e.g. a fresh
@@ -151,7 +221,7 @@ class Runner:
         another model (float reductions differ in the last bits, and attention models then follow
         another trajectory)."""
         rid, config = self.resolve(spec)
-        new, model = self._train(spec, rid, config)
+        new, model, _ = self._train(spec, rid, config)
         diffs = model_differences(record, new)
         if diffs:
             log.warning("run %s retrained here differs from its record (%s; record made with %s thread(s) on %s, "
@@ -248,6 +318,7 @@ class Runner:
                 todo.setdefault(rid, []).append(i)
         pending = sum(len(ix) for ix in todo.values())
         log.info("%s: %d runs: %d done, %d to run", desc, len(specs), len(specs) - pending, pending)
+        self.backfill_scores(specs, records)
         if not todo:
             return records  # type: ignore[return-value]
         jobs = [Job(specs[ix[0]], rid, resolved[ix[0]][1]) for rid, ix in todo.items()]
@@ -280,15 +351,16 @@ class Runner:
 
     def _trained_run(self, job: "Job") -> "TrainedRun":
         """Train ``job`` here (in this process or a worker's): its record (not saved) and checkpoint bytes."""
-        record, model = self._train_model(job.spec, job.config)
-        return TrainedRun(record, checkpoint_bytes(model, record))
+        record, model, logits = self._train_model(job.spec, job.config)
+        return TrainedRun(record, checkpoint_bytes(model, record), logits)
 
     def _worker_copy(self) -> "Runner":
         """What a worker process gets of this runner: no datasets (it loads its own), no progress bar."""
         return dataclasses.replace(self, progress=False, workers=1, cluster=None, _datasets={})
 
     def _keep(self, job: "Job", trained: "TrainedRun") -> dict[str, Any]:
-        """Write the checkpoint and the record of a run a worker trained; the sealed record."""
+        """Write the checkpoint, the test scores and the record of a run a worker trained (in that
+        order); the sealed record."""
         rid = trained.record.get("run_id")
         if rid != job.run_id:
             raise ExecutorError(
@@ -297,6 +369,7 @@ class Runner:
                 "prepared data is not this one's (its fingerprint differs); give every worker the same --data-dir")
         if trained.checkpoint is not None:
             self._write_checkpoint(rid, trained.checkpoint)
+        self._save_scores(job.spec, trained.record, trained.scores)
         return self._save(trained.record)
 
 
@@ -311,10 +384,12 @@ class Job:
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """What a worker returns: the run record (not yet saved) and the checkpoint file's bytes."""
+    """What a worker returns: the run record (not yet saved), the checkpoint file's bytes and the
+    selected model's test logits [N] (float32; None when the training gave none)."""
 
     record: dict[str, Any]
     checkpoint: bytes | None
+    scores: np.ndarray | None = None
 
 
 #: per worker process: the runner copies it trained with (their datasets stay loaded between runs)

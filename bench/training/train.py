@@ -1,7 +1,8 @@
 """One training run = (dataset, model, variant, resolved config, seed) -> run record (PROTOCOL 3).
 
 Adam on mean-reduced BCE with logits (+ a model's auxiliary loss), early stopping on validation
-AUC with patience, best-epoch weights restored, the test split scored once after selection.
+AUC with patience, best-epoch weights restored, the test split scored once after selection (and
+once more with the weights of the epoch of best validation logloss, when that is another epoch).
 Batches are slices of the in-memory split tensors under a per-epoch permutation drawn from a
 generator seeded by the run seed.
 
@@ -15,6 +16,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import platform
 import random
 import subprocess
@@ -151,15 +153,24 @@ def predict(model: torch.nn.Module, split: Split, batch_size: int) -> np.ndarray
     return collect_output(model, split, batch_size, "logits")
 
 
+def score_split(model: torch.nn.Module, split: Split, batch_size: int) -> tuple[dict[str, float], np.ndarray]:
+    """(AUC, logloss and gAUC, logits [N] float64 in split order) of ``model`` on a whole split:
+    :func:`predict`, then :func:`bench.metrics.split_metrics` on the concatenated logits. The one
+    scoring path of training, testing and the test scores kept beside each run record."""
+    logits = predict(model, split, batch_size)
+    return split_metrics(split.label.cpu().numpy(), logits, split.user_index.cpu().numpy()), logits
+
+
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int) -> dict[str, float]:
     """AUC, logloss and gAUC of ``model`` on a whole split (metrics on concatenated logits)."""
-    logits = predict(model, split, batch_size)
-    return split_metrics(split.label.cpu().numpy(), logits, split.user_index.cpu().numpy())
+    return score_split(model, split, batch_size)[0]
 
 
 class EpochAdapter(Protocol):
     """What :class:`Trainer` needs of a model: ``model`` (its weights are selected and restored),
-    ``steps`` (optimiser steps so far, for the history), and the three methods below."""
+    ``steps`` (optimiser steps so far, for the history), and the three methods below. An adapter
+    that also has ``score_logits(split) -> (metrics, logits [N])`` (:class:`StepLoop`) gets its
+    test logits kept (:attr:`Trainer.test_logits`)."""
 
     model: torch.nn.Module
     steps: int
@@ -181,10 +192,15 @@ class Trainer:
     After each epoch the validation split is scored; an epoch whose AUC beats every earlier one
     (strictly) is the best and its weights are copied; training stops after ``patience`` epochs
     in a row without a new best, or after ``max_epochs``. :meth:`fit` restores the best weights;
-    :meth:`test` scores the test split, the only time it is read. ``history`` holds one entry per
+    :meth:`test` scores the test split with them. Beside it, without changing the stopping or
+    that selection, the epoch end with the lowest validation logloss (strictly below every
+    earlier one) has its weights copied to the CPU (one more state dict), and
+    :meth:`test_by_logloss` scores the test split with them (selection on validation logloss;
+    the first test scoring reused when it is the same epoch). ``history`` holds one entry per
     validation: epoch, step, epoch_end, valid metrics, train_loss (mean since the previous one);
     ``on_eval`` is called with each. ``progress``: the description of a tqdm bar over epochs
-    (None: no bar). ``eval_seconds``: time spent scoring, test included.
+    (None: no bar). ``eval_seconds``: time spent scoring, both test scorings included.
+    ``test_logits``: the test logits [N] of :meth:`test` when the adapter gives them, else None.
     """
 
     def __init__(self, adapter: EpochAdapter, max_epochs: int, patience: int,
@@ -193,6 +209,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epochs_run, self.eval_seconds = 0, 0.0
         self.best_auc, self.best_epoch, self._best_state, self._bad_epochs = -1.0, 0, None, 0
+        self.best_logloss, self.best_logloss_epoch, self._best_logloss_state = math.inf, 0, None
+        self._test_metrics: dict[str, float] | None = None
+        self.test_logits: np.ndarray | None = None
         self.stopped = max_epochs < 1
         self._bar = tqdm(total=max_epochs, desc=progress, unit="epoch", leave=False,
                          disable=True if progress is None else None)
@@ -207,7 +226,11 @@ class Trainer:
         entry = self._validate(epoch, epoch_end=True)
         self._bar.update(1)
         self._bar.set_postfix(valid_auc=f"{entry['valid']['auc']:.4f}")
-        auc = entry["valid"]["auc"]
+        auc, ll = entry["valid"]["auc"], entry["valid"]["logloss"]
+        if ll < self.best_logloss:  # selection on logloss: a CPU copy, nothing else changes
+            self.best_logloss, self.best_logloss_epoch = ll, epoch
+            self._best_logloss_state = {k: v.detach().to("cpu", copy=True)
+                                        for k, v in self.adapter.model.state_dict().items()}
         if auc > self.best_auc:
             self.best_auc, self.best_epoch, self._bad_epochs = auc, epoch, 0
             self._best_state = copy.deepcopy(self.adapter.model.state_dict())
@@ -228,11 +251,47 @@ class Trainer:
         return self
 
     def test(self) -> dict[str, float]:
-        """Metrics of the current (after :meth:`fit`: the best) weights on the test split."""
+        """Metrics of the current (after :meth:`fit`: the best) weights on the test split; their
+        logits kept in :attr:`test_logits` when the adapter has ``score_logits``."""
         t0 = time.perf_counter()
-        metrics = self.adapter.score("test")
+        scorer = getattr(self.adapter, "score_logits", None)
+        if scorer is not None:
+            metrics, self.test_logits = scorer("test")
+        else:
+            metrics, self.test_logits = self.adapter.score("test"), None
         self.eval_seconds += time.perf_counter() - t0
+        self._test_metrics = metrics
         return metrics
+
+    def test_by_logloss(self) -> dict[str, Any] | None:
+        """``{"epoch", "auc", "logloss", "gauc"}``: the test metrics of the epoch with the best
+        validation logloss (after :meth:`fit` and :meth:`test`). The same epoch as the AUC
+        selection reuses :meth:`test`'s metrics; another epoch loads its weights, scores the test
+        split and puts the AUC-selected weights back. None when no epoch had a finite logloss.
+        Raises RuntimeError before :meth:`test`."""
+        if self._test_metrics is None:
+            raise RuntimeError("test_by_logloss needs test() first")
+        if self.best_logloss_epoch == 0:
+            return None
+        if self.best_logloss_epoch == self.best_epoch:
+            return {"epoch": self.best_logloss_epoch, **self._test_metrics}
+        model = self.adapter.model
+        selected = self._best_state if self._best_state is not None else copy.deepcopy(model.state_dict())
+        t0 = time.perf_counter()
+        model.load_state_dict(self._best_logloss_state)
+        try:
+            metrics = self.adapter.score("test")
+        finally:
+            model.load_state_dict(selected)
+            model.eval()
+        self.eval_seconds += time.perf_counter() - t0
+        return {"epoch": self.best_logloss_epoch, **metrics}
+
+    @property
+    def valid_by_logloss(self) -> dict[str, float] | None:
+        """Validation metrics at the end of the epoch with the best validation logloss (None: none)."""
+        return next((h["valid"] for h in self.history if h["epoch"] == self.best_logloss_epoch and h["epoch_end"]),
+                    None)
 
     @property
     def best_valid(self) -> dict[str, float]:
@@ -292,6 +351,10 @@ class StepLoop:
 
     def score(self, split: str) -> dict[str, float]:
         return evaluate(self.model, self.splits[split], self.tcfg.eval_batch_size)
+
+    def score_logits(self, split: str) -> tuple[dict[str, float], np.ndarray]:
+        """(metrics, logits [N] float64) of the current weights on ``split`` (:func:`score_split`)."""
+        return score_split(self.model, self.splits[split], self.tcfg.eval_batch_size)
 
     def take_train_loss(self) -> float:
         mean = float(self._loss_sum) / max(self._loss_count, 1)
@@ -378,6 +441,7 @@ def train_run(
     log_dir: Path | None = None,
     progress: bool = True,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_test_scores: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``model_name`` on the prepared dataset ``ds``; return its run record and the model
     with the best-epoch weights restored (in eval mode).
@@ -388,6 +452,12 @@ def train_run(
         config: resolved config {"train": TrainConfig fields, "model": model Config fields}.
         seed: model seed (init, shuffling, dropout, DIEN negatives).
         log_dir: where ``<run_id>.log`` is written (starts with the resolved config).
+        on_eval: called with each validation's history entry.
+        on_test_scores: called once with the test logits [N] (float64, split order) of the
+            selected (best validation AUC) model, the scores the record's test metrics come from.
+    The record also holds ``test_by_logloss`` ({epoch, auc, logloss, gauc}: the test metrics with
+    selection on validation logloss instead) and ``valid_by_logloss`` (that epoch's validation
+    metrics); neither changes the stopping, the selected model or any other field.
     Raises DataError (before training) when an id of a split or of the item table is outside its
     field's vocabulary (:func:`bench.data.check_ids`, once per split).
     Raises TrainingError on the first non-finite loss, naming epoch and step (on an accelerator
@@ -415,7 +485,13 @@ def train_run(
         t_train = time.perf_counter() - t_start - trainer.eval_seconds
         test_metrics = trainer.test()
         log.info("best epoch %d valid %s test %s", trainer.best_epoch, trainer.best_valid, test_metrics)
-        return _record(key, rid, trainer, test_metrics, t_train, ds, dev), model
+        by_logloss = trainer.test_by_logloss()
+        if by_logloss is not None:
+            log.info("best validation logloss: epoch %d valid %s test %s", by_logloss["epoch"],
+                     trainer.valid_by_logloss, by_logloss)
+        if on_test_scores is not None and trainer.test_logits is not None:
+            on_test_scores(trainer.test_logits)
+        return _record(key, rid, trainer, test_metrics, by_logloss, t_train, ds, dev), model
 
 
 @contextlib.contextmanager
@@ -439,8 +515,8 @@ def _run_log(log_dir: Path | None, rid: str) -> Iterator[None]:
             handler.close()
 
 
-def _record(key: dict[str, Any], rid: str, trainer: Trainer, test_metrics: dict[str, float], t_train: float,
-            ds: Any, dev: torch.device) -> dict[str, Any]:
+def _record(key: dict[str, Any], rid: str, trainer: Trainer, test_metrics: dict[str, float],
+            by_logloss: dict[str, Any] | None, t_train: float, ds: Any, dev: torch.device) -> dict[str, Any]:
     """The run record (PROTOCOL 3): the key's fields, then the results, then provenance."""
     record = dict(key)
     record.update(
@@ -450,6 +526,7 @@ def _record(key: dict[str, Any], rid: str, trainer: Trainer, test_metrics: dict[
             "valid": trainer.best_valid,
             "valid_history": trainer.history,
             "best_epoch": trainer.best_epoch,
+            **({"test_by_logloss": by_logloss, "valid_by_logloss": trainer.valid_by_logloss} if by_logloss else {}),
             "epochs_run": trainer.epochs_run,
             "steps": trainer.adapter.steps,
             "wall_seconds": {"train": round(t_train, 3), "eval": round(trainer.eval_seconds, 3)},
