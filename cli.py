@@ -476,7 +476,7 @@ def visualize_attention(cases, dataset, seed, case_seed, seeds, redraw, data_dir
                         force, overrides, workers, cluster):
     """Figure 6: the GIM weights of MIAN on test cases, as a heatmap, plus whole-split statistics
     over the models of seeds 0..N-1 (gim_summary.json: per-seed shares, their mean and a 95 %
-    interval from a cluster bootstrap over test users).
+    interval from a bootstrap over test users and seeds).
 
     Each model is its run's best-epoch checkpoint (data/checkpoints/), else the run is retrained
     (a run without a record trains first, on --workers). A model that is not exactly its run

@@ -551,9 +551,9 @@ def readings_figure6_table(stats: dict[str, dict[str, Any]], dataset: str,
         "w(x): mean GIM weight (Eq. 15) of input x over the test split and the seeds' models (the 7 weights of a "
         "sample sum to 1; e_i not shown).",
         f"a > b: share of test samples where the interactive representation a has the larger GIM weight than its "
-        f"original b, mean over the seeds' models [{boot['level']:.0%} percentile interval of a cluster bootstrap over "
-        f"the {boot['users']:,} test users, {boot['replicates']} replicates, numpy default_rng({boot['rng_seed']}), "
-        "the seeds' shares averaged within each replicate]; bold: the interval lies above 50 % and a has the larger "
+        f"original b, mean over the seeds' models [{boot['level']:.0%} percentile interval of a two-stage bootstrap: "
+        f"the {boot['users']:,} test users (all samples of a drawn user) and the seeds, each drawn with replacement, "
+        f"{boot['replicates']} replicates, numpy default_rng({boot['rng_seed']})]; bold: the interval lies above 50 % and a has the larger "
         "mean weight (results/CLAIMS.md's rule for a reproduced Figure 6 claim).",
         *([f"Left out (no learned GIM weights): {', '.join(left)}."] if left else []),
         *notes,

@@ -192,7 +192,7 @@ def share_interval(weights, users: np.ndarray, replicates: int = BOOTSTRAP["repl
         "share_per_seed": {k: [float(x) for x in per_seed[j]] for j, k in enumerate(keys)},
         "share": {k: float(per_seed[j].mean()) for j, k in enumerate(keys)},
         "interval": {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(keys)},
-        "bootstrap": {"unit": "test user (cluster bootstrap: all samples of a drawn user)", "users": U,
+        "bootstrap": {"unit": "test user (all samples of a drawn user) and seed, each drawn with replacement", "users": U,
                       "replicates": replicates, "rng_seed": rng_seed, "level": level,
                       "method": "percentile; each replicate averages the seeds' shares"},
     }

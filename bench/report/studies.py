@@ -377,7 +377,7 @@ def _write_figure6(weights, idx, summary: dict[str, Any], diffs: list[str], out:
     if "share_interval" in summary:
         level = summary["bootstrap"]["level"]
         lines.append(f"over the models of seeds {', '.join(map(str, summary['seeds']))} ({level:.0%} interval, "
-                     f"cluster bootstrap over {summary['bootstrap']['users']:,} test users):")
+                     f"bootstrap over {summary['bootstrap']['users']:,} test users and the seeds):")
         lines += [f"  {pair}: in {share:.1%} [{summary['share_interval'][pair][0]:.1%}, "
                   f"{summary['share_interval'][pair][1]:.1%}] of test samples (per seed: "
                   + ", ".join(f"{x:.1%}" for x in summary["share_interactive_larger_per_seed"][pair]) + ")"
