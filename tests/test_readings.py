@@ -356,7 +356,7 @@ def test_visualize_attention_summary_has_each_seeds_share_and_the_interval(tiny,
         assert summary["share_interactive_larger_over_seeds"][pair] == pytest.approx(np.mean(per))
         lo, hi = summary["share_interval"][pair]
         assert 0 <= lo <= hi <= 1
-    assert summary["bootstrap"]["replicates"] == 2000 and "interval, cluster bootstrap over" in res.output
+    assert summary["bootstrap"]["replicates"] == 2000 and "interval, bootstrap over" in res.output and "test users and the seeds" in res.output
     # a model of a statistics seed that is not its record's sends the files to local/
     path = results / "runs" / f"{records[0]['run_id']}.json"
     from bench.training.runs import sealed
