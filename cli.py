@@ -117,6 +117,14 @@ def _run_options(f):
     return f
 
 
+def _backfill_option(f):
+    return click.option(
+        "--backfill", is_flag=True,
+        help="Also retrain the runs whose record predates a field (test_by_logloss: the test metrics with "
+             "selection on validation logloss) and add it to the record when the retrain is exactly the recorded "
+             "model (same validation history and metrics); otherwise the record stays as it is.")(f)
+
+
 def _workers_option(f):
     f = click.option(
         "--cluster", metavar="ADDRESS|auto", default=None,
@@ -153,7 +161,8 @@ def _parallelism(device: str, threads: int | None, workers: int | None) -> tuple
     return workers, threads
 
 
-def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, datasets=(), cluster=None):
+def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, datasets=(), cluster=None,
+            backfill=False):
     """The study runner of a training command; ``threads`` / ``workers`` / ``cluster`` as given on the
     command line (None = the defaults of :func:`_parallelism`). Checks first that every folder the command
     writes for ``datasets`` is writable and clears what killed writers left there
@@ -191,6 +200,7 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, d
         workers=workers,
         threads=threads,
         cluster=cluster,
+        backfill=backfill,
     ), results
 
 
@@ -335,9 +345,10 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
               help=f"Seeds 0..N-1 per model (at most {MAX_SEEDS}).")
 @_models_option("Model(s) (comma-separated or repeated; default all eight; the table keeps the paper's order).")
 @_run_options
+@_backfill_option
 @_workers_option
-def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, workers,
-              cluster):
+def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, backfill,
+              workers, cluster):
     """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
     from bench.training.registry import MODEL_NAMES
     from bench.report.studies import main_table_study
@@ -345,7 +356,8 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster,
+                                  backfill=backfill)
         extra = _overrides(overrides, models)
         for ds in datasets:
             _echo(main_table_study(runner, results, ds, models, seeds, extra, _subset(models, seeds)))
@@ -372,9 +384,10 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
                    "variant, e.g. gim_sum_concat; 'best': the reading with the highest mean validation AUC in the "
                    "committed readings study of each dataset); tables go to results/<dataset>/readings/<reading>/.")
 @_run_options
+@_backfill_option
 @_workers_option
 def ablate(study, datasets, seeds, variants, models, reading, data_dir, raw_dir, results_dir, device, threads, force,
-           overrides, workers, cluster):
+           overrides, backfill, workers, cluster):
     """The paper's ablation (Table 3), Transformer-variant study (Table 4, Figure 5) or the
     readings of MIAN (readings.md and readings_gim.md: each reading of an unspecified detail
     against the default, and the Figure 6 statistics of its seeds' models).
@@ -396,7 +409,8 @@ def ablate(study, datasets, seeds, variants, models, reading, data_dir, raw_dir,
         raise click.BadParameter(f"{reading!r} is not a reading; readings: best, {', '.join(READINGS_VARIANTS)}",
                                  param_hint="'--reading'")
     with _errors():
-        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster)
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster,
+                                  backfill=backfill)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         for ds in datasets:
             on = _resolve_reading(reading, results, ds)

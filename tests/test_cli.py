@@ -370,3 +370,33 @@ def test_a_run_with_set_overrides_never_changes_claims_md(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     assert "1 run record(s) left out" in res.output
     assert (results / "CLAIMS.md").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- --backfill
+
+
+def test_backfill_adds_logloss_selection_to_older_records_only_when_the_retrain_is_the_same_model(tiny, tmp_path):
+    results = tmp_path / "results"
+    common = ["--models", "lr,din", "--seeds", 1, "--data-dir", tiny, "--results-dir", results,
+              "--set", "train.max_epochs=2", "--workers", 1]
+    assert invoke("reproduce", *common).exit_code == 0
+    store = RunStore(results / "runs")
+    made = {r["model"]: r for r in store.records()}
+    for model, rec in made.items():  # make them look older: no test_by_logloss / valid_by_logloss
+        old = {k: v for k, v in rec.items() if k not in ("test_by_logloss", "valid_by_logloss", "checksum")}
+        if model == "din":  # and make DIN's record another model than its retrain gives
+            old["test"] = {**old["test"], "auc": old["test"]["auc"] + 0.01}
+        store.save(sealed(old))
+    res = invoke("reproduce", *common)  # without --backfill nothing trains, nothing is added
+    assert res.exit_code == 0 and all("test_by_logloss" not in r for r in store.records())
+    res = invoke("reproduce", "--backfill", *common)
+    assert res.exit_code == 0, res.output
+    now = {r["model"]: r for r in store.records()}
+    lr = now["lr"]
+    assert lr["test_by_logloss"] == made["lr"]["test_by_logloss"] and lr["valid_by_logloss"] == made["lr"]["valid_by_logloss"]
+    assert lr["backfilled"]["fields"] == ["test_by_logloss", "valid_by_logloss"]
+    assert lr["created_at"] == made["lr"]["created_at"] and lr["test"] == made["lr"]["test"]  # the record's own run
+    assert "test_by_logloss" not in now["din"] and "backfilled" not in now["din"]  # not the same model: kept as it was
+    assert store.load(lr["run_id"]) == lr  # sealed again: passes its check
+    res = invoke("reproduce", "--backfill", *common)  # LR is complete now; only DIN is retried
+    assert res.exit_code == 0 and {r["model"]: r for r in store.records()}["lr"] == lr

@@ -52,6 +52,10 @@ class Runner:
     checkpoint_dir: where best-epoch weights are kept (``<run_id>.pt``; default
     ``<data_dir>/checkpoints``), so that figures needing a trained model (the GIM heatmap) can
     reload it instead of retraining.
+
+    backfill: :meth:`run_all` also retrains the runs whose record lacks a field of
+    :data:`BACKFILL_FIELDS` and adds the fields to the record when the retrain is exactly the
+    recorded model (:meth:`_backfilled`); the record is otherwise kept as it is.
     """
 
     store: RunStore = field(default_factory=RunStore)
@@ -64,6 +68,7 @@ class Runner:
     workers: int = 1
     threads: int | None = None
     cluster: str | None = None
+    backfill: bool = False
     _datasets: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str, params=None):
@@ -319,6 +324,15 @@ class Runner:
         pending = sum(len(ix) for ix in todo.values())
         log.info("%s: %d runs: %d done, %d to run", desc, len(specs), len(specs) - pending, pending)
         self.backfill_scores(specs, records)
+        older: dict[str, dict[str, Any]] = {}  # run id -> its record, retrained for BACKFILL_FIELDS
+        if self.backfill:
+            for i, ((rid, _), rec) in enumerate(zip(resolved, records)):
+                if rec is not None and any(k not in rec for k in BACKFILL_FIELDS):
+                    older[rid] = rec
+                    todo.setdefault(rid, []).append(i)
+            if older:
+                log.info("%s: %d record(s) predate %s: retraining them to add it (--backfill)", desc, len(older),
+                         ", ".join(BACKFILL_FIELDS))
         if not todo:
             return records  # type: ignore[return-value]
         jobs = [Job(specs[ix[0]], rid, resolved[ix[0]][1]) for rid, ix in todo.items()]
@@ -329,7 +343,8 @@ class Runner:
                 fn = self._trained_run if ex.in_process else functools.partial(_train_in_worker, self._worker_copy())
                 for k, trained in ex.completed(fn, jobs):
                     job = jobs[k]
-                    record = self._keep(job, trained)
+                    record = (self._backfilled(job, trained, older[job.run_id]) if job.run_id in older
+                              else self._keep(job, trained))
                     for i in todo[job.run_id]:
                         records[i] = record
                     bar.update(1)
@@ -371,6 +386,35 @@ class Runner:
             self._write_checkpoint(rid, trained.checkpoint)
         self._save_scores(job.spec, trained.record, trained.scores)
         return self._save(trained.record)
+
+
+    def _backfilled(self, job: "Job", trained: "TrainedRun", record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with the :data:`BACKFILL_FIELDS` of ``trained`` (a retrain of its run) when the
+        retrain is exactly the recorded model (:func:`model_differences` empty: same validation
+        history, best epoch, validation and test metrics), saved and sealed again, with
+        ``backfilled`` saying which fields, when and by which commit; its checkpoint and scores are
+        written when missing. Otherwise the record is kept unchanged and a warning says what
+        differs (another CPU or thread count can give another model)."""
+        diffs = model_differences(record, trained.record)
+        if diffs:
+            log.warning("run %s: the retrain is not the recorded model (%s); its record is kept without %s",
+                        job.run_id, "; ".join(diffs), ", ".join(BACKFILL_FIELDS))
+            return record
+        if trained.checkpoint is not None and not (self.checkpoint_dir / f"{job.run_id}.pt").exists():
+            self._write_checkpoint(job.run_id, trained.checkpoint)
+        if not self.store.has_scores(job.run_id):
+            self._save_scores(job.spec, record, trained.scores)
+        added = [k for k in BACKFILL_FIELDS if k not in record]
+        new = {k: v for k, v in record.items() if k != "checksum"}
+        new.update({k: trained.record[k] for k in added})
+        new["backfilled"] = {"fields": added, "git_commit": trained.record.get("git_commit"),
+                             "created_at": trained.record.get("created_at"),
+                             "machine": trained.record.get("machine")}
+        return self._save(new)
+
+
+#: record fields a retrain can add to an older record of the same model (``--backfill``)
+BACKFILL_FIELDS = ("test_by_logloss", "valid_by_logloss")
 
 
 @dataclass(frozen=True)
