@@ -476,3 +476,12 @@ def test_claims_side_by_side_under_the_reading_chosen_on_validation(tmp_path):
     assert "Verdicts that depend on the reading (2): Table 2: MIAN's AUC beats the best baseline (din) " \
            "(not reproduced -> reproduced); Table 2: MIAN's logloss" in md
     assert "not yet (the readings study of ds is not complete" in claims_markdown({"ds": base}, readings={"ds": None})
+
+
+def test_removing_ibim_hurts_most_needs_a_significantly_larger_drop_either_way(tmp_path):
+    """IBIM's and GIM's drops equal up to noise: whichever point estimate is larger, the verdict is
+    inconclusive (a larger point estimate alone decides nothing); the rule's text says both tests."""
+    recs, evidence = scored_study(tmp_path, 0.2, 0.1, 0.1)
+    row = {r["claim"]: r for r in dataset_claims(recs, "ds", evidence=evidence)}["Table 3: removing IBIM hurts most"]
+    assert row["verdict"] == INCONCLUSIVE, row
+    assert "w/o GIM vs w/o IBIM:" in row["ours"] and "p seeds" in row["ours"] and "p users" in row["ours"]
