@@ -265,7 +265,7 @@ def test_logloss_claims_say_how_the_models_were_selected_and_show_the_logloss_se
            "p seeds n/a, n=5)" in row["ours"]  # (constant differences: the t-test is undefined)
     del recs[0]["test_by_logloss"]
     row = _claim_row(recs, evidence, "Table 2: MIAN's logloss is below the best baseline's (din)")
-    assert row["ours"].endswith("Selected on validation logloss: n/a: record predates")
+    assert "Selected on validation logloss: n/a (the records predate test_by_logloss; `reproduce --backfill`" in row["ours"]
 
 
 def test_the_paper_numbers_give_the_papers_best_baselines_and_claims_texts():
@@ -485,3 +485,29 @@ def test_removing_ibim_hurts_most_needs_a_significantly_larger_drop_either_way(t
     row = {r["claim"]: r for r in dataset_claims(recs, "ds", evidence=evidence)}["Table 3: removing IBIM hurts most"]
     assert row["verdict"] == INCONCLUSIVE, row
     assert "w/o GIM vs w/o IBIM:" in row["ours"] and "p seeds" in row["ours"] and "p users" in row["ours"]
+
+
+def test_a_readings_figure6_summary_of_other_runs_is_left_out(tmp_path):
+    import json
+
+    from bench.report.claims import reading_claims
+    from bench.training.studies import READINGS_VARIANTS
+
+    recs = []
+    for s in range(5):
+        recs.append(_rec("default", s, 0.8, model="din"))
+        for v in READINGS_VARIANTS:
+            r = _rec(v, s, 0.8)
+            r["valid"] = {"auc": 0.75 if v == "mlp_dice" else 0.7}
+            recs.append(r)
+    summary = {"seed_run_ids": ["not-a-protocol-run"], "share_interval": {}, "mean_weight_over_seeds": {}}
+    (tmp_path / "readings_gim.json").write_text(json.dumps({"mlp_dice": summary}))
+    left: list[str] = []
+    info = reading_claims(recs, "ds", tmp_path, left)
+    assert info["reading"] == "mlp_dice" and not any(r["claim"].startswith("Figure 6") for r in info["rows"])
+    assert left and "not protocol runs" in left[0]
+    summary["seed_run_ids"] = [f"mian-mlp_dice-{s}" for s in range(5)]
+    (tmp_path / "readings_gim.json").write_text(json.dumps({"mlp_dice": summary}))
+    left.clear()
+    reading_claims(recs, "ds", tmp_path, left)
+    assert left == []

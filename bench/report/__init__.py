@@ -474,9 +474,17 @@ def add_valid_auc_column(tab: Table, records: Sequence[dict[str, Any]], dataset:
     tab.csv["valid_auc_mean"], tab.csv["valid_auc_std"] = means, stds
     best = best_index(means, True)
     if best is not None:
+        from bench.training.studies import chosen_reading
+
         tab.bold.add((best, "Valid AUC"))
+        chosen, _ = chosen_reading(records, dataset)
+        label = dict(zip(tab.csv["variant"], tab.csv["label"]))
+        which = (f"the reading chosen on it (never on test; controls excluded; the one results/CLAIMS.md and "
+                 f"`ablate --reading best` use): {label.get(chosen, chosen)}" if chosen is not None else
+                 f"highest in this table: {tab.csv['label'].iloc[best]} (the reading chosen for results/CLAIMS.md "
+                 "needs every reading with seeds 0-4)")
         tab.notes.append(f"Valid AUC: best-epoch validation AUC (the early-stopping criterion), mean ± std over "
-                         f"seeds; the reading chosen on it (never on test): {tab.csv['label'].iloc[best]}.")
+                         f"seeds; {which}.")
 
 
 def convergence_curves(records: Sequence[dict[str, Any]], dataset: str, variants: Sequence[str]) -> pd.DataFrame:

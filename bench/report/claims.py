@@ -201,7 +201,8 @@ def _by_logloss_text(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]],
     logloss (its record's ``test_by_logloss``), or why it is n/a."""
     seeds = sorted(set(a) & set(b))
     if not seeds or any("test_by_logloss" not in r for s in seeds for r in (a[s], b[s])):
-        return "Selected on validation logloss: n/a: record predates"
+        return ("Selected on validation logloss: n/a (the records predate test_by_logloss; `reproduce --backfill` / "
+                "`ablate --backfill` add it)")
     la = {s: float(a[s]["test_by_logloss"]["logloss"]) for s in seeds}
     lb = {s: float(b[s]["test_by_logloss"]["logloss"]) for s in seeds}
     _, _, _, text = _compare(la, lb, expected_sign)
@@ -412,8 +413,13 @@ def reading_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path
         gim = _gim_summary(folder / "gim_summary.json", records, [])
     elif (folder / READINGS_GIM_FILE).exists():
         gim = json.loads((folder / READINGS_GIM_FILE).read_text()).get(best)
+        ids = {r["run_id"] for r in records}
         if gim is not None and gim.get("model_differs_from_record"):
             left_out.append(f"{folder / READINGS_GIM_FILE} [{best}] left out: its models are not those of the records.")
+            gim = None
+        elif gim is not None and not set(gim.get("seed_run_ids") or ["?"]) <= ids:
+            left_out.append(f"{folder / READINGS_GIM_FILE} [{best}] left out: it comes from runs that are not protocol "
+                            "runs (run `ablate --study readings` again).")
             gim = None
     return {"reading": best, "label": READINGS_VARIANTS[best][0], "means": means,
             "rows": dataset_claims(as_reading(records, best), dataset, gim, evidence=evidence)}
@@ -434,11 +440,11 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
     if best == "default":
         return head + ["The default reading is also the validation choice: every verdict above stands as it is.", ""]
     theirs = {r["claim"]: r for r in info["rows"]}
-    table, changed, missing = [], [], []
+    table, changed, missing, figure6 = [], [], [], []
     for r in rows:
         o = theirs.get(r["claim"])
         if o is None:
-            missing.append(r["claim"])
+            (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
         elif o["verdict"] != r["verdict"]:
             changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
         table.append([r["claim"], r["ours"], r["verdict"], o["ours"] if o else "not run on this reading",
@@ -453,6 +459,9 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
         head.append(f"Not run on {best} ({len(missing)} claim(s)): the ablation and Table 4 on it come from "
                     f"`python cli.py ablate --reading best --dataset {dataset}` and `... --study transformer "
                     "--reading best`; Figure 5 is drawn for the default reading only (its cadence).")
+    if figure6:
+        head.append(f"Figure 6 on {best}: no statistics (the readings study's readings_gim.json has none for it, or they "
+                    "are not of its protocol runs).")
     return head + [""]
 
 

@@ -620,13 +620,20 @@ def study_variant(name: str) -> tuple[str, dict[str, Any]] | None:
     return on_reading(reading, {base: pool[base]}).get(name)
 
 
+#: readings that are controls, not readings of the paper: never chosen (gim_uniform: GIM's weights fixed)
+READING_CONTROLS = frozenset({"gim_uniform"})
+
+
 def chosen_reading(records: Sequence[dict[str, Any]], dataset: str, seeds: int = 5) -> tuple[str | None, dict[str, float]]:
-    """The reading of :data:`READINGS_VARIANTS` with the highest mean best-epoch VALIDATION AUC
-    (never test) over the MIAN runs of ``dataset``, among the readings with all ``seeds`` seeds
-    0..seeds-1; (None, {}) while any reading lacks a seed (the readings study is not complete).
+    """The reading of :data:`READINGS_VARIANTS` (not a control of :data:`READING_CONTROLS`) with
+    the highest mean best-epoch VALIDATION AUC (never test) over the MIAN runs of ``dataset``,
+    among the readings with all ``seeds`` seeds 0..seeds-1 (a tie keeps ``default``); (None, {})
+    while any reading lacks a seed (the readings study is not complete).
     Returns (the reading, {reading: mean validation AUC})."""
     means: dict[str, float] = {}
     for v in READINGS_VARIANTS:
+        if v in READING_CONTROLS:
+            continue
         vals = {int(r["seed"]): float(r["valid"]["auc"]) for r in records
                 if r["dataset"] == dataset and r["model"] == "mian" and r["variant"] == v}
         if set(range(seeds)) - set(vals):
