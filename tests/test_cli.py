@@ -211,7 +211,8 @@ def test_ablate_runs_only_the_chosen_variants_and_pool_under_subsets(tiny, tmp_p
     assert "w/o GIM" in md and "Best baseline (" in md and "w/o IBIM" not in md
     assert "Best baseline chosen among lr, dcn (--models)" in md
     signal = json.loads((out / "input_signal.json").read_text())  # IUIM's / ICIM's inputs, fitted on train
-    assert set(signal) == {"user", "context"} and signal["user"] and signal["context"]
+    assert set(signal) == {"user", "context", "balanced_user_context"} and signal["user"] and signal["context"]
+    assert 0.0 <= signal.pop("balanced_user_context") <= 1.0
     assert all(0.0 <= v <= 1.0 for g in signal.values() for v in g.values())
     assert "Inputs of IUIM and ICIM on this data" in md and f"(J = {len(signal['user'])})" in md
     assert not list(results.rglob("ablation.md"))[1:]  # that one table only

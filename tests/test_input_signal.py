@@ -22,8 +22,12 @@ def test_a_field_that_decides_the_label_has_auc_one_and_unseen_values_get_the_ov
 
 
 def test_the_note_names_the_consequences_only_when_there_is_nothing_to_learn():
-    none = input_signal_note({"user": {"user_id": 0.5}, "context": {"gap": 0.5, "position": 0.501}})
-    assert "(J = 1)" in none and "identically 1" in none and "ICIM has no label signal" in none
+    none = input_signal_note({"user": {"user_id": 0.5}, "context": {"gap": 0.5, "position": 0.501},
+                              "balanced_user_context": 1.0})
+    assert "(J = 1)" in none and "identically 1" in none and "No context field predicts the label alone" in none
+    assert "only help through its interaction with the candidate item" in none
+    unpaired = input_signal_note({"user": {"user_id": 0.5}, "context": {"gap": 0.5}, "balanced_user_context": 0.4})
+    assert "No context field predicts" in unpaired and "interaction" not in unpaired  # no marginal signal only
     some = input_signal_note({"user": {"user_id": 0.52, "age": 0.54}, "context": {"hour": 0.547, "weekday": 0.468}})
     assert "(J = 2)" in some and "identically 1" not in some and "no label signal" not in some
     assert "hour 0.547" in some and "weekday 0.468" in some  # below 0.5 is signal too (inverse)
@@ -35,9 +39,10 @@ def test_the_claims_report_carries_the_note_of_the_committed_signal_file(tmp_pat
     from bench.report.claims import _signal_notes
 
     assert _signal_notes(tmp_path) == []
-    (tmp_path / "input_signal.json").write_text(json.dumps({"user": {"user_id": 0.5}, "context": {"gap": 0.5}}))
+    (tmp_path / "input_signal.json").write_text(json.dumps({"user": {"user_id": 0.5}, "context": {"gap": 0.5},
+                                                            "balanced_user_context": 1.0}))
     [note] = _signal_notes(tmp_path)
-    assert "ICIM has no label signal" in note
+    assert "'w/o ICIM' tests that interaction, not a context signal" in note
 
 
 def test_the_main_table_states_each_models_mlp_activation_and_whose_choice_it_is():
@@ -53,3 +58,14 @@ def test_the_main_table_states_each_models_mlp_activation_and_whose_choice_it_is
     # a run set away from its paper's activation says so
     assert "DIN prelu (set for these runs; its paper, Sec. 4.4: dice)" in activation_note([rec("din", "prelu")], ["din"])
     assert activation_note([{"model": "lr", "config": {"model": {}}}], ["lr"]) is None
+
+
+def test_balanced_share_finds_positives_paired_with_negatives_of_the_same_user_and_context():
+    from bench.data.stats import balanced_share
+
+    users = np.array([1, 1, 2, 2, 3, 3, 3])
+    ctx = np.array([[0], [0], [5], [6], [1], [1], [1]])
+    label = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    # user 1: one group, balanced; user 2: two groups of one sample each; user 3: 1 positive vs 2 negatives
+    assert balanced_share(users, ctx, label) == pytest.approx(2 / 7)
+    assert balanced_share(users[:2], ctx[:2], label[:2]) == 1.0
