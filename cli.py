@@ -381,8 +381,9 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
                 "seven baselines; 'none': no baseline row, no baseline trained).", none="none", baselines_only=True)
 @click.option("--reading", default=None, metavar="NAME|best",
               help="Build every MIAN variant of --study ablation / transformer on this reading of MIAN (a readings "
-                   "variant, e.g. gim_sum_concat; 'best': the reading with the highest mean validation AUC in the "
-                   "committed readings study of each dataset); tables go to results/<dataset>/readings/<reading>/.")
+                   "variant, e.g. gim_sum_concat; 'best': per dataset, the reading with the highest mean validation "
+                   "AUC among the readings study's protocol records in --results-dir, controls excluded); tables go "
+                   "to results/<dataset>/readings/<reading>/.")
 @_run_options
 @_backfill_option
 @_workers_option
@@ -405,15 +406,19 @@ def ablate(study, datasets, seeds, variants, models, reading, data_dir, raw_dir,
     if reading is not None and study == "readings":
         raise click.BadParameter("applies to --study ablation and transformer (the readings study is the "
                                  "readings themselves)", param_hint="'--reading'")
-    if reading not in (None, "best") and reading not in READINGS_VARIANTS:
-        raise click.BadParameter(f"{reading!r} is not a reading; readings: best, {', '.join(READINGS_VARIANTS)}",
+    if reading == "default":
+        raise click.BadParameter("the default reading is the protocol's own study: leave --reading out",
                                  param_hint="'--reading'")
+    if reading not in (None, "best") and reading not in READINGS_VARIANTS:
+        raise click.BadParameter(f"{reading!r} is not a reading; readings: best, "
+                                 f"{', '.join(v for v in READINGS_VARIANTS if v != 'default')}", param_hint="'--reading'")
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster,
                                   backfill=backfill)
         extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
+        on_reading = {ds: _resolve_reading(reading, results, ds) for ds in datasets}  # every dataset before training
         for ds in datasets:
-            on = _resolve_reading(reading, results, ds)
+            on = on_reading[ds]
             if study == "ablation":
                 _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models, reading=on))
             elif study == "transformer":
@@ -435,7 +440,7 @@ def _resolve_reading(reading: str | None, results: Path, dataset: str) -> str | 
     records, _ = protocol_records(list(RunStore(Path(results) / "runs").records()))
     best, means = chosen_reading(records, dataset)
     if best is None:
-        raise ReportError(f"--reading best: the readings study of {dataset} is not complete (every reading needs "
+        raise ReportError(f"'best': the readings study of {dataset} is not complete (every reading needs "
                           f"seeds 0-4); run `python cli.py ablate --study readings --dataset {dataset}` first",
                           option="--reading")
     click.echo(f"{dataset}: reading chosen on validation AUC: {best} ("

@@ -439,7 +439,10 @@ def test_ablate_on_a_reading_writes_its_own_tables_and_refuses_bad_readings(tiny
     assert "every MIAN row on the reading gim_sum_concat" in text and "w/o IBIM [MLP on [R_g; r_g] (7.6)]" in text
     assert not list(results.rglob("ablation.md"))[1:]
     res = run(cli.cli, ["ablate", "--reading", "best", *common])
-    assert res.exit_code != 0 and "--reading best: the readings study of movielens-100k is not complete" in res.output
+    assert res.exit_code != 0 and "'best': the readings study of movielens-100k is not complete" in res.output
+    assert res.output.count("--reading") == 1  # the option named once
+    res = run(cli.cli, ["ablate", "--reading", "default", *common])
+    assert res.exit_code != 0 and "leave --reading out" in res.output
     res = run(cli.cli, ["ablate", "--reading", "nope", *common])
     assert res.exit_code != 0 and "'nope' is not a reading" in res.output
     res = run(cli.cli, ["ablate", "--study", "readings", "--reading", "mlp_dice", *common])
