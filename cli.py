@@ -207,7 +207,7 @@ def _runner(data_dir, raw_dir, results_dir, device, threads, force, workers=1, d
 def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, training=True) -> None:
     """Before any work: raise a one-line error unless every folder the command writes is a
     writable folder (or can be created) -- with ``results``: the results folder and its
-    ``<dataset>/`` (``training``: also ``runs/`` and ``logs/``); with ``data``: the data folder and
+    ``<dataset>/`` (``training``: also ``runs/``, ``scores/`` and ``logs/``); with ``data``: the data folder and
     its ``<dataset>/`` (``training``: also ``checkpoints/``) -- naming the path and the option or
     variable that chose it. Then remove the temporary files and folders of killed writers in them
     and in ``<data>/raw/<raw>/`` (:func:`bench.data.raw_name`; :func:`bench.io.remove_stale_temps`)."""
@@ -221,10 +221,10 @@ def _output_dirs(results_dir, data_dir, datasets=(), results=True, data=True, tr
     if results:
         root = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
         src = f"--results-dir {results_dir}" if results_dir else "the default results folder"
-        subs = ["runs", "logs"] if training else []
+        subs = ["runs", "scores", "logs"] if training else []
         for d in [root, *(root / x for x in subs), *(root / ds for ds in datasets)]:
             checks.append((d, src, "--results-dir"))
-        flat += [root, *(root / x for x in subs[:1])]
+        flat += [root, *(root / x for x in subs[:2])]
         deep += [root / ds for ds in datasets]
     if data:
         root = Path(data_dir) if data_dir else default_data_dir()

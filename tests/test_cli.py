@@ -7,10 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from bench.metrics import split_metrics
 from bench.training.runs import RunStore, sealed
 from cli import cli
 
@@ -52,8 +54,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_retrain_that_differs_from_its_record_never_replaces_the_figure(tiny, tmp_path):
-    """The record says another model than this machine's retrain gives (tampered test AUC here,
-    another CPU in real life): the figure goes to local/, the committed one and the record stay,
+    """The record says another model than this machine's retrain gives (a record and test scores
+    of another model here, another CPU in real life): the figure goes to local/, the committed one and the record stay,
     the retrain is kept as checkpoint (no second retrain) and still known to differ; --force
     retrains, replaces the record and writes the figure in its folder."""
     data, results, args = _figure_study(tiny, tmp_path)
@@ -66,16 +68,25 @@ def test_a_retrain_that_differs_from_its_record_never_replaces_the_figure(tiny, 
     rid = record_path.stem
     record = json.loads(record_path.read_text())
     true_auc = record["test"]["auc"]
-    record["test"]["auc"] = true_auc - 0.0018  # "made on another machine" (a genuine, sealed record of it)
+    # "made on another machine": a genuine, sealed record of another model, with that model's test scores
+    store = RunStore(results / "runs")
+    scores = np.load(store.scores_path(rid), allow_pickle=False)
+    scores[:40] = -scores[:40]
+    store.save_scores(rid, scores)
+    labels, users = store.load_test_keys(record["dataset"], record["fingerprint"])
+    record["test"] = split_metrics(labels, scores, users)
+    other_auc = record["test"]["auc"]
+    assert abs(other_auc - true_auc) > 1e-3
     record_path.write_text(json.dumps(sealed(record)))
     tampered = record_path.read_bytes()
+    assert store.checked_scores(record)[1] is None
     (data / "checkpoints" / f"{rid}.pt").unlink()
 
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if "differs from record" in x)
     assert line.startswith(f"retrained MIAN seed 0 differs from record {rid} (test AUC {true_auc:.4f} vs "
-                           f"{true_auc - 0.0018:.4f})")
+                           f"{other_auc:.4f}; ")
     assert f"{out / 'local'}/" in line and "unchanged" in line and "--force" in line
     assert _snapshot(out) == committed
     assert record_path.read_bytes() == tampered

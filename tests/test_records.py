@@ -191,6 +191,139 @@ def test_a_trained_run_keeps_its_test_scores_and_they_are_checked_against_its_re
     assert "no test-split keys" in store.checked_scores(record)[1]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_named_before_any_metric(tiny, bad):
+    [record] = RunStore(tiny[1] / "runs").records()
+    store = RunStore(tiny[1] / "runs")
+    scores = np.load(store.scores_path(record["run_id"]), allow_pickle=False)
+    labels, users = store.load_test_keys(record["dataset"], record["fingerprint"])
+    broken = scores.copy()
+    broken[[0, 7]] = bad
+    assert scores_problems(record, broken, labels, users) == ["2 non-finite scores (NaN or ±inf)"]
+    assert scores_problems(record, scores.astype(np.int64), labels, users) == ["scores of dtype int64, expected floats"]
+
+
+def _train_again(data, results, caplog):
+    """Run the tiny fixture's `train` command again (its record exists: nothing trains) and return the log."""
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        res = CliRunner().invoke(cli, ["train", "--model", "lr", *_args(data, results)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "nan", "other"])
+def test_a_damaged_scores_file_is_replaced_by_the_next_study_command_and_a_good_one_never(tiny, tmp_path, monkeypatch,
+                                                                                          caplog, damage):
+    data, results = _copy(tiny, tmp_path)
+    store = RunStore(results / "runs")
+    [record] = store.records()
+    path = store.scores_path(record["run_id"])
+    good = path.read_bytes()
+    scores = np.load(path, allow_pickle=False)
+    if damage == "truncate":
+        path.write_bytes(good[: len(good) // 2])
+    else:
+        np.save(path, np.where(np.arange(scores.size) < 3, np.nan if damage == "nan" else 0.0, scores), allow_pickle=False)
+    assert store.checked_scores(record)[0] is None
+    _no_training(monkeypatch)  # the checkpoint gives them
+    text = _train_again(data, results, caplog)
+    assert f"run {record['run_id']}: its scores file {path.name}" in text and "replacing it" in text
+    assert "1 from checkpoints, 0 from retrains; 0 not written (scores differ from the record); 1 replaced" in text
+    assert path.read_bytes() == good and store.checked_scores(record)[1] is None
+    writes = []
+    monkeypatch.setattr(RunStore, "save_scores", lambda *a: writes.append(a))
+    text = _train_again(data, results, caplog)
+    assert writes == [] and "test scores written" not in text and "replacing" not in text
+
+
+def test_the_test_keys_file_is_written_again_when_missing_unreadable_or_not_the_datas(tiny, tmp_path, monkeypatch,
+                                                                                       caplog):
+    data, results = _copy(tiny, tmp_path)
+    store = RunStore(results / "runs")
+    [record] = store.records()
+    [keys_file] = list((results / "scores").glob("test-*.npz"))
+    good = keys_file.read_bytes()
+    labels, users = store.load_test_keys(record["dataset"], record["fingerprint"])
+    scores_before = store.scores_path(record["run_id"]).read_bytes()
+    _no_training(monkeypatch)
+    damages = {
+        "missing": lambda: keys_file.unlink(),
+        "truncated": lambda: keys_file.write_bytes(good[: len(good) // 2]),
+        "other labels": lambda: np.savez(keys_file, label=1 - labels, user=users),
+    }
+    for what, damage in damages.items():
+        damage()
+        assert store.checked_scores(record)[0] is None, what
+        text = _train_again(data, results, caplog)
+        assert keys_file.read_bytes() == good, what
+        assert store.checked_scores(record)[1] is None, what
+        if what == "truncated":
+            assert f"test-split keys {keys_file} cannot be read" in text
+        if what == "other labels":
+            assert "hold other labels or users than the prepared data's test split" in text
+    assert store.scores_path(record["run_id"]).read_bytes() == scores_before  # the scores were fine all along
+    keys_file.write_bytes(b"garbage")
+    assert store.checked_scores(record)[1] == (f"run {record['run_id']}: its test-split keys file {keys_file.name} "
+                                               "cannot be read")
+    keys_file.unlink()
+    assert store.checked_scores(record)[1] == f"run {record['run_id']}: no test-split keys file {keys_file.name}"
+    store.save_test_keys(record["dataset"], record["fingerprint"], labels, users)
+    writes = []
+    monkeypatch.setattr("bench.training.runs.atomic_write_bytes", lambda *a: writes.append(a))
+    _train_again(data, results, caplog)
+    assert writes == []  # a keys file of the data's test split is kept as it is
+
+
+def _protocol_results(tmp_path) -> tuple[Path, list[dict]]:
+    """A results folder with the committed MovieLens-100K records of MIAN and MIAN without IBIM
+    (this RESULTS_VERSION), their test scores and the test split's keys."""
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    (results / "scores").mkdir()
+    kept = [r for r in RunStore(REPO / "results" / "runs").records()
+            if r["dataset"] == "movielens-100k" and r["model"] == "mian" and r["variant"] in ("default", "no_ibim")
+            and r["results_version"] == 2]
+    for r in kept:
+        shutil.copy(REPO / "results" / "runs" / f"{r['run_id']}.json", results / "runs")
+        shutil.copy(REPO / "results" / "scores" / f"{r['run_id']}.npy", results / "scores")
+    for k in (REPO / "results" / "scores").glob("test-movielens-100k-*.npz"):
+        shutil.copy(k, results / "scores")
+    return results, sorted(kept, key=lambda r: r["run_id"])
+
+
+def test_report_names_the_runs_without_usable_scores_once_and_never_crashes_on_them(tmp_path):
+    results, recs = _protocol_results(tmp_path)
+    assert len(recs) == 10
+    truncated, nan = (results / "scores" / f"{recs[i]['run_id']}.npy" for i in (0, 1))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    np.save(nan, np.full(np.load(nan).shape, np.nan, dtype=np.float32), allow_pickle=False)
+    (results / "scores" / f"{recs[2]['run_id']}.npy").unlink()
+    res = CliRunner().invoke(cli, ["report", "--results-dir", str(results)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    [summary] = [line for line in res.output.splitlines() if "without usable test scores" in line]
+    assert summary.startswith("3 run(s) without usable test scores: run ")
+    for rec, why in zip(recs, ("cannot be read", "non-finite scores", "has no scores file")):
+        assert f"run {rec['run_id']}" in summary and why in summary
+    assert summary.endswith("Their claims are inconclusive; run the study command that made them (reproduce, "
+                            "ablate) again to fill them in.")
+    claims = (results / "CLAIMS.md").read_text()
+    [row] = [line for line in claims.splitlines() if line.startswith("| Table 3: removing IBIM lowers AUC")]
+    assert "p users n/a: no usable test scores for 3 of these 10 runs" in row and "| inconclusive" in row
+    assert "Failed to read" not in claims and "without usable test scores" not in claims
+
+
+def test_report_tells_no_records_from_records_none_of_the_protocols(tiny, tmp_path):
+    data, results = _copy(tiny, tmp_path)  # one LR record made with --set train.max_epochs=1
+    res = CliRunner().invoke(cli, ["report", "--results-dir", str(results)])
+    _one_error(res, f"1 run record(s) under {results / 'runs'}, none of the protocol's: 1 run record(s) left out: "
+               "made with --set overrides or an older config.")
+    for p in (results / "runs").glob("*.json"):
+        p.unlink()
+    _one_error(CliRunner().invoke(cli, ["report", "--results-dir", str(results)]),
+               f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
+
+
 def test_seal_adds_only_the_checksum(tmp_path):
     src = sorted((REPO / "results" / "runs").glob("*.json"))[:3]
     (tmp_path / "runs").mkdir()
@@ -233,20 +366,21 @@ def test_data_dir_env_pointing_to_a_file_is_named(tmp_path, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
-def test_unwritable_runs_folder_fails_before_training(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("folder", ["runs", "scores"])
+def test_unwritable_runs_or_scores_folder_fails_before_training(tiny, tmp_path, monkeypatch, folder):
     data, results = _copy(tiny, tmp_path)
     before = _snapshot(results)
     real = io_mod.probe
 
-    def probe(folder):  # permission bits do not stop root, so the refusal is simulated
-        if Path(folder) == results / "runs":
+    def probe(path):  # permission bits do not stop root, so the refusal is simulated
+        if Path(path) == results / folder:
             raise PermissionError(errno.EACCES, "Permission denied")
-        real(folder)
+        real(path)
 
     monkeypatch.setattr(io_mod, "probe", probe)
     _no_training(monkeypatch)
     res = CliRunner().invoke(cli, ["train", "--model", "lr", "--seed", "3", *_args(data, results)])
-    _one_error(res, f"{results / 'runs'} (from --results-dir {results}) is not writable: Permission denied")
+    _one_error(res, f"{results / folder} (from --results-dir {results}) is not writable: Permission denied")
     assert _snapshot(results) == before
 
 

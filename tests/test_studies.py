@@ -169,9 +169,12 @@ def test_claims_report_verdicts_when_claims_hold(tmp_path):
     # one run's scores missing: its claims say so and are inconclusive; the others keep their verdicts
     gone = next(r for r in recs if r["variant"] == "no_ibim" and r["seed"] == 3)
     RunStore(tmp_path / "runs").scores_path(gone["run_id"]).unlink()
-    rows = {r["claim"]: r for r in dataset_claims(recs, "ds", evidence=TestEvidence(RunStore(tmp_path / "runs"), 400))}
+    evidence = TestEvidence(RunStore(tmp_path / "runs"), 400)
+    rows = {r["claim"]: r for r in dataset_claims(recs, "ds", evidence=evidence)}
     assert rows["Table 3: removing IBIM lowers AUC"]["verdict"] == INCONCLUSIVE
-    assert f"p users n/a: run {gone['run_id']} has no scores file" in rows["Table 3: removing IBIM lowers AUC"]["ours"]
+    assert "p users n/a: no usable test scores for 1 of these " in rows["Table 3: removing IBIM lowers AUC"]["ours"]
+    assert evidence.unusable() == {gone["run_id"]: f"run {gone['run_id']} has no scores file ({gone['run_id']}.npy)"}
+    assert evidence.summary().startswith(f"1 run(s) without usable test scores: run {gone['run_id']} has no scores")
     assert rows["Table 2: MIAN's AUC beats the best baseline (din)"]["verdict"] == REPRODUCED
 
 

@@ -104,17 +104,18 @@ class TestEvidence:
                 ) -> tuple[BootstrapResult | None, str | None]:
         """The bootstrap of mean(metric(a) - metric(b)) over the seeds ``a`` and ``b`` (seed ->
         record) share: (result, None), or (None, why it is n/a: no shared seed, a run without
-        usable scores)."""
+        usable scores: a short reason; :meth:`unusable` says why per run)."""
         seeds = sorted(set(a) & set(b))
         if not seeds:
             return None, "no paired runs"
         recs = [a[s] for s in seeds] + [b[s] for s in seeds]
+        bad = sum(self._checked(r)[0] is None for r in recs)
+        if bad:
+            if self.store is None:
+                return None, self._checked(recs[0])[1]
+            return None, f"no usable test scores for {bad} of these {len(recs)} runs"
         todo = []
         for r in recs:
-            scores, why = self._checked(r)
-            if scores is None:
-                bad = sum(self._checked(x)[0] is None for x in recs)
-                return None, why + (f" (and {bad - 1} more of these {len(recs)} runs)" if bad > 1 else "")
             if (r["run_id"], metric) not in self._reps and r["run_id"] not in {x["run_id"] for x in todo}:
                 todo.append(r)
         if todo:  # one call: the same draws for all of them
@@ -127,6 +128,24 @@ class TestEvidence:
         pb = [self._reps[(b[s]["run_id"], metric)] for s in seeds]
         observed = float(np.mean([x[0] - y[0] for x, y in zip(pa, pb)]))
         return bootstrap_summary(observed, np.mean([x[1] - y[1] for x, y in zip(pa, pb)], axis=0)), None
+
+    def unusable(self) -> dict[str, str]:
+        """Run id -> why (:meth:`~bench.training.runs.RunStore.checked_scores`) of each run a
+        comparison needed whose scores are not usable (empty with ``store`` None)."""
+        if self.store is None:
+            return {}
+        return {rid: why for rid, (scores, why) in self._scores.items() if scores is None}
+
+    def summary(self, shown: int = 3) -> str | None:
+        """One paragraph on the runs without usable test scores (:meth:`unusable`; the first
+        ``shown`` named with why), or None when there are none."""
+        bad = self.unusable()
+        if not bad:
+            return None
+        whys = [w if len(w) <= 160 else w[:157] + "..." for w in list(bad.values())[:shown]]
+        more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+        return (f"{len(bad)} run(s) without usable test scores: {'; '.join(whys)}{more}. Their claims are "
+                "inconclusive; run the study command that made them (reproduce, ablate) again to fill them in.")
 
 
 def _seed_records(records, dataset, model, variant) -> dict[int, dict[str, Any]]:
@@ -531,17 +550,23 @@ def claims_report(results: Path) -> Output:
     dataset's ``gim_summary.json`` (left out when it is not of a protocol run's model); returns its
     text followed by the run records left out and why (shown, not written: the file depends only
     on the protocol's records and the committed figures, so runs made with ``--set`` or on other
-    data never change it).
-    Raises ReportError when there is no run record, StoreError when one fails its check."""
+    data never change it) and, when some runs a claim needs lack usable test scores, one paragraph
+    naming the first few and why (:meth:`TestEvidence.summary`).
+    Raises ReportError when there is no run record or none of the protocol's (naming why the
+    records were left out), StoreError when one fails its check."""
     from bench.io import atomic_write_text
     from bench.report.crosscheck import cross_machine_notes
     from bench.training.runs import RunStore
     from bench.training.studies import protocol_records
 
     store = RunStore(results / "runs")
-    records, left_out = protocol_records(list(store.records()))
-    if not records:
+    every = list(store.records())
+    records, left_out = protocol_records(every)
+    if not every:
         raise ReportError(f"no run records under {results / 'runs'}; run `reproduce`, `ablate` first")
+    if not records:
+        raise ReportError(f"{len(every)} run record(s) under {results / 'runs'}, none of the protocol's: "
+                          f"{' '.join(left_out)} Run `reproduce`, `ablate` (without --set) first")
     figure_notes: list[str] = []  # about the committed figures: in the file
     evidence = TestEvidence(store)
     datasets = sorted({r["dataset"] for r in records})
@@ -554,7 +579,8 @@ def claims_report(results: Path) -> Output:
                                           for ds in per},
                            readings=readings)
     atomic_write_text(results / "CLAIMS.md", text)
-    return Output(text + "".join(f"\n{n}" for n in left_out), [results / "CLAIMS.md"])
+    shown = [*left_out, *filter(None, [evidence.summary()])]
+    return Output(text + "".join(f"\n{n}" for n in shown), [results / "CLAIMS.md"])
 
 
 def _gim_summary(path: Path, records: Sequence[dict[str, Any]], left_out: list[str]) -> dict[str, Any] | None:

@@ -13,7 +13,9 @@ logits [N] (float32, test-split order) of the run's selected model, and per prep
 ``test-<dataset>-<fingerprint[:16]>.npz`` (the test split's labels and user keys), so that the
 report can test a difference over test samples (:func:`bench.metrics.paired_bootstrap`) from
 committed files alone. :meth:`RunStore.checked_scores` gives a run's scores only when they belong
-to its record (:func:`scores_problems`: length and metrics).
+to its record (:func:`scores_problems`: length, finite floats, metrics); a study command replaces a
+scores file that fails it and rewrites a keys file that is not its prepared data's
+(:meth:`bench.training.studies.Runner.backfill_scores`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import io
 import json
 import logging
 import math
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -256,8 +259,9 @@ class RunStore:
     def scores_path(self, rid: str) -> Path:
         return self.scores_dir / f"{rid}.npy"
 
-    def has_scores(self, rid: str) -> bool:
-        return self.scores_path(rid).exists()
+    def has_scores(self, record: dict[str, Any], keys: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+        """Whether ``record``'s scores file passes its check (:meth:`checked_scores`), not only exists."""
+        return self.checked_scores(record, keys)[0] is not None
 
     def save_scores(self, rid: str, logits: np.ndarray) -> Path:
         """Write the test logits [N] of run ``rid`` atomically as float32 ``.npy`` (no pickle)."""
@@ -269,14 +273,22 @@ class RunStore:
         return self.scores_dir / f"test-{dataset}-{fingerprint[:16]}.npz"
 
     def save_test_keys(self, dataset: str, fingerprint: str, labels: np.ndarray, users: np.ndarray) -> Path:
-        """Write the test split's labels (int8) and user keys (int64) of the prepared ``dataset``
-        with ``fingerprint`` atomically (once: an existing file is kept)."""
+        """Make the test-split keys file of the prepared ``dataset`` with ``fingerprint`` hold its
+        test split's ``labels`` [N] (int8) and user keys ``users`` [N] (int64): kept when it does,
+        else (missing, unreadable, other keys: logged, naming it) written atomically. Raises
+        OSError when it cannot be written."""
         path = self.test_keys_path(dataset, fingerprint)
-        if not path.exists():
-            buf = io.BytesIO()
-            np.savez(buf, label=np.asarray(labels).reshape(-1).astype(np.int8),
-                     user=np.asarray(users).reshape(-1).astype(np.int64))
-            atomic_write_bytes(path, buf.getvalue())
+        labels = np.asarray(labels).reshape(-1).astype(np.int8)
+        users = np.asarray(users).reshape(-1).astype(np.int64)
+        if path.exists():
+            kept, why = _read_test_keys(path)
+            if kept is not None and np.array_equal(kept[0], labels) and np.array_equal(kept[1], users):
+                return path
+            log.warning("test-split keys %s %s; writing them again from the prepared data", path,
+                        why or "hold other labels or users than the prepared data's test split")
+        buf = io.BytesIO()
+        np.savez(buf, label=labels, user=users)
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
     def load_test_keys(self, dataset: str, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -285,16 +297,11 @@ class RunStore:
         path = self.test_keys_path(dataset, fingerprint)
         if not path.exists():
             return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                labels, users = z["label"], z["user"]
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("test-split keys %s cannot be read (%s); delete it and run a study command again", path, exc)
-            return None
-        if labels.shape != users.shape or labels.ndim != 1:
-            log.warning("test-split keys %s: label %s and user %s arrays differ", path, labels.shape, users.shape)
-            return None
-        return labels, users
+        keys, why = _read_test_keys(path)
+        if keys is None:
+            log.warning("test-split keys %s %s; a study command over that dataset (train, reproduce, ablate) "
+                        "writes it again", path, why)
+        return keys
 
     def checked_scores(self, record: dict[str, Any], keys: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> tuple[np.ndarray | None, str | None]:
@@ -308,8 +315,10 @@ class RunStore:
             return None, f"run {rid} has no scores file ({path.name})"
         keys = keys if keys is not None else self.load_test_keys(record["dataset"], record["fingerprint"])
         if keys is None:
-            return None, (f"run {rid}: no test-split keys "
-                          f"{self.test_keys_path(record['dataset'], record['fingerprint']).name}")
+            kpath = self.test_keys_path(record["dataset"], record["fingerprint"])
+            if kpath.exists():
+                return None, f"run {rid}: its test-split keys file {kpath.name} cannot be read"
+            return None, f"run {rid}: no test-split keys file {kpath.name}"
         try:
             scores = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
@@ -343,12 +352,18 @@ class RunStore:
 
 def scores_problems(record: dict[str, Any], scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> list[str]:
     """Whether ``scores`` (test logits [N]) belong to ``record``: their length is that of the
-    test split (``labels`` [N], ``users`` [N]) and the AUC, logloss and gAUC computed from them
+    test split (``labels`` [N], ``users`` [N]), they are finite floats (checked before any
+    metric) and the AUC, logloss and gAUC computed from them
     (:func:`bench.metrics.split_metrics`) equal the record's test metrics to
     :data:`SCORES_TOLERANCE`. Empty when they do; else what differs."""
     scores = np.asarray(scores).reshape(-1)
     if scores.size != np.asarray(labels).size:
         return [f"{scores.size} scores for a test split of {np.asarray(labels).size} samples"]
+    if scores.dtype.kind != "f":
+        return [f"scores of dtype {scores.dtype}, expected floats"]
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        return [f"{bad} non-finite scores (NaN or ±inf)"]
     got = split_metrics(labels, scores.astype(np.float64), users)
     out = []
     for m in METRIC_KEYS:
@@ -356,6 +371,18 @@ def scores_problems(record: dict[str, Any], scores: np.ndarray, labels: np.ndarr
         if not (math.isnan(got[m]) and math.isnan(want)) and not abs(got[m] - want) <= SCORES_TOLERANCE:
             out.append(f"test {m} {got[m]!r} from the scores, {want!r} in the record")
     return out
+
+
+def _read_test_keys(path: Path) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """((labels [N], users [N]), None) of the test-split keys file ``path``, else (None, why)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            labels, users = z["label"], z["user"]
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:  # TypeError: not an .npz
+        return None, f"cannot be read ({exc})"
+    if labels.shape != users.shape or labels.ndim != 1:
+        return None, f"cannot be read (label {labels.shape} and user {users.shape} arrays differ)"
+    return (labels, users), None
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

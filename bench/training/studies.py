@@ -6,9 +6,9 @@ and this process writes each record as soon as its run ends, so an interrupted s
 runs only the missing runs.
 
 Every run trained here has its test scores (the selected model's test logits) written to
-``results/scores/<run_id>.npy`` before its record; a loaded record without them gets them from
-its checkpoint (else a retrain), only when they reproduce the record's test metrics
-(:meth:`Runner.backfill_scores`).
+``results/scores/<run_id>.npy`` before its record; a loaded record whose scores file is missing or
+fails its check gets them from its checkpoint (else a retrain), only when they reproduce the
+record's test metrics (:meth:`Runner.backfill_scores`).
 """
 from __future__ import annotations
 
@@ -161,57 +161,95 @@ class Runner:
         return record, model, logits
 
     def _save_scores(self, spec: RunSpec, record: dict[str, Any], logits: np.ndarray | None) -> None:
-        """Write the test logits of ``record``'s run (and, once per prepared dataset, the test
-        split's labels and users) under the store's ``scores/``: before the record, so that no
-        record trained here exists without them. Raises StoreError when they cannot be written."""
+        """Write the test logits of ``record``'s run under the store's ``scores/`` (and the test
+        split's labels and users when that file is missing or damaged,
+        :meth:`RunStore.save_test_keys`), called before the record is saved. With ``logits`` None
+        (a training whose adapter gives no test logits: none of this harness's models) nothing is
+        written, a warning says so, and the record is saved without scores (a later study command
+        gives them from its checkpoint: :meth:`backfill_scores`). Raises StoreError when they cannot
+        be written."""
         rid = record["run_id"]
         if logits is None:
             log.warning("run %s: the training gave no test scores; the record is saved without them", rid)
             return
-        ds = self.dataset_for(spec)
+        self._save_test_keys(self.dataset_for(spec))
         try:
-            self.store.save_test_keys(ds.name, ds.fingerprint, ds.test.label.cpu().numpy(),
-                                      ds.test.user_index.cpu().numpy())
             self.store.save_scores(rid, logits)
         except OSError as exc:
-            raise StoreError(f"could not write the test scores {self.store.scores_path(rid)} ({exc.strerror or exc}); "
-                             f"make {self.store.scores_dir} writable and run the command again") from None
+            raise self._unwritable(self.store.scores_path(rid), exc) from None
+
+    def _save_test_keys(self, ds: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(labels [N], users [N]) of the test split of the prepared ``ds``, after making its keys
+        file hold them (:meth:`RunStore.save_test_keys`); StoreError when it cannot be written."""
+        labels, users = ds.test.label.cpu().numpy(), ds.test.user_index.cpu().numpy()
+        try:
+            self.store.save_test_keys(ds.name, ds.fingerprint, labels, users)
+        except OSError as exc:
+            raise self._unwritable(self.store.test_keys_path(ds.name, ds.fingerprint), exc) from None
+        return labels, users
+
+    def _unwritable(self, path: Path, exc: OSError) -> StoreError:
+        return StoreError(f"could not write the test scores {path} ({exc.strerror or exc}); make "
+                          f"{self.store.scores_dir} writable and run the command again")
 
     def backfill_scores(self, specs: Sequence[RunSpec], records: Sequence[dict[str, Any] | None]) -> dict[str, int]:
-        """Give each loaded ``records[i]`` (the run of ``specs[i]``; None: skipped) without a scores
-        file its test scores: the model of its checkpoint (:meth:`load_model`), else a retrain
+        """Make the kept test scores of the prepared data of ``specs`` usable. First the test-split
+        keys file of each prepared dataset of ``specs`` is written when it is missing, unreadable
+        or not that data's test split (:meth:`RunStore.save_test_keys`). Then each loaded
+        ``records[i]`` (the run of ``specs[i]``; None: skipped) whose scores file is missing or
+        fails its check against the prepared test split (:meth:`RunStore.checked_scores`:
+        unreadable, truncated, non-finite, other metrics; a damaged file is logged) gets its test
+        scores: the model of its checkpoint (:meth:`load_model`), else a retrain
         (:meth:`retrain_model`), scores the test split through :func:`bench.training.train.score_split`
-        (training's own test scoring) and the scores are written only when their AUC, logloss and
-        gAUC equal the record's test metrics (:func:`bench.training.runs.scores_problems`); otherwise a
-        warning names the run and what differs, and nothing is written. Returns the counts
-        {"checkpoint", "retrain", "mismatch"} (logged when any)."""
-        counts = {"checkpoint": 0, "retrain": 0, "mismatch": 0}
+        (training's own test scoring) and the scores are written (replacing the damaged file) only
+        when their AUC, logloss and gAUC equal the record's test metrics
+        (:func:`bench.training.runs.scores_problems`); otherwise a warning names the run and what
+        differs, and nothing is written. A file that passes its check is never replaced. Returns the
+        counts {"checkpoint", "retrain", "mismatch", "replaced"} ("replaced": the written ones that
+        replaced a damaged file; logged when any). Raises StoreError when a file cannot be written."""
+        counts = {"checkpoint": 0, "retrain": 0, "mismatch": 0, "replaced": 0}
+        keys: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        for spec in specs:
+            ds = self.dataset_for(spec)
+            if (ds.name, ds.fingerprint) not in keys:
+                keys[(ds.name, ds.fingerprint)] = self._save_test_keys(ds)
         seen = set()
         for spec, record in zip(specs, records):
-            if record is None or record["run_id"] in seen or self.store.has_scores(record["run_id"]):
+            if record is None or record["run_id"] in seen:
                 continue
-            seen.add(record["run_id"])
+            rid = record["run_id"]
+            seen.add(rid)
+            ds = self.dataset_for(spec)
+            labels, users = keys[(ds.name, ds.fingerprint)]
+            _, why = self.store.checked_scores(record, (labels, users))
+            if why is None:
+                continue
+            damaged = self.store.scores_path(rid).exists()
+            if damaged:
+                log.warning("%s; replacing it with the test scores of the run's model", why)
             source, model = "checkpoint", self.load_model(record)
             if model is None:
-                log.info("run %s has no checkpoint: retraining it for its test scores (the record is kept)",
-                         record["run_id"])
+                log.info("run %s has no checkpoint: retraining it for its test scores (the record is kept)", rid)
                 source, (model, _) = "retrain", self.retrain_model(spec, record)
-            test = self.dataset_for(spec).test
-            _, logits = train_mod.score_split(model, test.to(self.device), record["config"]["train"]["eval_batch_size"])
+            _, logits = train_mod.score_split(model, ds.test.to(self.device), record["config"]["train"]["eval_batch_size"])
             logits = logits.astype(np.float32)  # what the file keeps (the models' logits are float32)
-            problems = scores_problems(record, logits, test.label.cpu().numpy(), test.user_index.cpu().numpy())
+            problems = scores_problems(record, logits, labels, users)
             if problems:
                 counts["mismatch"] += 1
                 log.warning("run %s: the test scores of its %s do not reproduce its record (%s); no scores file "
-                            "written (the record has no test-sample significance until they do)", record["run_id"],
-                            source, "; ".join(problems))
+                            "written%s (the record has no test-sample significance until they do)", rid, source,
+                            "; ".join(problems), ", the damaged one left as it is" if damaged else "")
                 continue
-            self._save_scores(spec, record, logits)
+            try:
+                self.store.save_scores(rid, logits)
+            except OSError as exc:
+                raise self._unwritable(self.store.scores_path(rid), exc) from None
             counts[source] += 1
+            counts["replaced"] += damaged
         if any(counts.values()):
             log.info("test scores written for %d run record(s): %d from checkpoints, %d from retrains; %d not written "
-                     "(scores differ from the record)", counts["checkpoint"] + counts["retrain"], counts["checkpoint"],
-                     counts["retrain"], counts["mismatch"])
+                     "(scores differ from the record); %d replaced a damaged file", counts["checkpoint"] + counts["retrain"],
+                     counts["checkpoint"], counts["retrain"], counts["mismatch"], counts["replaced"])
         return counts
 
     def retrain_model(self, spec: RunSpec, record: dict[str, Any]) -> tuple[torch.nn.Module, list[str]]:
@@ -402,7 +440,7 @@ class Runner:
             return record
         if trained.checkpoint is not None and not (self.checkpoint_dir / f"{job.run_id}.pt").exists():
             self._write_checkpoint(job.run_id, trained.checkpoint)
-        if not self.store.has_scores(job.run_id):
+        if not self.store.has_scores(record):
             self._save_scores(job.spec, record, trained.scores)
         added = [k for k in BACKFILL_FIELDS if k not in record]
         new = {k: v for k, v in record.items() if k != "checksum"}
