@@ -507,7 +507,7 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         "*reproduced* (p < 0.05 with the paper's sign), *not reproduced* (p < 0.05 with the opposite sign) or "
         "*inconclusive*; the claim is *reproduced* only when both say reproduced, *not reproduced* only when both "
         "say not reproduced, and *inconclusive* otherwise: either test not significant, the two disagreeing, "
-        "fewer than two paired seeds, or the bootstrap n/a (a run without usable test scores). 'Removing IBIM hurts "
+        "fewer than two paired seeds, or the bootstrap n/a (a run whose test scores are missing or fail their check). 'Removing IBIM hurts "
         "most': reproduced when 'removing IBIM lowers AUC' is reproduced and IBIM's drop is larger than every other "
         "single module's by both tests (the AUC of MIAN without that module against MIAN without IBIM, paired), not "
         "reproduced when another module's drop is larger than IBIM's by both tests, inconclusive otherwise. "
