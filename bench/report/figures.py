@@ -194,5 +194,5 @@ def share_interval(weights, users: np.ndarray, replicates: int = BOOTSTRAP["repl
         "interval": {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(keys)},
         "bootstrap": {"unit": "test user (all samples of a drawn user) and seed, each drawn with replacement", "users": U,
                       "replicates": replicates, "rng_seed": rng_seed, "level": level,
-                      "method": "percentile; each replicate averages the seeds' shares"},
+                      "method": "percentile; each replicate averages its drawn seeds' shares"},
     }
