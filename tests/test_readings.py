@@ -19,7 +19,7 @@ from bench.report.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, figure
 from bench.report.figures import BOOTSTRAP, GIM_INPUTS, PAIRS, share_interval
 from bench.training.config import resolve_config
 from bench.training.runs import KEY_FIELDS, RESULTS_VERSION, RunStore, run_id
-from bench.training.studies import (ABLATION_VARIANTS, READINGS_VARIANTS, STUDY_VARIANTS, TRANSFORMER_VARIANTS,
+from bench.training.studies import (ABLATION_VARIANTS, READINGS_VARIANTS, STUDY_VARIANTS, study_variant, TRANSFORMER_VARIANTS,
                                     draws_curves, protocol_records)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,14 +60,14 @@ def test_committed_mian_records_keep_their_configs_and_run_ids():
     recs = _committed_mian_records()
     assert len(recs) >= 80
     for r in recs:
-        overrides = STUDY_VARIANTS[r["variant"]][1]
-        assert "gim_mode" not in r["config"]["model"]
+        overrides = study_variant(r["variant"])[1]
+        assert ("gim_mode" in r["config"]["model"]) == ("gim_mode" in overrides)  # recorded only when set
         assert resolve_config(r["dataset"], "mian", overrides, {}, curves=draws_curves("mian", r["variant"])) == r["config"]
         assert run_id({k: r[k] for k in KEY_FIELDS}) == r["run_id"]
     every = list(RunStore(REPO / "results" / "runs").records())
     kept, _ = protocol_records(every)
     assert len(kept) == sum(r.get("results_version") == RESULTS_VERSION for r in every)
-    model = build_model("mian", tiny_schema(), recs[0]["config"]["model"])
+    model = build_model("mian", tiny_schema(), next(r for r in recs if r["variant"] == "default")["config"]["model"])
     assert model.cfg.gim_mode == "sum" and model.gim.mode == "sum"
 
 
