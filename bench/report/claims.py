@@ -466,9 +466,9 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
             (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
         elif o["verdict"] != r["verdict"]:
             changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
-        table.append([r["claim"], r["ours"], r["verdict"], o["ours"] if o else "not run on this reading",
+        table.append([r["claim"], r["verdict"], o["ours"] if o else "not run on this reading",
                       o["verdict"] if o else ""])
-    head += ["", tabulate(table, headers=["claim", "ours, default reading", "verdict", f"ours, {best}", f"verdict, {best}"],
+    head += ["", tabulate(table, headers=["claim", "verdict, default reading (above)", f"ours, {best}", f"verdict, {best}"],
                           tablefmt="github", disable_numparse=True), ""]
     if changed:
         head.append(f"Verdicts that depend on the reading ({len(changed)}): " + "; ".join(changed) + ".")
