@@ -1,6 +1,4 @@
 """Figure writers, convergence statistics and the claims report, on known inputs."""
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest

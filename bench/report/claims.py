@@ -420,17 +420,18 @@ def reading_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path
     """The claims of ``dataset`` under the reading of MIAN chosen on validation AUC
     (:func:`bench.training.studies.chosen_reading`; None while the readings study is not complete):
     {"reading", "label", "means" (reading -> mean validation AUC), "rows" (:func:`dataset_claims`
-    on :func:`as_reading`; Figure 6 from the readings study's ``readings_gim.json``)}."""
+    on :func:`as_reading`; Figure 6 from the readings study's ``readings_gim.json``; empty when
+    the default reading is the chosen one, whose claims are the dataset's own)}."""
     from bench.report.studies import READINGS_GIM_FILE
     from bench.training.studies import READINGS_VARIANTS, chosen_reading
 
     best, means = chosen_reading(records, dataset)
     if best is None:
         return None
+    if best == "default":  # the claims above already are the chosen reading's: nothing to compute again
+        return {"reading": best, "label": READINGS_VARIANTS[best][0], "means": means, "rows": []}
     gim = None
-    if best == "default":
-        gim = _gim_summary(folder / "gim_summary.json", records, [])
-    elif (folder / READINGS_GIM_FILE).exists():
+    if (folder / READINGS_GIM_FILE).exists():
         gim = json.loads((folder / READINGS_GIM_FILE).read_text()).get(best)
         ids = {r["run_id"] for r in records}
         if gim is not None and gim.get("model_differs_from_record"):
