@@ -251,6 +251,36 @@ def test_resume_after_an_interrupt_trains_nothing_twice_and_ends_with_the_same_t
     assert trained_now(res.output, "dcn") == 1
 
 
+def test_a_trial_whose_training_fails_counts_in_the_budget_and_is_not_retried(tiny, configs, tmp_path, monkeypatch):
+    """A non-finite loss (e.g. a learning rate too high) is a failed trial, not an error of the command; the
+    study keeps it, so a second start trains nothing; trial records stay out of the protocol's tables."""
+    from bench.training.studies import Runner, protocol_records
+    from bench.training.train import TrainingError
+
+    real, calls = Runner._trained_run, []
+
+    def second_diverges(self, job):
+        calls.append(job.run_id)
+        if len(calls) == 2:
+            raise TrainingError("lr (tune, seed 100) on movielens-100k: non-finite loss nan at epoch 1, step 3")
+        return real(self, job)
+
+    monkeypatch.setattr(Runner, "_trained_run", second_diverges)
+    results = tmp_path / "results"
+    res = tune(tiny, results, "--models", "lr", "--trials", 3, "--workers", 1)
+    assert res.exit_code == 0, res.output
+    assert "trial 2/3: failed: lr (tune, seed 100) on movielens-100k: non-finite loss" in res.output
+    import pandas as pd
+
+    table = pd.read_csv(results / "movielens-100k" / "subsets" / "lr_trials3" / "tuning" / "lr.csv")
+    assert list(table["state"]) == ["complete", "fail", "complete"]
+    res = tune(tiny, results, "--models", "lr", "--trials", 3, "--workers", 1)
+    assert res.exit_code == 0 and trained_now(res.output, "lr") == 0 and len(calls) == 3
+    kept, notes = protocol_records(trial_records(results))
+    assert kept == [] and notes == ["2 run record(s) left out: tuning trials (python cli.py tune; their test split "
+                                    "is never scored)."]
+
+
 def test_two_workers_finish_the_study_with_the_same_number_of_trials_none_trained_twice(tiny, configs, tmp_path):
     results = tmp_path / "two"
     res = tune(tiny, results, "--models", "lr", "--trials", 4, "--workers", 2)

@@ -134,6 +134,9 @@ def tuning_png(results: Sequence[StudyResult], title: str) -> bytes:
                     ys.append(best)
             if xs:
                 ax.plot(xs, ys, marker=".", label=model_label(r.space.model))
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
         ax.set_ylabel("best validation AUC so far")
         ax.set_title(title)

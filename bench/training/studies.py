@@ -735,6 +735,9 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
             dropped[f"made by code of another RESULTS_VERSION ({r.get('results_version', 1)}; this code: "
                     f"{RESULTS_VERSION})"] += 1
             continue
+        if str(r["variant"]).startswith("tune-"):  # bench.training.tuning: test never scored
+            dropped["tuning trials (python cli.py tune; their test split is never scored)"] += 1
+            continue
         if r["model"] == "mian" and study_variant(r["variant"]) is None or r["model"] != "mian" and r["variant"] != "default":
             dropped["unknown study variant"] += 1
             continue

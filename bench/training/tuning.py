@@ -349,7 +349,8 @@ def open_study(storage: str, space: Space, ds: Any, records: Sequence[dict[str, 
     """The Optuna study of ``space`` on ``ds`` in ``storage``, made to hold exactly the trials of
     its run ``records`` (in trial order) and the failed trials it recorded itself: kept when it
     does, else deleted and rebuilt from them (a missing database, a trial left running by a
-    killed command). Returns (study, rebuilt)."""
+    killed command). Returns (study, rebuilt): rebuilt is False for a study kept as it was and for
+    a new one with no trial yet."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -368,7 +369,8 @@ def open_study(storage: str, space: Space, ds: Any, records: Sequence[dict[str, 
     if study is not None and clean and done == [r["run_id"] for r in mine]:
         return study, False
     failed = [t for t in failed if t.user_attrs.get("run_id") not in recorded]  # a record says it all
-    if study is not None:
+    existed = study is not None
+    if existed:
         optuna.delete_study(study_name=name, storage=storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=trial_sampler(space.study_seed, 0))
@@ -386,7 +388,7 @@ def open_study(storage: str, space: Space, ds: Any, records: Sequence[dict[str, 
         else:
             study.add_trial(create_trial(params=item.params, distributions=item.distributions, value=None,
                                          state=TrialState.FAIL, user_attrs=dict(item.user_attrs)))
-    return study, True
+    return study, existed or bool(entries)
 
 
 @dataclass(frozen=True)
