@@ -476,6 +476,71 @@ def _study_selection(study: str, study_variants: dict, variants: list[str] | Non
     return chosen, "_".join(parts) or None
 
 
+@cli.command()
+@_datasets_option
+@_models_option("Model(s) to tune (comma-separated or repeated; default all eight).")
+@click.option("--trials", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Finished trials per model (the same for every model: equal budget).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")
+@click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the raw dataset files (else they are downloaded).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where run records, the studies (tuning/studies.db) and the tables go (default: ./results).")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
+@click.option("--threads", type=click.IntRange(1, None), default=None,
+              help="torch intra-op threads of each training process (default on the CPU: 1).")
+@_workers_option
+def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threads, workers, cluster):
+    """Tune every model's hyper-parameters on validation AUC (issue 15): one Optuna study (TPESampler,
+    fixed study seed) per dataset, protocol, data fingerprint, model and search space, the spaces
+    being the [tuning] table of the dataset's TOML (printed first). Every trial is an ordinary run
+    record (resumable: a trial with a record is never trained again) that never scores the test
+    split; the same number of trials, epoch cap, patience and pruner (none) for every model.
+
+    Writes results/<dataset>/tuning/<model>.{md,csv}, summary.md and tuning.png (another --trials or
+    a subset of the models: under results/<dataset>/subsets/<tag>/tuning/); the studies are kept in
+    results/tuning/studies.db (git-ignored: rebuilt from the run records when missing)."""
+    from bench.report.studies import out_dir
+    from bench.training.registry import MODEL_NAMES
+    from bench.report.tuning import write_outputs
+    from bench.training.tuning import DEFAULT_TRIALS, STUDY_DB, model_space, tune_model
+
+    datasets = datasets or ["movielens-100k"]
+    models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
+    parts = ([_subset(models, PROTOCOL_SEEDS)] if _subset(models, PROTOCOL_SEEDS) else []) + (
+        [f"trials{trials}"] if trials != DEFAULT_TRIALS else [])
+    tag = "_".join(parts) or None
+    with _errors():
+        spaces = {ds: {m: model_space(ds, m) for m in models} for ds in datasets}  # every space checked first
+        runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, False, workers, tuple(datasets),
+                                  cluster)
+        db = results / STUDY_DB
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"{db.parent}: cannot be created ({exc.strerror or exc})") from None
+        storage = f"sqlite:///{db.resolve()}"
+        for ds_name in datasets:
+            click.echo(f"{ds_name}: {trials} trials per model; search spaces (bench/training/configs/{ds_name}.toml "
+                       "[tuning]):")
+            for m, space in spaces[ds_name].items():
+                click.echo(f"  {m}: " + "; ".join(space.lines()))
+            ds = runner.dataset(ds_name)
+            done = []
+            for m in models:
+                records = list(runner.store.records())
+                done.append(tune_model(runner, spaces[ds_name][m], trials, storage, records, progress=click.echo))
+                r = done[-1]
+                best = r.best()
+                click.echo(f"{ds_name} {m}: {len(r.trials)}/{trials} trials ({r.trained} trained now"
+                           + (", study rebuilt from its run records" if r.rebuilt else "") + "); best validation AUC "
+                           + (f"{best['value']:.4f} (trial {best['number']})" if best else "none"))
+            out = out_dir(results, ds_name, {}, tag) / "tuning"
+            paths = write_outputs(out, done, ds, list(runner.store.records()))
+            click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 @cli.command("visualize-attention")
 @click.option("--cases", type=click.IntRange(1, 200), default=14, show_default=True,
               help="Number of test cases (heatmap columns).")

@@ -61,7 +61,7 @@ ROOMS = ("nn", "data", "training", "report", "perf")
 def test_the_harness_rooms_import_only_downward(room):
     below = {f"bench.{r}" for r in ROOMS[: ROOMS.index(room) + 1]} | {"bench.io", "bench.metrics"}
     third_party = {"torch", "numpy", "pandas", "scipy", "sklearn", "pyarrow", "matplotlib", "seaborn", "tabulate",
-                   "tqdm", "click", "tomli", "deepctr_torch", "ray"}
+                   "tqdm", "click", "tomli", "deepctr_torch", "ray", "optuna"}
     files = sorted((ROOT / "bench" / room).rglob("*.py"))
     assert files, room
     bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in files for line, name in imported_modules(p)

@@ -146,3 +146,37 @@ def field_matrix(emb: Embedded) -> torch.Tensor:
     multi-hot fields.
     """
     return torch.cat([emb.e_i, masked_mean(emb.e_b, emb.mask), emb.e_u, emb.e_c], dim=1)
+
+
+def embedding_penalty(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Sum of the squared entries of every embedding row ``batch`` looks up, each row once.
+
+    Covers every :class:`FeatureEmbedding` of ``model`` (the field embeddings, and the width-1
+    weights of :class:`bench.nn.interaction.LinearPart`, FuxiCTR's LR embedding): per group, the
+    distinct rows of the candidate and behaviour ids (item tables), the user ids and the context
+    ids of the batch. Padding rows are 0 and add nothing. The trainer adds ``lambda *`` this to the
+    loss (``train.embedding_regularizer``). BARS/FuxiCTR's ``embedding_regularizer`` adds
+    (lambda / 2) ||W||^2 over whole tables (``BaseModel.regularization_loss``); issue 15 asks for the
+    rows a batch uses, DIN's mini-batch aware regularisation (Zhou et al. 2018, Sec. 4.3), so a step
+    costs O(rows used), not O(vocabulary), and rows of values absent from the batch are not shrunk.
+
+    Shapes: batch.item [B, F_i], batch.hist [B, T, F_i], batch.user [B, J], batch.context [B, K]
+    -> a 0-dim tensor (0 when ``model`` has no FeatureEmbedding). One ``torch.unique`` per group:
+    no per-sample loop.
+    """
+    total = None
+    for module in model.modules():
+        if not isinstance(module, FeatureEmbedding):
+            continue
+        groups = ((module.item, (batch.item, batch.hist)), (module.user, (batch.user,)),
+                  (module.context, (batch.context,)))
+        for group, id_sets in groups:
+            if not group.vocab_sizes:
+                continue
+            ids = torch.cat([(x + group.offsets).reshape(-1) for x in id_sets if x.numel()])
+            rows = group.weight.index_select(0, torch.unique(ids))
+            term = rows.pow(2).sum()
+            total = term if total is None else total + term
+    if total is None:
+        return torch.zeros((), device=batch.label.device)
+    return total

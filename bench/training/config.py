@@ -12,6 +12,7 @@ File layout::
     n_cross = 3
     [curves]           # the runs that draw convergence curves (bench.training.studies.draws_curves)
     eval_every_steps = 50
+    [tuning]           # the search spaces of ``python cli.py tune`` (parsed by bench.training.tuning)
 
 ``[curves] eval_every_steps`` is the mid-epoch validation cadence of the runs that draw curves
 (Figure 5): :func:`resolve_config` with ``curves=True`` sets ``train.eval_every_steps`` from it;
@@ -43,7 +44,7 @@ from bench.training.registry import config_class, make_config
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-from bench.nn.config import ConfigError, recorded_fields  # noqa: E402,F401  (ConfigError re-exported for the CLI)
+from bench.nn.config import ConfigError, omitted_at_default, recorded_fields  # noqa: E402,F401  (ConfigError re-exported for the CLI)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class TrainConfig:
     eval_every_steps: extra validation evaluations every this many optimiser steps (0 = only at
     epoch ends; the runs that draw curves take it from the dataset's ``[curves]`` section). Early stopping only looks at epoch-end evaluations.
     weight_decay: Adam L2 (0 by default).
+    embedding_regularizer: lambda of the L2 penalty on the embedding rows a batch looks up,
+        lambda * sum of their squared entries, added to the training loss
+        (:func:`bench.nn.embedding.embedding_penalty`; BARS/FuxiCTR's ``embedding_regularizer``,
+        on the rows used as DIN's mini-batch aware regularisation, Zhou et al. 2018 Sec. 4.3).
+        0 (default) = off, and then left out of the resolved config and the run id
+        (:func:`bench.nn.config.omitted_at_default`).
     """
 
     lr: float = 1e-3
@@ -64,6 +71,7 @@ class TrainConfig:
     eval_batch_size: int = 4096
     eval_every_steps: int = 0
     weight_decay: float = 0.0
+    embedding_regularizer: float = omitted_at_default(0.0)
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -77,6 +85,9 @@ class TrainConfig:
             raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if not math.isfinite(self.weight_decay):
             raise ValueError(f"train.weight_decay must be finite, got {self.weight_decay}")
+        reg = self.embedding_regularizer
+        if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not (math.isfinite(reg) and reg >= 0):
+            raise ValueError(f"train.embedding_regularizer must be a finite number >= 0 (0 = off), got {reg!r}")
 
 
 def config_path(dataset: str) -> Path:
@@ -84,7 +95,7 @@ def config_path(dataset: str) -> Path:
 
 
 #: the sections of a dataset TOML
-SECTIONS = ("train", "model", "models", "curves")
+SECTIONS = ("train", "model", "models", "curves", "tuning")
 #: the keys of its ``[curves]`` section
 CURVES_KEYS = ("eval_every_steps",)
 

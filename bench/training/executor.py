@@ -25,7 +25,6 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
@@ -77,13 +76,23 @@ class Executor:
     def completed(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         """``(index, fn(item))`` for every item, in the order the calls end.
 
+        ``items`` is consumed lazily: the next item is taken only when a slot is free, after the
+        results before it were yielded, so a generator may decide its next item from them (the
+        ask / tell loop of :mod:`bench.training.tuning`).
+
         Raises the first exception a call raised, with its own type and message (a worker's
         ``TrainingError`` is a ``TrainingError`` here); :class:`ExecutorError` when a worker died."""
-        todo = deque(enumerate(items))
-        while todo or self._running:
-            while todo and len(self._running) < self.slots:
-                i, item = todo.popleft()
-                self._running[self._submit(fn, item)] = i
+        todo = iter(enumerate(items))
+        more = True
+        while True:
+            while more and len(self._running) < self.slots:
+                nxt = next(todo, None)
+                if nxt is None:
+                    more = False
+                    break
+                self._running[self._submit(fn, nxt[1])] = nxt[0]
+            if not self._running:
+                return
             for handle in self._wait(list(self._running)):
                 i = self._running.pop(handle)
                 yield i, self._result(handle)

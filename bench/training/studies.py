@@ -403,7 +403,14 @@ class Runner:
         return None if self.force else rec
 
     def _trained_run(self, job: "Job") -> "TrainedRun":
-        """Train ``job`` here (in this process or a worker's): its record (not saved) and checkpoint bytes."""
+        """Train ``job`` here (in this process or a worker's): its record (not saved) and checkpoint
+        bytes; for a job with ``score_test`` False (a tuning trial) the record alone, the test split
+        never scored (:func:`bench.training.train.train_run`)."""
+        if not job.score_test:
+            record, _ = train_mod.train_run(self.dataset_for(job.spec), job.spec.model, job.config, job.spec.seed,
+                                            variant=job.spec.variant, device=self.device, log_dir=self.log_dir,
+                                            progress=self.progress, score_test=False)
+            return TrainedRun(record, None, None)
         record, model, logits = self._train_model(job.spec, job.config)
         return TrainedRun(record, checkpoint_bytes(model, record), logits)
 
@@ -457,11 +464,14 @@ BACKFILL_FIELDS = ("test_by_logloss", "valid_by_logloss")
 
 @dataclass(frozen=True)
 class Job:
-    """One run for a worker: its spec, run id and resolved config (from :meth:`Runner.resolve`)."""
+    """One run for a worker: its spec, run id and resolved config (from :meth:`Runner.resolve`), and
+    whether it scores the test split."""
 
     spec: RunSpec
     run_id: str
     config: dict[str, Any]
+    #: False for a tuning trial: trained and validated, the test split never scored
+    score_test: bool = True
 
 
 @dataclass(frozen=True)
@@ -724,6 +734,9 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
         if r.get("results_version", 1) != RESULTS_VERSION:
             dropped[f"made by code of another RESULTS_VERSION ({r.get('results_version', 1)}; this code: "
                     f"{RESULTS_VERSION})"] += 1
+            continue
+        if str(r["variant"]).startswith("tune-"):  # bench.training.tuning: test never scored
+            dropped["tuning trials (python cli.py tune; their test split is never scored)"] += 1
             continue
         if r["model"] == "mian" and study_variant(r["variant"]) is None or r["model"] != "mian" and r["variant"] != "default":
             dropped["unknown study variant"] += 1

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from bench.training.config import TrainConfig
 from bench.data import check_ids
 from bench.nn.contract import Batch, ModelOutput, Split
+from bench.nn.embedding import embedding_penalty
 from bench.metrics import split_metrics
 from bench.training.runtime import tune_allocator
 from bench.training.registry import build_model, count_params
@@ -73,13 +74,18 @@ def loss_fn(out: ModelOutput, label: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
-    """One optimiser step on ``batch``: forward, :func:`loss_fn`, backward, update.
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+               embedding_regularizer: float = 0.0) -> torch.Tensor:
+    """One optimiser step on ``batch``: forward, :func:`loss_fn` (plus ``embedding_regularizer``
+    times :func:`bench.nn.embedding.embedding_penalty` when it is > 0), backward, update.
 
-    Returns the detached loss (a 0-dim tensor on the model's device; no host synchronisation).
+    Returns the detached loss, penalty included (a 0-dim tensor on the model's device; no host
+    synchronisation).
     """
     out = model(batch)
     loss = loss_fn(out, batch.label)
+    if embedding_regularizer:
+        loss = loss + embedding_regularizer * embedding_penalty(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -337,7 +343,7 @@ class StepLoop:
         self.model.train()
         every = self.tcfg.eval_every_steps
         for batch in self.splits["train"].batches(self.tcfg.batch_size, shuffle=True, generator=self.generator):
-            loss = train_step(self.model, self.optimizer, batch)
+            loss = train_step(self.model, self.optimizer, batch, self.tcfg.embedding_regularizer)
             self.steps += 1
             self._pending.append(loss)
             if len(self._pending) >= self._window:
@@ -442,6 +448,7 @@ def train_run(
     progress: bool = True,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     on_test_scores: Callable[[np.ndarray], None] | None = None,
+    score_test: bool = True,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``model_name`` on the prepared dataset ``ds``; return its run record and the model
     with the best-epoch weights restored (in eval mode).
@@ -455,6 +462,10 @@ def train_run(
         on_eval: called with each validation's history entry.
         on_test_scores: called once with the test logits [N] (float64, split order) of the
             selected (best validation AUC) model, the scores the record's test metrics come from.
+        score_test: False for a tuning trial (bench.training.tuning): the test split is never
+            looked at (not checked, not moved to the device, not scored); the record's ``test``
+            metrics are NaN ("not scored"), ``test_scored`` is False, there is no
+            ``test_by_logloss`` and ``on_test_scores`` is not called.
     The record also holds ``test_by_logloss`` ({epoch, auc, logloss, gauc}: the test metrics with
     selection on validation logloss instead) and ``valid_by_logloss`` (that epoch's validation
     metrics); neither changes the stopping, the selected model or any other field.
@@ -472,17 +483,24 @@ def train_run(
     with _run_log(log_dir, rid):
         log.info("run %s: %s", rid, json.dumps({k: v for k, v in key.items()}, sort_keys=True))
         t_start = time.perf_counter()
-        for name in ("train", "valid", "test"):  # once per split, not per step
+        names = ("train", "valid", "test") if score_test else ("train", "valid")
+        for name in names:  # once per split, not per step
             check_ids(ds.schema, getattr(ds, name), f"{ds.name} {name} split",
                       item_table=ds.item_table if name == "train" else None)
         seed_everything(seed)
         dev = torch.device(device)
         model = build_model(model_name, ds.schema, config["model"], item_table=ds.item_table).to(dev)
-        loop = StepLoop(model, {"train": ds.train, "valid": ds.valid, "test": ds.test}, tcfg, seed, dev,
+        loop = StepLoop(model, {name: getattr(ds, name) for name in names}, tcfg, seed, dev,
                         run=f"{model_name} ({variant}, seed {seed}) on {ds.name}")
         trainer = Trainer(loop, tcfg.max_epochs, tcfg.patience, on_eval=on_eval,
                           progress=f"{model_name}/{variant}/s{seed}" if progress else None).fit()
         t_train = time.perf_counter() - t_start - trainer.eval_seconds
+        if not score_test:
+            log.info("best epoch %d valid %s (a tuning trial: the test split is not scored)", trainer.best_epoch,
+                     trainer.best_valid)
+            record = _record(key, rid, trainer, dict(NOT_SCORED), None, t_train, ds, dev)
+            record["test_scored"] = False
+            return record, model
         test_metrics = trainer.test()
         log.info("best epoch %d valid %s test %s", trainer.best_epoch, trainer.best_valid, test_metrics)
         by_logloss = trainer.test_by_logloss()
@@ -492,6 +510,10 @@ def train_run(
         if on_test_scores is not None and trainer.test_logits is not None:
             on_test_scores(trainer.test_logits)
         return _record(key, rid, trainer, test_metrics, by_logloss, t_train, ds, dev), model
+
+
+#: the ``test`` metrics of a run record whose test split was not scored (a tuning trial)
+NOT_SCORED = {"auc": float("nan"), "logloss": float("nan"), "gauc": float("nan")}
 
 
 @contextlib.contextmanager
