@@ -658,7 +658,9 @@ def visualize_attention(cases, dataset, seed, case_seed, seeds, redraw, data_dir
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where run records are read and CLAIMS.md is written (default: ./results).")
 def report(results_dir):
-    """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict."""
+    """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict; per dataset
+    the same claims under the tuned protocol beside them (from results/<dataset>/tuned/tuned.json and
+    its tuned runs: `reproduce --tuned`, `ablate --tuned`) and the claims whose verdict changes."""
     from bench.report.claims import claims_report
     from bench.training.runs import DEFAULT_RESULTS_DIR
 
