@@ -211,7 +211,13 @@ def test_report_puts_the_tuned_claims_beside_the_default_ones(study):
     res = invoke("report", "--results-dir", results)
     assert res.exit_code == 0, res.output
     md = (results / "CLAIMS.md").read_text()
-    assert "Tuned protocol: not yet (no tuned tables of movielens-100k" in md
+    assert "Tuned protocol: not yet (no tuned tables of movielens-100k" in md  # the tuning tables are in subsets/
+    (results / DS / "tuning").mkdir()
+    (results / DS / "tuning" / "summary.md").write_text("the full tune's summary\n")
+    assert invoke("report", "--results-dir", results).exit_code == 0
+    assert "Tuned protocol: not yet (the tuning studies of movielens-100k are in results/movielens-100k/tuning/, " \
+           "the tuned tables are not: `python cli.py reproduce --tuned --dataset movielens-100k`" \
+        in (results / "CLAIMS.md").read_text()
     sub = results / DS / "tuned" / "subsets" / "default+no_gim_base-din_seeds2_trials2" / "tuned.json"
     shutil.copy(sub, results / DS / "tuned" / "tuned.json")  # as the full `reproduce --tuned` would write it
     res = invoke("report", "--results-dir", results)

@@ -499,7 +499,8 @@ def _side_by_side(rows: list[dict[str, str]], other: list[dict[str, str]], absen
 def tuned_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path,
                  evidence: "TestEvidence | None" = None) -> dict[str, Any] | None:
     """The claims of ``dataset`` under the tuned protocol (:mod:`bench.training.tuned`), or None when
-    ``folder`` (results/<dataset>/tuned/) has no tuned.json (no ``--tuned`` table made yet):
+    ``folder`` (results/<dataset>/tuned/) has no tuned.json (no ``--tuned`` table made yet; then
+    {"manifest": None, "tuning": True} when the tuning tables results/<dataset>/tuning/ are there):
     {"manifest" (the best configuration of each model's study), "rows" (:func:`dataset_claims` on
     the tuned runs of :func:`bench.training.tuned.tuned_protocol_records` under their plain variant
     names: the same verdict rule; Figure 5 left out, those runs validate at epoch ends only; no
@@ -510,7 +511,8 @@ def tuned_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path,
 
     manifest = read_manifest(folder / TUNED_FILE)
     if manifest is None:
-        return None
+        tuning = (Path(folder).parent / "tuning" / "summary.md").exists()
+        return {"manifest": None, "rows": [], "notes": [], "tuning": True} if tuning else None
     recs, notes = tuned_protocol_records(records, dataset, manifest, study_variant)
     rows = [r for r in dataset_claims(recs, dataset, None, evidence) if not r["claim"].startswith("Figure 5")]
     return {"manifest": manifest, "rows": rows, "notes": notes}
@@ -521,6 +523,10 @@ def _tuned_section(rows: list[dict[str, str]], info: dict[str, Any] | None, data
     (``info``: :func:`tuned_claims`; None: one line naming the commands that make the tuned tables)."""
     from tabulate import tabulate
 
+    if info is not None and info.get("manifest") is None:
+        return [f"Tuned protocol: not yet (the tuning studies of {dataset} are in results/{dataset}/tuning/, the tuned "
+                f"tables are not: `python cli.py reproduce --tuned --dataset {dataset}`, `python cli.py ablate --tuned "
+                f"--dataset {dataset}` and `python cli.py ablate --study transformer --tuned --dataset {dataset}`).", ""]
     if info is None:
         return [f"Tuned protocol: not yet (no tuned tables of {dataset}: `python cli.py tune --dataset {dataset}`, then "
                 f"`python cli.py reproduce --tuned --dataset {dataset}`, `python cli.py ablate --tuned --dataset "
