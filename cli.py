@@ -296,6 +296,54 @@ PROTOCOL_SEEDS = 5
 MAX_SEEDS = 1000
 
 
+def _tuned_options(f):
+    """--tuned and --trials of the table commands (the tuned protocol, issue 15)."""
+    f = click.option("--trials", type=click.IntRange(1, 1000), default=None,
+                     help="With --tuned: the tuning budget the best configuration is chosen among (default 20, "
+                          "`tune`'s; every study needs that many finished trials; another value: tables under "
+                          "tuned/subsets/trials<N>/).")(f)
+    return click.option("--tuned", is_flag=True,
+                        help="The tuned protocol: each model in the best configuration of its tuning study "
+                             "(`python cli.py tune`; best validation AUC among its first --trials trials), on seeds "
+                             "0..N-1 (never the tuning seed); tables go to results/<dataset>/tuned/.")(f)
+
+
+def _tuned_configs(runner, results: Path, datasets, models: list[str], trials: int | None, seeds: int,
+                   overrides) -> dict:
+    """{dataset: {model: TunedConfig}} of ``--tuned`` (every dataset checked before anything trains;
+    TuningError naming each incomplete study and the `tune` command that completes it)."""
+    from bench.training.tuned import best_configs, check_seeds
+    from bench.training.tuning import DEFAULT_TRIALS, STUDY_DB
+
+    if overrides:
+        raise click.BadParameter("the tuned protocol is the protocol's config plus each study's best values; "
+                                 "it takes no --set", param_hint="'--set'")
+    db = results / STUDY_DB
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{db.parent}: cannot be created ({exc.strerror or exc})") from None
+    storage = f"sqlite:///{db.resolve()}"
+    records = list(runner.store.records())
+    out = {}
+    for ds in datasets:
+        out[ds] = best_configs(runner, storage, ds, models, trials or DEFAULT_TRIALS, records)
+        check_seeds(out[ds], range(seeds))
+    for ds, configs in out.items():
+        for m, c in configs.items():
+            click.echo(f"{ds} {m}: tuned configuration = trial {c.trial} of {c.budget} (validation AUC {c.value:.4f}, "
+                       f"run {c.trial_run_id}): " + ("; ".join(f"{k}={v}" for k, v in c.params.items()) or "-"))
+    return out
+
+
+def _tuned_tag(tag: str | None, trials: int | None) -> str | None:
+    """The subsets/ tag of a tuned study: ``tag`` plus ``trials<N>`` for another budget than the default."""
+    from bench.training.tuning import DEFAULT_TRIALS
+
+    parts = ([tag] if tag else []) + ([f"trials{trials}"] if trials not in (None, DEFAULT_TRIALS) else [])
+    return "_".join(parts) or None
+
+
 def _subset(models: list[str] | None, seeds: int) -> str | None:
     """Tag of a study that is not the protocol's full one (None when it is)."""
     from bench.training.registry import MODEL_NAMES
@@ -344,23 +392,30 @@ def train(model, dataset, seed, data_dir, raw_dir, results_dir, device, threads,
 @click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), default=5, show_default=True,
               help=f"Seeds 0..N-1 per model (at most {MAX_SEEDS}).")
 @_models_option("Model(s) (comma-separated or repeated; default all eight; the table keeps the paper's order).")
+@_tuned_options
 @_run_options
 @_backfill_option
 @_workers_option
-def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, device, threads, force, overrides, backfill,
-              workers, cluster):
-    """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*"""
+def reproduce(table, datasets, seeds, models, tuned, trials, data_dir, raw_dir, results_dir, device, threads, force,
+              overrides, backfill, workers, cluster):
+    """Reproduce one of the paper's tables on real data; writes results/<dataset>/main_table.*
+    (with --tuned: results/<dataset>/tuned/main_table.*, every model in its tuned configuration)."""
     from bench.training.registry import MODEL_NAMES
     from bench.report.studies import main_table_study
 
     datasets = datasets or ("movielens-100k",)
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
+    if trials is not None and not tuned:
+        raise click.BadParameter("applies with --tuned only", param_hint="'--trials'")
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster,
                                   backfill=backfill)
-        extra = _overrides(overrides, models)
+        configs = _tuned_configs(runner, results, datasets, models, trials, seeds, overrides) if tuned else None
+        extra = {} if tuned else _overrides(overrides, models)
         for ds in datasets:
-            _echo(main_table_study(runner, results, ds, models, seeds, extra, _subset(models, seeds)))
+            tag = _tuned_tag(_subset(models, seeds), trials) if tuned else _subset(models, seeds)
+            _echo(main_table_study(runner, results, ds, models, seeds, extra, tag,
+                                   tuned=configs[ds] if tuned else None))
 
 
 @cli.command()
@@ -384,17 +439,20 @@ def reproduce(table, datasets, seeds, models, data_dir, raw_dir, results_dir, de
                    "variant, e.g. gim_sum_concat; 'best': per dataset, the reading with the highest mean validation "
                    "AUC among the readings study's protocol records in --results-dir, controls excluded); tables go "
                    "to results/<dataset>/readings/<reading>/.")
+@_tuned_options
 @_run_options
 @_backfill_option
 @_workers_option
-def ablate(study, datasets, seeds, variants, models, reading, data_dir, raw_dir, results_dir, device, threads, force,
-           overrides, backfill, workers, cluster):
+def ablate(study, datasets, seeds, variants, models, reading, tuned, trials, data_dir, raw_dir, results_dir, device,
+           threads, force, overrides, backfill, workers, cluster):
     """The paper's ablation (Table 3), Transformer-variant study (Table 4, Figure 5) or the
     readings of MIAN (readings.md and readings_gim.md: each reading of an unspecified detail
     against the default, and the Figure 6 statistics of its seeds' models).
 
     With --variants, --models or another number of seeds than 5 the tables go to
-    results/<dataset>/subsets/<tag>/, never over the full study's."""
+    results/<dataset>/subsets/<tag>/, never over the full study's. With --tuned (ablation,
+    transformer): every MIAN variant starts from MIAN's tuned configuration (and the baselines are
+    in theirs), into results/<dataset>/tuned/."""
     from bench.training.registry import MODEL_NAMES
     from bench.report.studies import ablation_study, readings_study, transformer_study
     from bench.training.studies import ABLATION_VARIANTS, READINGS_VARIANTS, TRANSFORMER_VARIANTS
@@ -412,17 +470,30 @@ def ablate(study, datasets, seeds, variants, models, reading, data_dir, raw_dir,
     if reading not in (None, "best") and reading not in READINGS_VARIANTS:
         raise click.BadParameter(f"{reading!r} is not a reading; readings: best, "
                                  f"{', '.join(v for v in READINGS_VARIANTS if v != 'default')}", param_hint="'--reading'")
+    if tuned and study == "readings":
+        raise click.BadParameter("applies to --study ablation and transformer", param_hint="'--tuned'")
+    if tuned and reading is not None:
+        raise click.BadParameter("--reading and --tuned exclude each other (the tuning study of MIAN searches "
+                                 "its readings: gim_mode, ibim_score, mlp_activation)", param_hint="'--tuned'")
+    if trials is not None and not tuned:
+        raise click.BadParameter("applies with --tuned only", param_hint="'--trials'")
     with _errors():
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, force, workers, datasets, cluster,
                                   backfill=backfill)
-        extra = _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
+        if tuned:
+            pool = ([m for m in MODEL_NAMES if m != "mian" and (models is None or m in models)]
+                    if study == "ablation" else [])
+            configs = _tuned_configs(runner, results, datasets, ["mian", *pool], trials, seeds, overrides)
+            extra, tag = {}, _tuned_tag(tag, trials)
+        else:
+            configs, extra = None, _overrides(overrides, list(MODEL_NAMES) if study == "ablation" else ["mian"])
         on_reading = {ds: _resolve_reading(reading, results, ds) for ds in datasets}  # every dataset before training
         for ds in datasets:
-            on = on_reading[ds]
+            on, tc = on_reading[ds], configs[ds] if configs is not None else None
             if study == "ablation":
-                _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models, reading=on))
+                _echo(ablation_study(runner, results, ds, chosen, seeds, extra, tag, pool=models, reading=on, tuned=tc))
             elif study == "transformer":
-                _echo(transformer_study(runner, results, ds, chosen, seeds, extra, tag, reading=on))
+                _echo(transformer_study(runner, results, ds, chosen, seeds, extra, tag, reading=on, tuned=tc))
             else:
                 _echo(readings_study(runner, results, ds, chosen, seeds, extra, tag, progress=click.echo))
 
@@ -587,7 +658,9 @@ def visualize_attention(cases, dataset, seed, case_seed, seeds, redraw, data_dir
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where run records are read and CLAIMS.md is written (default: ./results).")
 def report(results_dir):
-    """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict."""
+    """results/CLAIMS.md: each claim of the paper, the paper's figure, ours and a verdict; per dataset
+    the same claims under the tuned protocol beside them (from results/<dataset>/tuned/tuned.json and
+    its tuned runs: `reproduce --tuned`, `ablate --tuned`) and the claims whose verdict changes."""
     from bench.report.claims import claims_report
     from bench.training.runs import DEFAULT_RESULTS_DIR
 

@@ -459,16 +459,7 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
             f"Chosen: **{best}** ({info['label']})."]
     if best == "default":
         return head + ["The default reading is also the validation choice: every verdict above stands as it is.", ""]
-    theirs = {r["claim"]: r for r in info["rows"]}
-    table, changed, missing, figure6 = [], [], [], []
-    for r in rows:
-        o = theirs.get(r["claim"])
-        if o is None:
-            (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
-        elif o["verdict"] != r["verdict"]:
-            changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
-        table.append([r["claim"], r["verdict"], o["ours"] if o else "not run on this reading",
-                      o["verdict"] if o else ""])
+    table, changed, missing, figure6, _ = _side_by_side(rows, info["rows"], "not run on this reading")
     head += ["", tabulate(table, headers=["claim", "verdict, default reading (above)", f"ours, {best}", f"verdict, {best}"],
                           tablefmt="github", disable_numparse=True), ""]
     if changed:
@@ -485,11 +476,96 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
     return head + [""]
 
 
+def _side_by_side(rows: list[dict[str, str]], other: list[dict[str, str]], absent: str
+                  ) -> tuple[list[list[str]], list[str], list[str], list[str], list[str]]:
+    """The claims ``rows`` against the same claims ``other`` (another reading or protocol):
+    (table rows [claim, verdict, other's ours, other's verdict] -- ``absent`` as other's ours for a
+    claim it lacks --, "claim (verdict -> other verdict)" of each changed verdict, the claims other
+    lacks except Figure 6, the Figure 6 claims other lacks, the claims only other has)."""
+    theirs = {r["claim"]: r for r in other}
+    table, changed, missing, figure6 = [], [], [], []
+    for r in rows:
+        o = theirs.get(r["claim"])
+        if o is None:
+            (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
+        elif o["verdict"] != r["verdict"]:
+            changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
+        table.append([r["claim"], r["verdict"], o["ours"] if o else absent, o["verdict"] if o else ""])
+    mine = {r["claim"] for r in rows}
+    only = [o["claim"] for o in other if o["claim"] not in mine]
+    return table, changed, missing, figure6, only
+
+
+def tuned_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path,
+                 evidence: "TestEvidence | None" = None) -> dict[str, Any] | None:
+    """The claims of ``dataset`` under the tuned protocol (:mod:`bench.training.tuned`), or None when
+    ``folder`` (results/<dataset>/tuned/) has no tuned.json (no ``--tuned`` table made yet; then
+    {"manifest": None, "tuning": True} when the tuning tables results/<dataset>/tuning/ are there):
+    {"manifest" (the best configuration of each model's study), "rows" (:func:`dataset_claims` on
+    the tuned runs of :func:`bench.training.tuned.tuned_protocol_records` under their plain variant
+    names: the same verdict rule; Figure 5 left out, those runs validate at epoch ends only; no
+    Figure 6), "notes" (the tuned runs left out and why, for the console)}. ``records``: every
+    run record of the store (the tuned runs are not protocol records)."""
+    from bench.training.studies import study_variant
+    from bench.training.tuned import TUNED_FILE, read_manifest, tuned_protocol_records
+
+    manifest = read_manifest(folder / TUNED_FILE)
+    if manifest is None:
+        tuning = (Path(folder).parent / "tuning" / "summary.md").exists()
+        return {"manifest": None, "rows": [], "notes": [], "tuning": True} if tuning else None
+    recs, notes = tuned_protocol_records(records, dataset, manifest, study_variant)
+    rows = [r for r in dataset_claims(recs, dataset, None, evidence) if not r["claim"].startswith("Figure 5")]
+    return {"manifest": manifest, "rows": rows, "notes": notes}
+
+
+def _tuned_section(rows: list[dict[str, str]], info: dict[str, Any] | None, dataset: str) -> list[str]:
+    """The paragraph and side-by-side table of the claims under the default and the tuned protocol
+    (``info``: :func:`tuned_claims`; None: one line naming the commands that make the tuned tables)."""
+    from tabulate import tabulate
+
+    if info is not None and info.get("manifest") is None:
+        return [f"Tuned protocol: not yet (the tuning studies of {dataset} are in results/{dataset}/tuning/, the tuned "
+                f"tables are not: `python cli.py reproduce --tuned --dataset {dataset}`, `python cli.py ablate --tuned "
+                f"--dataset {dataset}` and `python cli.py ablate --study transformer --tuned --dataset {dataset}`).", ""]
+    if info is None:
+        return [f"Tuned protocol: not yet (no tuned tables of {dataset}: `python cli.py tune --dataset {dataset}`, then "
+                f"`python cli.py reproduce --tuned --dataset {dataset}`, `python cli.py ablate --tuned --dataset "
+                f"{dataset}` and `python cli.py ablate --study transformer --tuned --dataset {dataset}`).", ""]
+    models = info["manifest"].get("models", {})
+    budget = sorted({str(e.get("budget")) for e in models.values()})
+    seed = sorted({str(e.get("tuning_seed")) for e in models.values()})
+    per = ", ".join(f"{m} trial {e['trial']} (validation AUC {float(e['valid_auc']):.4f})" for m, e in models.items())
+    head = [f"### {dataset}: the claims under the default and the tuned protocol", "",
+            f"Tuned protocol: each model in the best configuration of its tuning study ({'/'.join(budget)} trials per "
+            f"model, best-epoch validation AUC, test never scored; results/{dataset}/tuned/tuned.json), trained on "
+            f"seeds other than the tuning seed {'/'.join(seed)}; the same verdict rule. Best trials: {per}."]
+    table, changed, missing, _, only = _side_by_side(rows, info["rows"], "not run under the tuned protocol")
+    theirs = {r["claim"]: r for r in info["rows"]}
+    table += [[c, "not run under the default protocol", theirs[c]["ours"], theirs[c]["verdict"]] for c in only]
+    head += ["", tabulate(table, headers=["claim", "verdict, default protocol (above)", "ours, tuned protocol",
+                                          "verdict, tuned protocol"], tablefmt="github", disable_numparse=True), ""]
+    if changed:
+        head.append(f"Verdicts that change under the tuned protocol ({len(changed)}): " + "; ".join(changed) + ".")
+    else:
+        head.append("No verdict of the claims checked under both protocols changes under the tuned protocol.")
+    if missing:
+        head.append(f"Not run under the tuned protocol ({len(missing)} claim(s)): Table 2 comes from `python cli.py "
+                    f"reproduce --tuned --dataset {dataset}`, Table 3 from `python cli.py ablate --tuned --dataset "
+                    f"{dataset}`, Table 4 from `... --study transformer --tuned`; Figures 5 and 6 are the default "
+                    "protocol's only.")
+    return head + [""]
+
+
 def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequence[str] = (),
                     dataset_notes: dict[str, Sequence[str]] | None = None,
-                    readings: dict[str, dict[str, Any] | None] | None = None) -> str:
+                    readings: dict[str, dict[str, Any] | None] | None = None,
+                    tuned: dict[str, dict[str, Any] | None] | None = None) -> str:
     """``results/CLAIMS.md``: one section per dataset, one row per claim, then that dataset's
-    ``dataset_notes`` (e.g. what a change of machine moves: :func:`bench.report.crosscheck.cross_machine_notes`)."""
+    ``dataset_notes`` (e.g. what a change of machine moves: :func:`bench.report.crosscheck.cross_machine_notes`),
+    the claims under the reading chosen on validation (``readings``: :func:`reading_claims` per
+    dataset) and the same claims under the tuned protocol beside the default one (``tuned``:
+    :func:`tuned_claims` per dataset, None for a dataset without tuned tables: a line naming the
+    commands that make them)."""
     from tabulate import tabulate
 
     parts = [
@@ -524,6 +600,11 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         "the field existed). The paper's figures come from other datasets (Amazon Books / "
         "Electronics, a commercial set); they show the direction claimed, not a value to match.",
         "",
+        "Two protocols: each dataset's table holds the claims under the default protocol (PROTOCOL section 3, the "
+        "configs of bench/training/configs); below it, the same claims under the tuned protocol (each model in the "
+        "best configuration of its tuning study, chosen on validation AUC, trained on seeds other than the tuning "
+        "seed: results/<dataset>/tuned/), with the same verdict rule, and the claims whose verdict changes.",
+        "",
     ]
     for ds, rows in per_dataset.items():
         parts.append(f"## {ds}")
@@ -541,6 +622,8 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         parts.append("")
         if readings is not None and rows:
             parts += _reading_section(rows, readings.get(ds), ds)
+        if tuned is not None:
+            parts += _tuned_section(rows, tuned.get(ds), ds)
     parts += list(notes)
     return "\n".join(parts) + "\n"
 
@@ -575,12 +658,14 @@ def claims_report(results: Path) -> Output:
                               evidence=evidence)
            for ds in datasets}
     readings = {ds: reading_claims(records, ds, results / ds, figure_notes, evidence) for ds in datasets}
+    tuned = {ds: tuned_claims(every, ds, results / ds / "tuned", evidence) for ds in datasets}
     text = claims_markdown(per, notes=figure_notes,
                            dataset_notes={ds: [*_signal_notes(results / ds), *cross_machine_notes(results / ds)]
                                           for ds in per},
-                           readings=readings)
+                           readings=readings, tuned=tuned)
     atomic_write_text(results / "CLAIMS.md", text)
-    shown = [*left_out, *filter(None, [evidence.summary()])]
+    shown = [*left_out, *(n for info in tuned.values() if info for n in info["notes"]),
+             *filter(None, [evidence.summary()])]
     return Output(text + "".join(f"\n{n}" for n in shown), [results / "CLAIMS.md"])
 
 

@@ -23,12 +23,13 @@ from bench.report.paper import PAPER_TABLE3, PAPER_TABLE3_COLUMNS, PAPER_TABLE4,
 
 
 def out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None, write: bool = True,
-            reading: str | None = None) -> Path:
+            reading: str | None = None, tuned: bool = False) -> Path:
     """Where a command's tables and figures go: ``results/<dataset>`` for the protocol's config,
     models and seeds. With ``--set`` overrides, a sub-folder named by them (holding
     ``overrides.json`` unless ``write`` is False: a command that only reads); for a subset of the
     models or another number of seeds, ``subsets/<tag>`` below that; a study on top of a
-    ``reading`` of MIAN (``ablate --reading``) goes to ``readings/<reading>/`` before the subset.
+    ``reading`` of MIAN (``ablate --reading``) goes to ``readings/<reading>/`` before the subset,
+    a study of the tuned protocol (``--tuned``: :mod:`bench.training.tuned`) to ``tuned/``.
     So the protocol's tables are never replaced by a partial or differently configured study."""
     out = results / dataset
     if extra:
@@ -38,6 +39,8 @@ def out_dir(results: Path, dataset: str, extra: dict, subset: str | None = None,
             atomic_write_text(out / "overrides.json", text + "\n")
     if reading is not None:  # a study on top of a reading of MIAN (ablate --reading)
         out = out / "readings" / reading
+    if tuned:  # the tuned protocol (--tuned)
+        out = out / "tuned"
     if subset:
         out = out / "subsets" / subset
     return out
@@ -53,11 +56,49 @@ def _publish(tab: Table, results: Path, dataset: str, extra: dict, stem: Path) -
     return tab.write(stem)
 
 
+def tuned_notes(tuned: dict, models: Sequence[str], seeds: int) -> list[str]:
+    """The notes of a tuned table: the rule, then each model's study, best trial and values."""
+    from bench.report.tuning import _fmt
+
+    first = next(iter(tuned.values()))
+    notes = [f"Tuned protocol (PROTOCOL section 3): each model's best configuration of its tuning study (`python cli.py "
+             f"tune`: {first.budget} trials per model, best-epoch validation AUC, test never scored), trained on seed(s) "
+             f"{'0' if seeds == 1 else f'0-{seeds - 1}'}, not the tuning seed {first.tuning_seed}; runs of variant tuned-<study>-t<trial> "
+             "(no default-protocol run is used here)."]
+    for m in models:
+        c = tuned[m]
+        notes.append(f"{m}: trial {c.trial} of study {c.study} (validation AUC {c.value:.4f}, run {c.trial_run_id}): "
+                     + ("; ".join(f"{k}={_fmt(v)}" for k, v in c.params.items()) or "nothing tuned"))
+    return notes
+
+
+def _tuned_publish(tab: Table, runner, results: Path, dataset: str, tuned: dict, models: Sequence[str], seeds: int,
+                   subset: str | None, stem: str) -> tuple[Path, list[Path]]:
+    """Write the tuned table ``tab`` to ``<results>/<dataset>/tuned/[subsets/<tag>/]<stem>.*`` with its
+    notes, and the configurations it used to that folder's tuned.json; (the folder, the paths)."""
+    from bench.training.tuned import write_manifest
+
+    tab.title += " (tuned protocol)"
+    tab.notes.extend(tuned_notes(tuned, models, seeds))
+    out = out_dir(results, dataset, {}, subset, tuned=True)
+    paths = tab.write(out / stem)
+    paths.append(write_manifest(out, {m: tuned[m] for m in models}, runner.dataset(dataset)))
+    return out, paths
+
+
 def main_table_study(runner, results: Path, dataset: str, models: Sequence[str], seeds: int, extra: dict,
-                     subset: str | None) -> Output:
-    """Table 2 of ``models`` over seeds 0..``seeds``-1: ``<out>/main_table.{md,csv,tex}``."""
+                     subset: str | None, tuned: dict | None = None) -> Output:
+    """Table 2 of ``models`` over seeds 0..``seeds``-1: ``<out>/main_table.{md,csv,tex}``. With
+    ``tuned`` ({model: :class:`bench.training.tuned.TunedConfig`}, every model of ``models``): the
+    tuned protocol's Table 2, each model in its best configuration, into ``<dataset>/tuned/``."""
     from bench.training.studies import main_specs
 
+    if tuned is not None:
+        specs = [tuned[m].spec(s) for s in range(seeds) for m in models]
+        recs = runner.run_all(specs, desc=f"{dataset} main table (tuned)")
+        tab = main_table([{**r, "variant": "default"} for r in recs], dataset, models)
+        _, paths = _tuned_publish(tab, runner, results, dataset, tuned, models, seeds, subset, "main_table")
+        return Output(tab.markdown(), paths)
     records = runner.run_all(main_specs(dataset, models, range(seeds), extra), desc=f"{dataset} main table")
     tab = main_table(records, dataset, models)
     paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset) / "main_table")
@@ -65,13 +106,19 @@ def main_table_study(runner, results: Path, dataset: str, models: Sequence[str],
 
 
 def _reading_runs(runner, dataset: str, variants: dict, seeds: int, extra: dict, reading: str | None,
-                  desc: str) -> tuple[list[dict[str, Any]], dict, str]:
+                  desc: str, tuned=None) -> tuple[list[dict[str, Any]], dict, str]:
     """Run the MIAN ``variants`` of a study, on top of ``reading`` when given
-    (:func:`bench.training.studies.on_reading`): (their records, shown under the plain variant
-    names so the study's table treats them as usual; the variants with labels naming the reading;
-    a title suffix)."""
+    (:func:`bench.training.studies.on_reading`) or of MIAN's tuned configuration ``tuned`` (a
+    :class:`bench.training.tuned.TunedConfig`: each variant's overrides after the tuned values):
+    (their records, shown under the plain variant names so the study's table treats them as usual;
+    the variants with labels naming the reading; a title suffix)."""
     from bench.training.studies import on_reading, variant_specs
 
+    if tuned is not None:
+        specs = [tuned.spec(s, v, o) for s in range(seeds) for v, (_, o) in variants.items()]
+        recs = runner.run_all(specs, desc=f"{desc} (tuned)")
+        return ([{**r, "variant": spec.variant.partition("+")[2] or "default"} for r, spec in zip(recs, specs)],
+                variants, "")
     if reading is None:
         return runner.run_all(variant_specs(dataset, variants, range(seeds), extra), desc=desc), variants, ""
     composed = on_reading(reading, variants)
@@ -83,24 +130,37 @@ def _reading_runs(runner, dataset: str, variants: dict, seeds: int, extra: dict,
 
 
 def ablation_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
-                   subset: str | None, pool: Sequence[str] | None = None, reading: str | None = None) -> Output:
+                   subset: str | None, pool: Sequence[str] | None = None, reading: str | None = None,
+                   tuned: dict | None = None) -> Output:
     """Table 3: the MIAN ``variants`` and the best baseline of ``pool`` (None: the seven
     baselines; empty: no baseline row), whose runs are the main table's (reused when `reproduce`
     made them): ``<out>/ablation.{md,csv,tex}``. With ``reading`` (a READINGS_VARIANTS name) every
-    MIAN variant is built on that reading and the table goes to ``readings/<reading>/``."""
+    MIAN variant is built on that reading and the table goes to ``readings/<reading>/``. With
+    ``tuned`` ({model: TunedConfig} of MIAN and the pool): every MIAN variant switches its module(s)
+    off from MIAN's tuned configuration, the baselines are in theirs (the tuned main table's runs),
+    into ``tuned/``."""
     from bench.training.registry import MODEL_NAMES
     from bench.training.studies import main_specs
 
     baselines = [m for m in MODEL_NAMES if m != "mian" and (pool is None or m in pool)]
-    recs, variants, on = _reading_runs(runner, dataset, variants, seeds, extra, reading, f"{dataset} ablation")
-    base_recs = (runner.run_all(main_specs(dataset, baselines, range(seeds), extra), desc=f"{dataset} baselines")
-                 if baselines else [])
+    recs, variants, on = _reading_runs(runner, dataset, variants, seeds, extra, reading, f"{dataset} ablation",
+                                       tuned=tuned["mian"] if tuned is not None else None)
+    if tuned is not None:
+        specs = [tuned[m].spec(s) for s in range(seeds) for m in baselines]
+        base_recs = ([{**r, "variant": "default"} for r in runner.run_all(specs, desc=f"{dataset} baselines (tuned)")]
+                     if baselines else [])
+    else:
+        base_recs = (runner.run_all(main_specs(dataset, baselines, range(seeds), extra), desc=f"{dataset} baselines")
+                     if baselines else [])
     tab = variant_table(recs + base_recs, dataset, variants, f"Table 3 reproduction (ablation): {dataset}{on}",
                         PAPER_TABLE3, PAPER_TABLE3_COLUMNS, baseline=best_baseline(base_recs, dataset))
-    tab.notes.append(signal_note(runner, results, dataset, extra, subset, reading))
+    tab.notes.append(signal_note(runner, results, dataset, extra, subset, reading, tuned=tuned is not None))
     if pool is not None:
         tab.notes.append("Best baseline chosen among " + (", ".join(baselines) if baselines else
                          "no model (--models none): no baseline row") + " (--models).")
+    if tuned is not None:
+        _, paths = _tuned_publish(tab, runner, results, dataset, tuned, ["mian", *baselines], seeds, subset, "ablation")
+        return Output(tab.markdown(), paths)
     paths = _publish(tab, results, dataset, extra, out_dir(results, dataset, extra, subset, reading=reading) / "ablation")
     return Output(tab.markdown(), paths)
 
@@ -108,7 +168,8 @@ def ablation_study(runner, results: Path, dataset: str, variants: dict, seeds: i
 SIGNAL_FILE = "input_signal.json"
 
 
-def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | None, reading: str | None = None) -> str:
+def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | None, reading: str | None = None,
+                tuned: bool = False) -> str:
     """The ablation table's note on what IUIM's and ICIM's inputs can tell about the label
     (:func:`bench.data.stats.input_signal` of the prepared data the runs trained on), also written
     to ``<out>/input_signal.json`` so that the claims report can say it without the data."""
@@ -116,25 +177,33 @@ def signal_note(runner, results: Path, dataset: str, extra: dict, subset: str | 
     from bench.training.config import data_params
 
     signal = input_signal(runner.dataset(dataset, data_params(extra)))
-    out = out_dir(results, dataset, extra, subset, reading=reading)
+    out = out_dir(results, dataset, extra, subset, reading=reading, tuned=tuned)
     atomic_write_text(out / SIGNAL_FILE, json.dumps(signal, indent=1, sort_keys=True) + "\n")
     return input_signal_note(signal)
 
 
 def transformer_study(runner, results: Path, dataset: str, variants: dict, seeds: int, extra: dict,
-                      subset: str | None, reading: str | None = None) -> Output:
+                      subset: str | None, reading: str | None = None, tuned: dict | None = None) -> Output:
     """Table 4 with the steps each variant takes to 99% of its best validation AUC
     (``<out>/transformer.{md,csv,tex}``) and Figure 5 (``<out>/convergence.png``). With ``reading``
     (a READINGS_VARIANTS name) the Table 4 rows of ``variants`` are built on that reading, into
-    ``readings/<reading>/``, without Figure 5 (those runs validate at epoch ends only)."""
+    ``readings/<reading>/``, without Figure 5 (those runs validate at epoch ends only); likewise
+    with ``tuned`` ({"mian": TunedConfig}): the Table 4 rows from MIAN's tuned configuration, into
+    ``tuned/``."""
     from bench.report.figures import convergence_plot
     from bench.training.studies import CONVERGENCE_VARIANTS, TABLE4_VARIANTS, TRANSFORMER_VARIANTS, draws_curves
 
-    if reading is not None:
+    if reading is not None or tuned is not None:
         variants = {v: o for v, o in variants.items() if v in TABLE4_VARIANTS}
-    recs, variants, on = _reading_runs(runner, dataset, variants, seeds, extra, reading, f"{dataset} transformer")
+    recs, variants, on = _reading_runs(runner, dataset, variants, seeds, extra, reading, f"{dataset} transformer",
+                                       tuned=tuned["mian"] if tuned is not None else None)
     tab = variant_table(recs, dataset, variants, f"Table 4 reproduction (Transformer variants): {dataset}{on}",
                         PAPER_TABLE4, PAPER_TABLE4_COLUMNS)
+    if tuned is not None:
+        tab.notes.append("No Figure 5 and no steps column in the tuned protocol: its runs validate at epoch ends only "
+                         "(the mid-epoch cadence is the default protocol's Figure 5 runs').")
+        _, paths = _tuned_publish(tab, runner, results, dataset, tuned, ["mian"], seeds, subset, "transformer")
+        return Output(tab.markdown(), paths)
     out = out_dir(results, dataset, extra, subset, reading=reading)
     if reading is not None:
         tab.notes.append("No Figure 5 and no steps column on a reading: its runs validate at epoch ends only "

@@ -738,6 +738,9 @@ def protocol_records(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
         if str(r["variant"]).startswith("tune-"):  # bench.training.tuning: test never scored
             dropped["tuning trials (python cli.py tune; their test split is never scored)"] += 1
             continue
+        if str(r["variant"]).startswith("tuned-"):  # bench.training.tuned: the tuned protocol's own tables and claims
+            dropped["runs of the tuned protocol (--tuned; in results/<dataset>/tuned/ and the report's tuned column)"] += 1
+            continue
         if r["model"] == "mian" and study_variant(r["variant"]) is None or r["model"] != "mian" and r["variant"] != "default":
             dropped["unknown study variant"] += 1
             continue
