@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import pytest
 
 from bench import data
 from bench.data.sources import common, movielens
-from bench.data.sources.common import DataError, RawFiles
-from bench.data.samples import ProtocolParams, decode
+from bench.data.sources.common import DataError
+from bench.data.samples import ProtocolParams
 from datagen import (
     ml100k_bytes,
     ml100k_frames,

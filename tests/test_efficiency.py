@@ -92,7 +92,7 @@ def test_bench_writes_csv_with_every_column_and_notes(prepared, tmp_path):
     for needle in ("CPUs available", "torch " + torch.__version__, ds.fingerprint[:16], "measured 20",
                    "gauc on 1,000,000 predictions from 10,000 users",
                    "FlopCounterMode", "embedding lookups", "memory-bound",
-                   f"One seed of the 2 models (the run records of seed 0", f"{sum(by_model.values()):,.0f} s = ",
+                   "One seed of the 2 models (the run records of seed 0", f"{sum(by_model.values()):,.0f} s = ",
                    f"{csv['matmul_peak_gflops'][0]:,.1f} GFLOP/s (median of 5 torch.mm of 2048 x 2048 fp32"):
         assert needle in md, needle
     header = [c.strip() for c in md.split("\n")[2].strip("|").split("|")]
