@@ -296,6 +296,19 @@ PROTOCOL_SEEDS = 5
 MAX_SEEDS = 1000
 
 
+def _study_storage(results: Path) -> str:
+    """The Optuna storage URL of the tuning studies, results/tuning/studies.db (its folder made);
+    ClickException naming the folder when it cannot be created."""
+    from bench.training.tuning import STUDY_DB
+
+    db = results / STUDY_DB
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{db.parent}: cannot be created ({exc.strerror or exc})") from None
+    return f"sqlite:///{db.resolve()}"
+
+
 def _tuned_options(f):
     """--tuned and --trials of the table commands (the tuned protocol, issue 15)."""
     f = click.option("--trials", type=click.IntRange(1, 1000), default=None,
@@ -313,17 +326,12 @@ def _tuned_configs(runner, results: Path, datasets, models: list[str], trials: i
     """{dataset: {model: TunedConfig}} of ``--tuned`` (every dataset checked before anything trains;
     TuningError naming each incomplete study and the `tune` command that completes it)."""
     from bench.training.tuned import best_configs, check_seeds
-    from bench.training.tuning import DEFAULT_TRIALS, STUDY_DB
+    from bench.training.tuning import DEFAULT_TRIALS
 
     if overrides:
         raise click.BadParameter("the tuned protocol is the protocol's config plus each study's best values; "
                                  "it takes no --set", param_hint="'--set'")
-    db = results / STUDY_DB
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.ClickException(f"{db.parent}: cannot be created ({exc.strerror or exc})") from None
-    storage = f"sqlite:///{db.resolve()}"
+    storage = _study_storage(results)
     records = list(runner.store.records())
     out = {}
     for ds in datasets:
@@ -575,7 +583,7 @@ def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threa
     from bench.report.studies import out_dir
     from bench.training.registry import MODEL_NAMES
     from bench.report.tuning import write_outputs
-    from bench.training.tuning import DEFAULT_TRIALS, STUDY_DB, model_space, tune_model
+    from bench.training.tuning import DEFAULT_TRIALS, model_space, tune_model
 
     datasets = datasets or ["movielens-100k"]
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
@@ -586,12 +594,7 @@ def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threa
         spaces = {ds: {m: model_space(ds, m) for m in models} for ds in datasets}  # every space checked first
         runner, results = _runner(data_dir, raw_dir, results_dir, device, threads, False, workers, tuple(datasets),
                                   cluster)
-        db = results / STUDY_DB
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise click.ClickException(f"{db.parent}: cannot be created ({exc.strerror or exc})") from None
-        storage = f"sqlite:///{db.resolve()}"
+        storage = _study_storage(results)
         for ds_name in datasets:
             click.echo(f"{ds_name}: {trials} trials per model; search spaces (bench/training/configs/{ds_name}.toml "
                        "[tuning]):")

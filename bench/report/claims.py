@@ -323,9 +323,9 @@ def _largest_drop_verdict(drops: dict[str, tuple[float, str]], module: str,
 
 
 def transformer_claims(records: Sequence[dict[str, Any]], dataset: str,
-                       evidence: TestEvidence | None = None) -> list[dict[str, str]]:
-    """Table 4: Pre-LN beats Post-LN beats no Transformer (AUC); Figure 5: Pre-LN reaches 99% of
-    its best validation AUC in fewer steps."""
+                       evidence: TestEvidence | None = None, curves: bool = True) -> list[dict[str, str]]:
+    """Table 4: Pre-LN beats Post-LN beats no Transformer (AUC); Figure 5 (only with ``curves``):
+    Pre-LN reaches 99% of its best validation AUC in fewer steps."""
     names = {"default": "Pre-LN", "post_ln": "Post-LN", "no_transformer": "no Transformer"}
     runs = {v: _seed_records(records, dataset, "mian", v) for v in names}
     rows = [_sample_claim(f"Table 4: {names[a]} beats {names[b]} (AUC)",
@@ -333,6 +333,8 @@ def transformer_claims(records: Sequence[dict[str, Any]], dataset: str,
                           +1, evidence)
             for a, b in (("default", "post_ln"), ("default", "no_transformer"), ("post_ln", "no_transformer"))
             if runs[a] and runs[b]]
+    if not curves:
+        return rows
     curves = convergence_curves(records, dataset, tuple(names))
     if not curves.empty:
         steps = steps_to_fraction(curves)
@@ -393,13 +395,14 @@ def figure6_claims(gim: dict[str, Any] | None) -> list[dict[str, str]]:
 
 def dataset_claims(
     records: Sequence[dict[str, Any]], dataset: str, gim: dict[str, Any] | None = None,
-    evidence: TestEvidence | None = None,
+    evidence: TestEvidence | None = None, curves: bool = True,
 ) -> list[dict[str, str]]:
     """Claim rows for one dataset: claim, paper, ours, verdict. Claims without runs are omitted.
     ``evidence``: the runs' test scores for the bootstrap (None: n/a, so no test-metric claim is
-    reproduced)."""
+    reproduced). ``curves``: False leaves Figure 5 out (runs that validate at epoch ends only:
+    those on a reading, the tuned protocol's)."""
     return [*main_table_claims(records, dataset, evidence), *ablation_claims(records, dataset, evidence),
-            *transformer_claims(records, dataset, evidence), *figure6_claims(gim)]
+            *transformer_claims(records, dataset, evidence, curves), *figure6_claims(gim)]
 
 
 def as_reading(records: Sequence[dict[str, Any]], reading: str) -> list[dict[str, Any]]:
@@ -444,14 +447,25 @@ def reading_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path
             gim = None
     # Figure 5 is the default reading's alone: runs on a reading validate at epoch ends only, so
     # their curves are not the figure's cadence (the side column shows "not run on this reading")
-    rows = [r for r in dataset_claims(as_reading(records, best), dataset, gim, evidence=evidence)
-            if not r["claim"].startswith("Figure 5")]
+    rows = dataset_claims(as_reading(records, best), dataset, gim, evidence=evidence, curves=False)
     return {"reading": best, "label": READINGS_VARIANTS[best][0], "means": means, "rows": rows}
+
+
+def _side_lines(table: list[list[str]], headers: list[str], changed: list[str], changed_label: str,
+                none_changed: str, missing: list[str], missing_text: str) -> list[str]:
+    """The side-by-side table of two claim columns (:func:`_side_by_side`) and its notes: the
+    changed verdicts (or ``none_changed``), and ``missing_text`` when some claims have no second column."""
+    from tabulate import tabulate
+
+    lines = ["", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    lines.append(f"{changed_label} ({len(changed)}): " + "; ".join(changed) + "." if changed else none_changed)
+    if missing:
+        lines.append(missing_text)
+    return lines
 
 
 def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, dataset: str) -> list[str]:
     """The paragraph and side-by-side table of the claims under the reading chosen on validation."""
-    from tabulate import tabulate
 
     if info is None:
         return [f"Reading chosen on validation: not yet (the readings study of {dataset} is not complete: "
@@ -464,16 +478,12 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
     if best == "default":
         return head + ["The default reading is also the validation choice: every verdict above stands as it is.", ""]
     table, changed, missing, figure6, _ = _side_by_side(rows, info["rows"], "not run on this reading")
-    head += ["", tabulate(table, headers=["claim", "verdict, default reading (above)", f"ours, {best}", f"verdict, {best}"],
-                          tablefmt="github", disable_numparse=True), ""]
-    if changed:
-        head.append(f"Verdicts that depend on the reading ({len(changed)}): " + "; ".join(changed) + ".")
-    else:
-        head.append("No verdict of the claims run on both readings depends on the reading.")
-    if missing:
-        head.append(f"Not run on {best} ({len(missing)} claim(s)): the ablation and Table 4 on it come from "
-                    f"`python cli.py ablate --reading best --dataset {dataset}` and `... --study transformer "
-                    "--reading best`; Figure 5 is drawn for the default reading only (its cadence).")
+    head += _side_lines(
+        table, ["claim", "verdict, default reading (above)", f"ours, {best}", f"verdict, {best}"], changed,
+        "Verdicts that depend on the reading", "No verdict of the claims run on both readings depends on the reading.",
+        missing, f"Not run on {best} ({len(missing)} claim(s)): the ablation and Table 4 on it come from "
+                 f"`python cli.py ablate --reading best --dataset {dataset}` and `... --study transformer "
+                 "--reading best`; Figure 5 is drawn for the default reading only (its cadence).")
     if figure6:
         head.append(f"Figure 6 on {best}: no statistics (the readings study's readings_gim.json has none for it, or they "
                     "are not of its protocol runs).")
@@ -518,14 +528,13 @@ def tuned_claims(records: Sequence[dict[str, Any]], dataset: str, folder: Path,
         tuning = (Path(folder).parent / "tuning" / "summary.md").exists()
         return {"manifest": None, "rows": [], "notes": [], "tuning": True} if tuning else None
     recs, notes = tuned_protocol_records(records, dataset, manifest, study_variant)
-    rows = [r for r in dataset_claims(recs, dataset, None, evidence) if not r["claim"].startswith("Figure 5")]
+    rows = dataset_claims(recs, dataset, None, evidence, curves=False)
     return {"manifest": manifest, "rows": rows, "notes": notes}
 
 
 def _tuned_section(rows: list[dict[str, str]], info: dict[str, Any] | None, dataset: str) -> list[str]:
     """The paragraph and side-by-side table of the claims under the default and the tuned protocol
     (``info``: :func:`tuned_claims`; None: one line naming the commands that make the tuned tables)."""
-    from tabulate import tabulate
 
     if info is not None and info.get("manifest") is None:
         return [f"Tuned protocol: not yet (the tuning studies of {dataset} are in results/{dataset}/tuning/, the tuned "
@@ -546,17 +555,14 @@ def _tuned_section(rows: list[dict[str, str]], info: dict[str, Any] | None, data
     table, changed, missing, _, only = _side_by_side(rows, info["rows"], "not run under the tuned protocol")
     theirs = {r["claim"]: r for r in info["rows"]}
     table += [[c, "not run under the default protocol", theirs[c]["ours"], theirs[c]["verdict"]] for c in only]
-    head += ["", tabulate(table, headers=["claim", "verdict, default protocol (above)", "ours, tuned protocol",
-                                          "verdict, tuned protocol"], tablefmt="github", disable_numparse=True), ""]
-    if changed:
-        head.append(f"Verdicts that change under the tuned protocol ({len(changed)}): " + "; ".join(changed) + ".")
-    else:
-        head.append("No verdict of the claims checked under both protocols changes under the tuned protocol.")
-    if missing:
-        head.append(f"Not run under the tuned protocol ({len(missing)} claim(s)): Table 2 comes from `python cli.py "
-                    f"reproduce --tuned --dataset {dataset}`, Table 3 from `python cli.py ablate --tuned --dataset "
-                    f"{dataset}`, Table 4 from `... --study transformer --tuned`; Figures 5 and 6 are the default "
-                    "protocol's only.")
+    head += _side_lines(
+        table, ["claim", "verdict, default protocol (above)", "ours, tuned protocol", "verdict, tuned protocol"],
+        changed, "Verdicts that change under the tuned protocol",
+        "No verdict of the claims checked under both protocols changes under the tuned protocol.",
+        missing, f"Not run under the tuned protocol ({len(missing)} claim(s)): Table 2 comes from `python cli.py "
+                 f"reproduce --tuned --dataset {dataset}`, Table 3 from `python cli.py ablate --tuned --dataset "
+                 f"{dataset}`, Table 4 from `... --study transformer --tuned`; Figures 5 and 6 are the default "
+                 "protocol's only.")
     return head + [""]
 
 
