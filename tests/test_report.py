@@ -88,3 +88,16 @@ def test_deltas_never_print_minus_zero():
     assert fmt_delta(-0.00006) == "-0.0001"
     assert fmt_delta(0.0123) == "+0.0123"
     assert fmt_delta(-3.4, 0) == "-3"
+
+
+def test_machines_note_counts_runs_per_machine_and_warns_only_when_they_are_mixed():
+    from bench.report import machines_note
+
+    intel = {"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX512"}
+    amd = {"cpu": "AMD EPYC", "isa": "AVX512"}
+    one = machines_note([{"machine": intel}] * 3)
+    assert one == "runs per machine: Intel(R) Xeon(R) Processor (torch kernels AVX512) 3"
+    mixed = machines_note([{"machine": intel}] * 3 + [{"machine": amd}] * 2 + [{}])
+    assert mixed.startswith("runs per machine: AMD EPYC (torch kernels AVX512) 2; Intel(R) Xeon(R) Processor "
+                            "(torch kernels AVX512) 3; a machine not named (records made before 2026-12-01) 1. ")
+    assert "what the machine alone moves" in mixed and "what the machine alone moves" not in one

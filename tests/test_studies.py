@@ -519,3 +519,26 @@ def test_a_readings_figure6_summary_of_other_runs_is_left_out(tmp_path):
     left.clear()
     reading_claims(recs, "ds", tmp_path, left)
     assert left == []
+
+
+def test_a_study_still_running_is_partial_not_a_verdict(tmp_path):
+    """Claims whose compared runs share fewer than the protocol's 5 seeds (a study whose records are
+    committed as they finish) say "partial (k of 5 seeds)", are counted apart, and are no change of
+    verdict in a side-by-side column; the complete claims keep their verdicts."""
+    from bench.report.claims import _side_by_side
+
+    recs, evidence = scored_study(tmp_path, 0.2, 0.3, 0.1)
+    running = [r for r in recs if not (r["variant"] in ("no_ibim", "post_ln") and r["seed"] >= 2)]
+    rows = {r["claim"]: r for r in dataset_claims(running, "ds", evidence=evidence)}
+    for claim in ("Table 3: removing IBIM lowers AUC", "Table 3: removing IBIM hurts most",
+                  "Table 4: Pre-LN beats Post-LN (AUC)",
+                  "Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than Post-LN"):
+        assert rows[claim]["verdict"] == "partial (2 of 5 seeds)", rows[claim]
+    assert "n=2" in rows["Table 3: removing IBIM lowers AUC"]["ours"]
+    assert rows["Table 2: MIAN's AUC beats the best baseline (din)"]["verdict"] == REPRODUCED
+    assert rows["Table 3: removing GIM lowers AUC"]["verdict"] == REPRODUCED
+    md = claims_markdown({"ds": list(rows.values())})
+    assert "partial (a study still running): 4" in md and "*partial (k of 5 seeds)*" in md
+    complete = dataset_claims(recs, "ds", evidence=evidence)
+    _, changed, _, _, _ = _side_by_side(complete, list(rows.values()), "absent")
+    assert changed == []

@@ -259,6 +259,7 @@ def main_table(
         "Test-split metrics, mean ± sample std over seeds; bold = best overall, underlined = best baseline (per column).",
         "paper * AUC: the MIAN paper's Table 2 on its own datasets and protocol, for orientation only (not comparable).",
         _provenance(recs),
+        machines_note(recs),
         f"total wall time of these runs: {_wall_minutes(recs):.1f} min (train + eval, summed over runs); "
         f"{len(recs)} run record{'s' if len(recs) != 1 else ''} (runs/<run_id>.json in the results folder)",
     ]
@@ -362,6 +363,25 @@ def _provenance(recs: Sequence[dict[str, Any]]) -> str:
             f"{', '.join(sorted({r['fingerprint'][:16] for r in recs}))}")
 
 
+def machines_note(recs: Sequence[dict[str, Any]]) -> str:
+    """The note counting a table's runs per machine (each record's ``machine``: CPU and torch's
+    kernel ISA; records made before 2026-12-01 have none) and, when they come from more than one,
+    saying that a difference between runs of two machines includes what the machine alone moves
+    (docs/REPRODUCIBILITY.md)."""
+    from collections import Counter
+
+    counts = Counter((m.get("cpu", "?"), m.get("isa", "?")) if (m := r.get("machine")) else None for r in recs)
+    parts = [f"{cpu} (torch kernels {isa}) {n}" for (cpu, isa), n in sorted((k, v) for k, v in counts.items() if k)]
+    if counts.get(None):
+        parts.append(f"a machine not named (records made before 2026-12-01) {counts[None]}")
+    text = "runs per machine: " + "; ".join(parts)
+    if len(counts) > 1:
+        text += (". On another CPU a run's last bits differ and the MLP-heavy models (Wide&Deep, DeepFM, xDeepFM, "
+                 "MIAN) drift to another trajectory, so rows made on different machines differ also by what the "
+                 "machine alone moves (docs/REPRODUCIBILITY.md; measured in cross_machine/ where present)")
+    return text
+
+
 def _wall_minutes(recs: Sequence[dict[str, Any]]) -> float:
     return sum(sum(r["wall_seconds"].values()) for r in recs) / 60
 
@@ -408,6 +428,7 @@ def variant_table(
         *(["paper columns: the MIAN paper's own figures on its datasets, for orientation only."] if paper_columns
           else []),
         _provenance(recs_all),
+        machines_note(recs_all),
         f"total wall time of these runs: {_wall_minutes(recs_all):.1f} min",
     ]
     return Table(title=title, frame=pd.DataFrame(list(out), columns=headers), csv=pd.DataFrame(list(csv_rows)),

@@ -17,6 +17,10 @@ bootstrap interval over test users and seeds (bench.report.figures.share_interva
 when the interval lies above 50 % and the interactive representation has the larger mean weight,
 not reproduced when the interval lies below 50 %, inconclusive otherwise (and for a summary
 without an interval).
+
+A comparison whose two sides share fewer than the protocol's :data:`PROTOCOL_SEEDS` seeds is a
+study still running (its records committed as they finish): its verdict is *partial (k of 5
+seeds)*, never one computed on the seeds there so far (:func:`partial_verdict`).
 """
 from __future__ import annotations
 
@@ -45,6 +49,20 @@ from bench.report import (
 
 ALPHA = 0.05
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+#: the protocol's number of seeds per model and variant (PROTOCOL section 3: seeds 0-4)
+PROTOCOL_SEEDS = 5
+PARTIAL = "partial"
+
+
+def partial_verdict(n: int, seeds: int = PROTOCOL_SEEDS) -> str | None:
+    """"partial (n of 5 seeds)" when a comparison has fewer than ``seeds`` paired seeds (a study
+    still running), else None (the comparison is complete and gets a verdict)."""
+    return f"{PARTIAL} ({n} of {seeds} seeds)" if n < seeds else None
+
+
+def is_partial(verdict_: str) -> bool:
+    """Whether ``verdict_`` is a :func:`partial_verdict`."""
+    return verdict_.startswith(PARTIAL)
 #: the bootstrap over test users of every claim: replicates and the seed of the draws
 BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED = 2000, 0
 
@@ -164,7 +182,8 @@ def _seed_metric(records, dataset, model, variant, metric) -> dict[int, float]:
 def _compare(
     a: dict[int, float], b: dict[int, float], expected_sign: int, digits: int = 4
 ) -> tuple[float, float, str, str]:
-    """(mean(a) - mean(b) over shared seeds, p, verdict, text)."""
+    """(mean(a) - mean(b) over shared seeds, p, verdict, text); the verdict is
+    :func:`partial_verdict` with fewer than :data:`PROTOCOL_SEEDS` shared seeds."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return float("nan"), float("nan"), INCONCLUSIVE, "no paired runs"
@@ -172,7 +191,7 @@ def _compare(
     p = paired_test(a, b)
     ma, mb = np.mean([a[s] for s in seeds]), np.mean([b[s] for s in seeds])
     f = f"{{:.{digits}f}}".format
-    return diff, p, verdict(diff, p, expected_sign), f"{f(ma)} vs {f(mb)} (Δ {fmt_delta(diff, digits)}, p {fmt_p(p)}, n={len(seeds)})"
+    return diff, p, partial_verdict(len(seeds)) or verdict(diff, p, expected_sign), f"{f(ma)} vs {f(mb)} (Δ {fmt_delta(diff, digits)}, p {fmt_p(p)}, n={len(seeds)})"
 
 
 def _claim(claim: str, paper: str, ours: str, verdict_: str) -> dict[str, str]:
@@ -191,9 +210,11 @@ def _test_compare(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], me
                   evidence: TestEvidence | None) -> tuple[float, str, str]:
     """(mean difference of test ``metric`` over the shared seeds, verdict, text) of records ``a``
     against ``b`` under both tests (:func:`combined_verdict`)."""
-    diff, p, _, text = _compare(_values(a, metric), _values(b, metric), expected_sign)
+    diff, p, v, text = _compare(_values(a, metric), _values(b, metric), expected_sign)
     if math.isnan(diff):
         return diff, INCONCLUSIVE, text
+    if is_partial(v):  # a study still running: no bootstrap, no verdict
+        return diff, v, text
     boot, why = (evidence or TestEvidence(None)).compare(a, b, metric)
     if boot is None:
         users = f"p users n/a: {why}"
@@ -311,8 +332,12 @@ def _largest_drop_verdict(drops: dict[str, tuple[float, str]], module: str,
     ``module``'s own claim is reproduced and its drop is significantly larger than every other
     module's; not reproduced when some other module's drop is significantly larger than
     ``module``'s; inconclusive otherwise (a larger point estimate alone decides nothing; also with
-    fewer than 2 paired seeds: NaN drop)."""
+    fewer than 2 paired seeds: NaN drop); partial when any of these comparisons is
+    (:func:`partial_verdict`)."""
     diff, v = drops[module]
+    partial = [x for x in [v, *(versus or {}).values()] if is_partial(x)]
+    if partial:
+        return min(partial, key=lambda x: int(x.split("(")[1].split()[0]))
     if math.isnan(diff) or not versus:
         return INCONCLUSIVE
     if any(x == NOT_REPRODUCED for x in versus.values()):
@@ -495,14 +520,15 @@ def _side_by_side(rows: list[dict[str, str]], other: list[dict[str, str]], absen
     """The claims ``rows`` against the same claims ``other`` (another reading or protocol):
     (table rows [claim, verdict, other's ours, other's verdict] -- ``absent`` as other's ours for a
     claim it lacks --, "claim (verdict -> other verdict)" of each changed verdict, the claims other
-    lacks except Figure 6, the Figure 6 claims other lacks, the claims only other has)."""
+    lacks except Figure 6, the Figure 6 claims other lacks, the claims only other has). A partial
+    verdict (a study still running) is no change."""
     theirs = {r["claim"]: r for r in other}
     table, changed, missing, figure6 = [], [], [], []
     for r in rows:
         o = theirs.get(r["claim"])
         if o is None:
             (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
-        elif o["verdict"] != r["verdict"]:
+        elif o["verdict"] != r["verdict"] and not (is_partial(o["verdict"]) or is_partial(r["verdict"])):
             changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
         table.append([r["claim"], r["verdict"], o["ours"] if o else absent, o["verdict"] if o else ""])
     mine = {r["claim"] for r in rows}
@@ -594,7 +620,8 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
         "*reproduced* (p < 0.05 with the paper's sign), *not reproduced* (p < 0.05 with the opposite sign) or "
         "*inconclusive*; the claim is *reproduced* only when both say reproduced, *not reproduced* only when both "
         "say not reproduced, and *inconclusive* otherwise: either test not significant, the two disagreeing, "
-        "fewer than two paired seeds, or the bootstrap n/a (a run whose test scores are missing or fail their check). 'Removing IBIM hurts "
+        "or the bootstrap n/a (a run whose test scores are missing or fail their check); *partial (k of 5 seeds)* when "
+        "the two sides share fewer than the protocol's 5 seeds (a study still running: no verdict yet). 'Removing IBIM hurts "
         "most': reproduced when 'removing IBIM lowers AUC' is reproduced and IBIM's drop is larger than every other "
         "single module's by both tests (the AUC of MIAN without that module against MIAN without IBIM, paired), not "
         "reproduced when another module's drop is larger than IBIM's by both tests, inconclusive otherwise. "
@@ -623,6 +650,8 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
             parts.append("No claim can be checked yet (MIAN or the compared runs are missing).")
         else:
             counts = {k: sum(r["verdict"] == k for r in rows) for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+            if any(is_partial(r["verdict"]) for r in rows):
+                counts[f"{PARTIAL} (a study still running)"] = sum(is_partial(r["verdict"]) for r in rows)
             parts.append(tabulate([[r["claim"], r["paper"], r["ours"], r["verdict"]] for r in rows],
                                   headers=["claim", "paper", "ours", "verdict"], tablefmt="github", disable_numparse=True))
             parts.append("")
