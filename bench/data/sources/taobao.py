@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -187,25 +188,28 @@ def read_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
                 chunk_rows: int | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
     """Chunks of a comma-separated file with a header, as strings: (first data line number, frame).
 
-    Only ``required`` (all must exist) and the ``optional`` columns present are read; names are
-    stripped of spaces (user_profile.csv's header ends with one). Empty cells are ''. Raises
-    :class:`DataError` naming the file: empty, a required column missing (with a hint when the file
-    is not comma-separated), no data row, or a line the CSV parser rejects.
+    Only ``required`` (all must exist) and the ``optional`` columns present are kept; names are
+    stripped of spaces (user_profile.csv's header ends with one). Empty cells, and the cells a
+    short line lacks, are ''. Raises :class:`DataError` naming the file: empty, a required column
+    missing (with a hint when the file is not comma-separated), no data row, or a line with more
+    fields than the header.
     """
     header = _header(path)
     _check_header(path, header, required)
-    wanted = set(required) | (set(optional) & set(header))
+    wanted = [c for c in header if c in set(required) | set(optional)]
     n_rows = 0
     try:
-        with pd.read_csv(path, usecols=lambda c: c.strip() in wanted, dtype=str, keep_default_na=False,
-                         chunksize=chunk_rows or CHUNK_ROWS, encoding="utf-8", encoding_errors="replace") as reader:
-            for chunk in reader:
-                chunk.columns = [c.strip() for c in chunk.columns]
-                chunk = chunk.fillna("")  # cells of a short line
-                yield n_rows + 2, chunk  # line 1 is the header
-                n_rows += len(chunk)
-    except (pd.errors.ParserError, ValueError) as e:
-        raise DataError(f"{path}: not a well-formed comma-separated file ({e}); expected "
+        with warnings.catch_warnings():  # a line longer than the header is an error, never dropped data
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            with pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False, encoding="utf-8",
+                             encoding_errors="replace", chunksize=chunk_rows or CHUNK_ROWS) as reader:
+                for chunk in reader:
+                    chunk.columns = [str(c).strip() for c in chunk.columns]
+                    chunk = chunk[wanted].fillna("")
+                    yield n_rows + 2, chunk  # line 1 is the header
+                    n_rows += len(chunk)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as e:
+        raise DataError(f"{path}: not a well-formed comma-separated file ({str(e).strip()}); expected "
                         f"{', '.join(required)} on every line.") from e
     if n_rows == 0:
         raise DataError(f"{path}: no data rows after the header; expected rows of {', '.join(required)}.")
