@@ -413,3 +413,26 @@ def test_train_runs_end_to_end_on_an_x1_folder(model, x1_dir, tmp_path):
     record = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*.json")]
     assert len(record) == 1 and record[0]["model"] == model and record[0]["dataset"] == "taobao-ad"
     assert 0.0 <= record[0]["test"]["auc"] <= 1.0, res.output
+
+
+@pytest.mark.parametrize("form", ["tianchi", "x1"])
+def test_fast_and_exact_readers_give_the_same_dataset(form, tianchi_dir, x1_dir, tmp_path, monkeypatch, caplog):
+    folder = tianchi_dir if form == "tianchi" else x1_dir
+    with caplog.at_level("INFO"):
+        fast = data.prepare("taobao-ad", tmp_path / "fast", folder)
+    assert "reading the file again" not in caplog.text  # the fast reader took every file of it
+    monkeypatch.setattr(taobao, "FAST_READER", False)
+    exact = data.prepare("taobao-ad", tmp_path / "exact", folder)
+    assert fast.fingerprint == exact.fingerprint
+
+
+def test_values_only_the_exact_reader_accepts_are_read_alike(tianchi_dir, tmp_path, caplog):
+    """Ids written as floats and spaces around values: the fast reader refuses the file, the exact
+    one reads it, to the same dataset."""
+    folder = tmp_path / "raw"
+    shutil.copytree(tianchi_dir, folder)
+    _edit(folder, "raw_sample.csv", lambda t: t.replace(",", " , ").replace("\n", ".0\n").replace("clk.0\n", "clk\n"))
+    with caplog.at_level("INFO"):
+        info = data.prepare("taobao-ad", tmp_path / "data", folder)
+    assert "raw_sample.csv" in caplog.text and "reading the file again with the exact reader" in caplog.text
+    assert info.fingerprint == data.prepare("taobao-ad", tmp_path / "data2", tianchi_dir).fingerprint
