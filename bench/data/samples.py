@@ -2,7 +2,8 @@
 
 A dataset family (``bench/data/sources/``) describes its data as a :class:`SampleTable`: every sample
 (raw user key, raw candidate item id, timestamp, label, split, user and context fields) plus the
-pool of behaviour events (user, item, timestamp) and one row of item fields per item.
+pool of behaviour events (user, item, timestamp) and one row of item fields per item (or, for a
+family whose behaviours are not items, each event's own item fields: ``event_attrs``, Taobao).
 :func:`build` then applies the rules of PROTOCOL section 1, all vectorised (sorts, searchsorted,
 gathers; no Python loop over samples, users or events):
 

@@ -650,6 +650,7 @@ def read_x1_file(path: Path, engine: str = "exact") -> dict[str, np.ndarray]:
         parts["cand_btag"].append(int_column(c["btag"], path, "btag", line) if "btag" in c
                                   else np.full(len(c), CANDIDATE_BTAG if "btag_his" in c else ABSENT, np.int64))
     out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["has"] = tuple(col for col in ("btag_his", "btag") if col in c)
     out["pid_raw"], out["price_raw"] = np.concatenate(pids), np.concatenate(prices)
     out["pid_names"], out["price_names"] = pid_codes, price_codes
     return out
@@ -672,6 +673,9 @@ def _merge_codes(files: list[dict], key: str) -> list[np.ndarray]:
 def x1_table(name: str, raw: RawFiles, params: ProtocolParams) -> SampleTable:
     """The samples, split and fields of ``taobao-ad`` from TaobaoAd_x1's train.csv and test.csv."""
     train, test = read_x1_file(raw.paths["train"]), read_x1_file(raw.paths["test"])
+    if train["has"] != test["has"]:
+        raise DataError(f"{raw.paths['test']}: has the optional columns {list(test['has'])}, train.csv "
+                        f"{list(train['has'])}; expected the same columns in both files.")
     n_tr, n_te = len(train["clk"]), len(test["clk"])
     pid = np.concatenate(_merge_codes([train, test], "pid"))
     price = np.concatenate(_merge_codes([train, test], "price"))
