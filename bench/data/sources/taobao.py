@@ -406,8 +406,9 @@ def local_day(ts: np.ndarray) -> np.ndarray:
 
 @_fast_then_exact
 def read_samples(path: Path, engine: str = "exact") -> dict[str, np.ndarray]:
-    """raw_sample.csv -> user, time, adgroup, pid (provisional codes), clk [N] int64 and the
-    :class:`StringCodes` of pid (key ``pid_codes``)."""
+    """raw_sample.csv -> ``user``, ``time`` (Unix seconds), ``adgroup``, ``pid`` (rank of its text),
+    ``clk`` (0/1): [N] int64 each, in file order. ``engine``: see :func:`read_chunks` (the decorator
+    picks it). Raises :class:`DataError` naming the line and column of a bad value."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "time", "adgroup", "pid", "clk")}
     pid_codes = StringCodes()
     types = {"user": "int", "time_stamp": "int", "adgroup_id": "int", "clk": "int", "pid": "cat"}
