@@ -34,7 +34,7 @@ import torch
 
 from bench.data import samples, stats
 from bench.nn.contract import BATCH_FIELDS, Batch, FeatureSchema, Split
-from bench.data.sources import amazon, movielens
+from bench.data.sources import amazon, movielens, taobao
 from bench.data.sources.common import DataError, RawFiles, sha256_file
 from bench.io import atomic_write_text
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 #: the raw-data readers, one module per dataset family; each declares ``DATASETS`` (name ->
 #: protocol) and may declare ``DISJOINT_PROTOCOLS`` and ``RAW_NAMES`` (name -> the dataset whose raw
 #: files it reads). A new family is one module and one entry here.
-SOURCES: tuple[ModuleType, ...] = (movielens, amazon)
+SOURCES: tuple[ModuleType, ...] = (movielens, amazon, taobao)
 #: dataset name -> protocol name (written into every run record)
 DATASETS: dict[str, str] = {name: protocol for source in SOURCES for name, protocol in source.DATASETS.items()}
 #: protocols under which a sample found in two splits is a DataError (older ones: a warning)
@@ -207,7 +207,9 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         "fingerprint": fingerprint(built.schema, _arrays(built)),
         "counts": {s: int(len(a["label"])) for s, a in built.splits.items()},
         "stats": {
-            "dataset": stats.dataset_totals(table.item_attrs, table.event_user, table.user_key),
+            "dataset": stats.dataset_totals(table.item_attrs, table.event_user, table.user_key)
+            if table.history_key is None else  # per-sample pools (TaobaoAd_x1): event_user is no user
+            stats.dataset_totals(table.item_attrs, table.user_key[:0], table.user_key) | {"events": len(table.event_user)},
             "splits": {s: stats.split_stats(built.splits[s], built.raw_items[s],
                                             train_users=built.splits["train"]["user_index"])
                        for s in samples.SPLITS},

@@ -2,7 +2,8 @@
 
 A dataset family (``bench/data/sources/``) describes its data as a :class:`SampleTable`: every sample
 (raw user key, raw candidate item id, timestamp, label, split, user and context fields) plus the
-pool of behaviour events (user, item, timestamp) and one row of item fields per item.
+pool of behaviour events (user, item, timestamp) and one row of item fields per item (or, for a
+family whose behaviours are not items, each event's own item fields: ``event_attrs``, Taobao).
 :func:`build` then applies the rules of PROTOCOL section 1, all vectorised (sorts, searchsorted,
 gathers; no Python loop over samples, users or events):
 
@@ -20,13 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.nn.contract import OOV, FeatureSchema, Field
+from bench.nn.contract import OOV, PAD, FeatureSchema, Field
 from bench.data.sources.common import DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 TRAIN, VALID, TEST = 0, 1, 2
+#: raw code of an item field a behaviour or candidate does not carry (e.g. Taobao's behaviour log has
+#: no ad id): it is never a vocabulary value and is stored as the padding index 0 (zero embedding)
+ABSENT = np.iinfo(np.int64).min
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,14 @@ class SampleTable:
     item: [N] raw candidate item id. time: [N] sample timestamp (same unit as event_time).
     user: [N, J] user-profile fields; context: [N, K] context fields.
     label: [N] 0/1. split: [N] 0 train, 1 valid, 2 test.
+    event_attrs: optional [E, F_i] the item fields of each behaviour event itself, for a family whose
+        behaviours are not items of ``item_attrs`` (Taobao: the behaviour log has category, brand and
+        behaviour type, no ad id); :data:`ABSENT` in a field the behaviours do not carry (stored as
+        the padding index 0, so its embedding is 0). None (every other family): the fields are the
+        ``item_attrs`` row of ``event_item``. With it, ``event_item`` is not read.
+    history_key: optional [N] the key in ``event_user`` of each sample's behaviour pool, when it is
+        not the user (TaobaoAd_x1 publishes each sample's history with the sample: one pool per
+        sample). None: ``user_key``.
     """
 
     name: str
@@ -73,6 +85,8 @@ class SampleTable:
     context: np.ndarray
     label: np.ndarray
     split: np.ndarray
+    event_attrs: np.ndarray | None = None
+    history_key: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,9 @@ class Built:
     splits: split name -> arrays named as :data:`bench.nn.contract.Split` (on-disk dtypes: int32
         ids, bool mask, float32 label, int64 user_index).
     raw_items: split name -> [N_s, F_i] raw candidate item fields (for statistics).
-    item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV).
+    item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV); a
+        field that no behaviour carries (:data:`ABSENT` in every row of ``event_attrs``) is 0 there, so
+        a row is the item as a behaviour shows it (DIEN draws its negative behaviours from this table).
     vocabs: ``<group>.<field>`` (group item, user or context) -> sorted raw values; index k >= 2
         of that field stands for ``vocab[k - 2]``.
     """
@@ -144,12 +160,13 @@ def decode(indices: np.ndarray, vocab: np.ndarray, pad: int = -2, oov: int = -1)
 
 
 def encode(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-    """Index of each raw value in ``vocab`` (+2), or OOV (1) when absent. Same shape as ``values``."""
+    """Index of each raw value in ``vocab`` (+2), or OOV (1) when absent from it, and the padding
+    index 0 for :data:`ABSENT` (a field the row does not carry). Same shape as ``values``."""
     if len(vocab) == 0:
-        return np.full(values.shape, OOV, dtype=np.int64)
+        return np.where(values == ABSENT, PAD, OOV).astype(np.int64)
     pos = np.searchsorted(vocab, values)
     found = vocab[np.minimum(pos, len(vocab) - 1)] == values
-    return np.where(found, pos + 2, OOV).astype(np.int64)
+    return np.where(found, pos + 2, np.where(values == ABSENT, PAD, OOV)).astype(np.int64)
 
 
 def lookup_rows(keys: np.ndarray, table_keys: np.ndarray, what: str) -> np.ndarray:
@@ -169,7 +186,8 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     """Behaviour sequences, train-only vocabularies and per-split arrays of ``table``.
 
     Raises :class:`DataError` when a split is empty, its positive rate is not strictly inside
-    (0, 1), or a candidate item would appear in its own history (repeated (user, item) events).
+    (0, 1), or a candidate item would appear in its own history (repeated (user, item) events;
+    checked when behaviours are items, i.e. without ``event_attrs``).
     """
     T = params.max_len
     F = len(table.item_fields)
@@ -180,17 +198,25 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     # behaviour pool, stably sorted by (user, time): given order breaks ties
     order = np.lexsort((np.arange(len(table.event_user)), table.event_time, table.event_user))
     ev_user, ev_time = table.event_user[order], table.event_time[order]
-    ev_item = table.event_item[order]
-    ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
     cand_rows = lookup_rows(table.item, attrs[:, 0], f"{table.name} item table")
+    hist_key = table.user_key if table.history_key is None else table.history_key
 
-    start, end = history_bounds(ev_user, ev_time, table.user_key, table.time)
+    start, end = history_bounds(ev_user, ev_time, hist_key, table.time)
     pos, mask = gather_history(start, end, T)
-    if ((ev_item[pos] == table.item[:, None]) & mask).any():
-        raise DataError(
-            f"{table.name}: a candidate item appears in its own behaviour sequence; "
-            "expected each (user, item) pair at most once."
-        )
+    if table.event_attrs is None:  # behaviours are items: their fields are their item-table rows
+        ev_item = table.event_item[order]
+        ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
+        if ((ev_item[pos] == table.item[:, None]) & mask).any():
+            raise DataError(
+                f"{table.name}: a candidate item appears in its own behaviour sequence; "
+                "expected each (user, item) pair at most once."
+            )
+        ev_attrs = None
+    else:  # behaviours carry their own fields (ABSENT where they have none)
+        ev_attrs = np.asarray(table.event_attrs, dtype=np.int64)[order]
+        if ev_attrs.shape != (len(order), F):
+            raise DataError(f"{table.name}: event_attrs has shape {ev_attrs.shape}; expected "
+                            f"({len(order)}, {F}), one row of item fields per event.")
 
     # vocabularies from the training split only: its candidates, behaviours, user, context fields
     is_train = table.split == TRAIN
@@ -198,11 +224,12 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
         raise DataError(f"{table.name}: the train split is empty; expected training samples.")
     tr_end = end[is_train]
     tr_first = tr_end - np.minimum(tr_end - start[is_train], T)
-    n_ev = len(ev_item)  # events inside some training history: +1 at each range start, -1 past its end
+    n_ev = len(order)  # events inside some training history: +1 at each range start, -1 past its end
     cover = np.bincount(tr_first, minlength=n_ev + 1) - np.bincount(tr_end, minlength=n_ev + 1)
     ev_used = np.cumsum(cover[:-1]) > 0
+    ev_fields = attrs[ev_rows[ev_used]] if ev_attrs is None else ev_attrs[ev_used]
     item_vocab = [
-        fit_vocab(np.concatenate([attrs[cand_rows[is_train], f], attrs[ev_rows[ev_used], f]]))
+        fit_vocab(_carried(np.concatenate([attrs[cand_rows[is_train], f], ev_fields[:, f]])))
         for f in range(F)
     ]
     user_vocab = [fit_vocab(table.user[is_train, j]) for j in range(table.user.shape[1])]
@@ -212,7 +239,11 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     user_enc = _encode_columns(table.user, user_vocab).astype(np.int32)
     ctx_enc = _encode_columns(table.context, ctx_vocab).astype(np.int32)
     item_enc = attrs_enc[cand_rows]  # [N, F]
-    hist_enc = attrs_enc[ev_rows[pos]]  # [N, T, F]
+    if ev_attrs is None:
+        hist_enc = attrs_enc[ev_rows[pos]]  # [N, T, F]
+    else:
+        ev_enc = np.stack([encode(ev_attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
+        hist_enc = ev_enc[pos] if len(ev_enc) else np.zeros((*pos.shape, F), np.int32)
     hist_enc[~mask] = 0  # padding
 
     schema = FeatureSchema(
@@ -249,6 +280,8 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     item_table = np.zeros((len(item_vocab[0]) + 2, F), np.int32)
     item_table[OOV] = OOV
     item_table[2:] = attrs_enc[lookup_rows(item_vocab[0], attrs[:, 0], f"{table.name} item table")]
+    if ev_attrs is not None and len(ev_attrs):  # fields no behaviour carries: 0, as in a behaviour
+        item_table[2:, (ev_attrs == ABSENT).all(0)] = 0
     vocabs = {
         f"{group}.{name}": v
         for group, names, vs in (("item", table.item_fields, item_vocab),
@@ -314,6 +347,11 @@ def cross_split_duplicates(splits: dict[str, dict[str, np.ndarray]]) -> dict[str
                 n_copies = int(np.isin(rows[a], rows[b]).sum())
             out[f"{a}/{b}"] = n_copies
     return out
+
+
+def _carried(values: np.ndarray) -> np.ndarray:
+    """``values`` without :data:`ABSENT` (a field a row does not carry is no vocabulary value)."""
+    return values[values != ABSENT]
 
 
 def _encode_columns(values: np.ndarray, vocabs: list[np.ndarray]) -> np.ndarray:

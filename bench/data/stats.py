@@ -40,12 +40,16 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray,
         field 0 of ``item`` is the item id and field 0 of ``user`` the user id.
     raw_items: [N, F_i] raw candidate item fields (distinct counts are over raw values, so two
         out-of-vocabulary items still count as two).
+    ``hist_item_oov_rate`` is over the behaviours' first field that they carry: the item id, or for
+    behaviours without one (Taobao's behaviour log) the category.
     train_users: [N_train] ``user_index`` of the training split; when given, ``users_seen_in_train``
         is the share of this split's distinct users (raw keys) that have a training sample.
     """
     mask = arrays["hist_mask"]
     hist_len = mask.sum(1)
-    hist_ids = arrays["hist"][..., 0][mask]
+    real = arrays["hist"][mask]  # [L, F_i] the real behaviours
+    carried = np.flatnonzero((real != 0).any(0)) if len(real) else np.zeros(1, np.int64)
+    hist_ids = real[:, carried[0] if len(carried) else 0]  # the item id; Taobao's log has none: category
     return {
         "samples": int(len(arrays["label"])),
         "positive_rate": float(arrays["label"].mean()),
