@@ -761,7 +761,13 @@ def _bench_subset(opts, models: list[str], peer: str | None) -> str | None:
 
 # --------------------------------------------------------------------------- data
 
-@cli.command()
+def _datasets_epilog() -> str:
+    from bench.data import DATASETS
+
+    return "DATASET: " + ", ".join(sorted(DATASETS)) + " (raw inputs: docs/DATA.md)."
+
+
+@cli.command(epilog=_datasets_epilog())
 @click.argument("dataset", type=_dataset_choice(), metavar="DATASET")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")
