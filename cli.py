@@ -782,13 +782,12 @@ def bench(ctx, dataset, models, peer, device, threads, steps, warmup, seed, accu
 def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir, results_dir, data_dir) -> None:
     """``bench --scale``: :func:`bench.perf.scale.run_scale` with a work folder that is removed
     afterwards (a temporary one under the data folder by default) unless ``keep``."""
-    import shlex
     import shutil
-    import sys
 
     from bench.data import default_data_dir
     from bench.io import remove_stale_temps
-    from bench.perf.scale import DEFAULT_MODELS, ScaleError, ScaleOptions, run_scale, subset_tag, work_folder
+    from bench.perf.scale import (DEFAULT_MODELS, ScaleError, ScaleOptions, run_scale, scale_command, subset_tag,
+                                  work_folder)
     from bench.perf.synthetic import SyntheticError
     from bench.training.registry import MODEL_NAMES
     from bench.training.runs import DEFAULT_RESULTS_DIR
@@ -803,7 +802,7 @@ def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir
     data_root = Path(data_dir) if data_dir else default_data_dir()
     remove_stale_temps([data_root])  # the work folders of killed scale runs
     folder, temporary = work_folder(data_root, work_dir)
-    command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "python cli.py bench --scale"
+    command = scale_command(opts)
     try:
         with _errors():
             try:

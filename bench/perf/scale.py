@@ -6,10 +6,10 @@ For each size: synthetic Amazon reviews in McAuley's raw 5-core format
 (:mod:`bench.perf.synthetic`: ``reviews_Books_5.json.gz`` + ``meta_Books.json.gz``), then
 ``prepare`` of them as ``amazon-books`` (the real reader and protocol), then one training epoch of
 each model on the prepared cache (``amazon-books``' config). Every step runs in a fresh Python
-process (``python -m bench.perf.scale <step>``) and its peak resident set size is the one
-``os.wait4`` returns for that process (``ru_maxrss``: its own peak, not an earlier child's); the
+process (``python -m bench.perf.scale <step>``) and its peak resident set size is its own; the
 child also reports its RSS before the measured work (after its imports, and for training after
-loading the cache) and the seconds of that work. Results: ``scale.{md,csv,png}`` (prepare wall time,
+loading the cache) and the seconds of that work. The peak is the process's VmHWM at its exit
+(/proc; ``ru_maxrss`` is not used: Linux carries the parent's RSS at the fork into it). Results: ``scale.{md,csv,png}`` (prepare wall time,
 peak RSS and bytes per review, cache bytes, train samples/s against size), written together
 atomically; the protocol's run (default sizes, seed, models, whole epochs) writes them in the
 results folder, any other under ``subsets/<tag>/``.
@@ -111,6 +111,20 @@ class ScaleOptions:
     keep: bool = False
 
 
+def scale_command(opts: ScaleOptions) -> str:
+    """The command that measures what ``opts`` measures (for the table's notes): every option that
+    changes a figure, spelled out (the folders and --keep do not)."""
+    parts = ["python cli.py bench --scale", "--sizes " + ",".join(size_label(n) for n in opts.sizes),
+             f"--seed {opts.seed}", "--models " + ",".join(opts.models)]
+    if opts.max_steps is not None:
+        parts.append(f"--max-steps {opts.max_steps}")
+    if opts.threads is not None:
+        parts.append(f"--threads {opts.threads}")
+    if opts.device != "cpu":
+        parts.append(f"--device {opts.device}")
+    return " ".join(parts)
+
+
 def subset_tag(opts: ScaleOptions) -> str | None:
     """The ``subsets/`` tag of a run that is not the protocol's (None when it is): the sizes, seed,
     models and epoch cap that differ, e.g. ``sizes20k+100k`` or ``sizes1M_din_steps200``."""
@@ -129,18 +143,24 @@ def subset_tag(opts: ScaleOptions) -> str | None:
 
 # --------------------------------------------------------------------------- child processes
 
-def run_step(step: str, args: Sequence[str], folder: Path, threads: int | None = None) -> dict[str, Any]:
-    """``python -m bench.perf.scale <step> <args> --out <json>`` in a fresh process; returns its
-    result JSON plus ``peak_rss_bytes`` (``ru_maxrss`` of that process from ``os.wait4``) and
-    ``process_s`` (wall seconds of the whole process). Its output goes to ``<folder>/<step>.log``.
-    Ctrl-C kills the child. Raises :class:`ScaleError` when it fails (exit code, log tail)."""
+def run_step(step: str, args: Sequence[str], folder: Path, threads: int | None = None,
+             module: str = "bench.perf.scale") -> dict[str, Any]:
+    """``python -m <module> <step> <args> --out <json>`` in a fresh process (``step`` up to its
+    first dot: ``train.din`` runs ``train`` and names its files ``train.din.*``); returns its
+    result JSON plus ``peak_rss_bytes`` (the process's own peak: VmHWM at its exit, written by the
+    launcher :data:`_LAUNCH`; where /proc lacks it, ``ru_maxrss`` from ``os.wait4``, named in
+    ``peak_rss_source``) and ``process_s`` (wall seconds of the whole process). Its output goes to
+    ``<folder>/<step>.log``. Ctrl-C kills the child. Raises :class:`ScaleError` when it fails
+    (exit code or signal, log tail)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{step}.json"
     out.unlink(missing_ok=True)
     log_path = folder / f"{step}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "bench.perf.scale", step.split(".")[0], *args, "--out", str(out)]
+    hwm = folder / f"{step}.vmhwm"
+    hwm.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", _LAUNCH, str(hwm), module, step.split(".")[0], *args, "--out", str(out)]
     if threads:
         cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
@@ -161,8 +181,31 @@ def run_step(step: str, args: Sequence[str], folder: Path, threads: int | None =
                          f"{_maxrss_bytes(usage.ru_maxrss) / 2**20:,.0f} MB); its log {log_path}: "
                          + " | ".join(tail))
     result = json.loads(out.read_text())
-    result.update(peak_rss_bytes=_maxrss_bytes(usage.ru_maxrss), process_s=seconds)
+    own = hwm.is_file() and hwm.read_text().strip()
+    result.update(peak_rss_bytes=int(own) if own else _maxrss_bytes(usage.ru_maxrss),
+                  peak_rss_source="VmHWM" if own else "ru_maxrss", process_s=seconds)
     return result
+
+
+#: the child's launcher: runs ``module`` as __main__ and, at exit, writes the process's VmHWM (peak
+#: RSS of its own address space since exec) to argv[1]. ``ru_maxrss`` (wait4, RUSAGE_CHILDREN or
+#: RUSAGE_SELF in the child) is not used for the figure: Linux carries the pre-exec high-water mark
+#: into it, i.e. the PARENT's RSS at the fork, so a small step would show the parent's memory.
+_LAUNCH = """
+import atexit, runpy, sys
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+def _vmhwm():
+    try:
+        with open('/proc/self/status', encoding='ascii') as fh:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith('VmHWM:'))
+        with open(out, 'w', encoding='ascii') as fh:
+            fh.write(str(kb * 1024))
+    except (OSError, StopIteration, ValueError):
+        pass
+atexit.register(_vmhwm)
+runpy.run_module(module, run_name='__main__', alter_sys=True)
+"""
 
 
 def _maxrss_bytes(value: int) -> int:
@@ -171,7 +214,13 @@ def _maxrss_bytes(value: int) -> int:
 
 
 def _self_rss_bytes() -> int:
-    return _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """This process's peak RSS so far: VmHWM (its own address space since exec) where /proc has
+    it, else ``ru_maxrss`` (which may include the parent's RSS at the fork)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _write_result(path: Path, result: dict) -> None:
@@ -197,7 +246,7 @@ def step_prepare(raw_dir: Path, data_dir: Path) -> dict[str, Any]:
     files = [p for p in info.path.rglob("*") if p.is_file()]
     return {"prepare_s": seconds, "base_rss_bytes": base, "fingerprint": info.fingerprint,
             "counts": info.counts, "cache": str(info.path), "cache_bytes": sum(p.stat().st_size for p in files),
-            "dataset_stats": info.stats.get("dataset", {})}
+            "dataset_stats": json.loads((info.path / "meta.json").read_text())["stats"]["dataset"]}
 
 
 def step_train(cache: Path, model_name: str, seed: int, device: str, max_steps: int | None) -> dict[str, Any]:
@@ -448,7 +497,8 @@ def _notes(opts: ScaleOptions, rows: Sequence[dict[str, Any]], command: str, sta
         f"Data: synthetic reviews in McAuley's 5-core format (bench/perf/synthetic.py: reviews_Books_5.json.gz and "
         f"meta_Books.json.gz; every user and item >= 5 reviews, Zipf item popularity, Pareto user activity), "
         f"prepared as {DATASET} (its reader, protocol and config). Generator settings: {spec_text}.",
-        "Each step is a fresh Python process. Peak RSS: that process's ru_maxrss (os.wait4), interpreter and "
+        "Each step is a fresh Python process. Peak RSS: that process's VmHWM at its exit (/proc; its own "
+        "address space since exec, unlike ru_maxrss, which inherits the parent's RSS at the fork), interpreter and "
         "libraries included (torch is imported by the data package); B/review = prepare's peak RSS / reviews, in "
         "brackets beyond the process's RSS before the prepare call. Prepare (s): the prepare call (raw parsing to "
         "written cache), forced rebuild. Cache: bytes of the prepared cache folder. Train samples/s: samples / "
