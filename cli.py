@@ -785,9 +785,8 @@ def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir
     import shutil
 
     from bench.data import default_data_dir
-    from bench.io import remove_stale_temps
-    from bench.perf.scale import (DEFAULT_MODELS, ScaleError, ScaleOptions, run_scale, scale_command, subset_tag,
-                                  work_folder)
+    from bench.perf.scale import (DEFAULT_MODELS, ScaleError, ScaleOptions, remove_dead_work_folders, run_scale,
+                                  scale_command, subset_tag, work_folder)
     from bench.perf.synthetic import SyntheticError
     from bench.training.registry import MODEL_NAMES
     from bench.training.runs import DEFAULT_RESULTS_DIR
@@ -800,7 +799,7 @@ def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir
     tag = subset_tag(opts)
     out = results / "subsets" / tag if tag else results
     data_root = Path(data_dir) if data_dir else default_data_dir()
-    remove_stale_temps([data_root])  # the work folders of killed scale runs
+    remove_dead_work_folders(data_root)  # the work folders of killed scale runs
     folder, temporary = work_folder(data_root, work_dir)
     command = scale_command(opts)
     try:

@@ -260,3 +260,17 @@ def test_a_failed_step_writes_nothing_and_removes_the_work_folder(tmp_path, monk
     res = CliRunner().invoke(cli, ["bench", "--scale", "--sizes", "2k", "--results-dir", str(tmp_path / "r"),
                                    "--data-dir", str(tmp_path / "d")])
     assert res.exit_code == 1 and [p for p in (tmp_path / "d").iterdir() if p.name.startswith(".tmp-scale")] == []
+
+
+def test_only_dead_runs_work_folders_are_removed(tmp_path):
+    import os
+    import subprocess
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".tmp-scale~{int(gone.stdout)}~abc"
+    live = tmp_path / f".tmp-scale~{os.getpid()}~def"
+    for folder in (dead, live):
+        (folder / "1M" / "raw").mkdir(parents=True)
+        os.utime(folder, (0, 0))  # old: age alone must not remove a live run's folder
+    assert scale.remove_dead_work_folders(tmp_path) == [dead]
+    assert not dead.exists() and live.is_dir()

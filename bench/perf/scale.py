@@ -519,15 +519,34 @@ def _mem_total_gb() -> float | None:
     return None
 
 
+WORK_PREFIX = ".tmp-scale~"
+
+
+def remove_dead_work_folders(data_dir: Path) -> list[Path]:
+    """Remove the temporary work folders ``<data_dir>/.tmp-scale~<pid>~*`` of scale runs whose
+    process is gone (killed before its own clean-up); a live run's folder is kept however old it
+    is (a 20M run lasts hours). Returns what was removed."""
+    from bench.io import pid_alive
+
+    removed = []
+    for folder in Path(data_dir).glob(f"{WORK_PREFIX}*"):
+        pid = folder.name[len(WORK_PREFIX):].split("~", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by an interrupted scale run", folder)
+            removed.append(folder)
+    return removed
+
+
 def work_folder(data_dir: Path, work_dir: Path | None) -> tuple[Path, bool]:
     """The folder the raw files and caches of the sizes go to, and whether it is a temporary one
-    (made here under ``data_dir`` as ``.tmp-scale~<pid>~<random>``, which the cleaning of stale
-    temporaries removes if this process is killed)."""
+    (made here under ``data_dir`` as ``.tmp-scale~<pid>~<random>``, which
+    :func:`remove_dead_work_folders` removes once this process is gone, if it was killed)."""
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
         return Path(work_dir), False
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-scale~{os.getpid()}~", dir=data_dir)), True
+    return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}~", dir=data_dir)), True
 
 
 # --------------------------------------------------------------------------- child entry point
