@@ -445,12 +445,14 @@ def scale_plot(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> bytes:
 
 
 def write_scale(table, rows: Sequence[dict[str, Any]], models: Sequence[str], stem: Path) -> list[Path]:
-    """``<stem>.md``, ``.csv`` (same table stamp) and ``.png``, published together
+    """``<stem>.md``, ``.csv`` (same table stamp, named in the md's last note) and ``.png``, published together
     (:func:`bench.io.atomic_write_many`: all complete before any is renamed into place)."""
     from bench.io import atomic_write_many
 
     stamp = table.stamp()
-    files = {stem.with_suffix(".md"): table.markdown(stamp).encode("utf-8"),
+    note = (f"table stamp {stamp}: the .md, the .csv (column table_stamp) and the .png of this table were "
+            "written together")
+    files = {stem.with_suffix(".md"): replace(table, notes=[*table.notes, note]).markdown().encode("utf-8"),
              stem.with_suffix(".csv"): table.csv_text(stamp).encode("utf-8"),
              stem.with_suffix(".png"): scale_plot(rows, models)}
     atomic_write_many(files)
