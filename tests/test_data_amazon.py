@@ -435,3 +435,25 @@ def test_real_amazon_beauty_v2_has_disjoint_splits_and_changes_only_two_negative
     assert sorted(v1.split[changed].tolist()) == [0, 1]  # the train and the valid copy; test kept as in v1
     built = build(v2, ProtocolParams())
     assert cross_split_duplicates(built.splits) == {"train/valid": 0, "train/test": 0, "valid/test": 0}
+
+
+#: S3-Rec's Table 1 (Zhou et al., CIKM 2020): users, items, reviews of the two sets
+S3REC_COUNTS = {"amazon-sports": (35_598, 18_357, 296_337), "amazon-toys": (19_412, 11_924, 167_597)}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", NEW_SETS)
+def test_real_sports_and_toys_match_s3recs_counts(name, tmp_path):
+    """For whoever has the files (sha256-pinned): $MIAN_SHARED_DIR/datasets/<name>/ with the three files."""
+    folder = AMAZON_BEAUTY_DIR.parent / name
+    stem = amazon.S3REC_SETS[name]
+    if not (folder / f"{stem}.txt").is_file():
+        pytest.skip(f"real {name} files not found in {folder} (this workplace reaches no GitHub host)")
+    info = data.prepare(name, tmp_path, folder)
+    ds = data.load_prepared(name, tmp_path)
+    users, items, reviews = S3REC_COUNTS[name]
+    totals = ds.stats["dataset"]
+    assert (totals["users"], totals["items"], totals["events"]) == (users, items, reviews)
+    assert sum(info.counts.values()) == 2 * (reviews - users) and info.counts["test"] == 2 * users
+    arrays = {s: {f: getattr(ds.split(s), f).numpy() for f in BATCH_FIELDS} for s in ("train", "valid", "test")}
+    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 0, "valid/test": 0}
