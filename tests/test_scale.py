@@ -192,6 +192,9 @@ HOG = """
 import argparse, json, numpy as np
 p = argparse.ArgumentParser(); p.add_argument("step"); p.add_argument("--mb", type=int); p.add_argument("--out")
 a = p.parse_args()
+if a.mb == -2:
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
 if a.mb < 0:
     raise SystemExit(3)
 x = np.ones(a.mb * 2**20 // 8)
@@ -210,6 +213,8 @@ def test_each_step_reports_its_own_peak_rss(tmp_path, monkeypatch):
     assert small["peak_rss_bytes"] < big["peak_rss_bytes"] - 200 * 2**20
     with pytest.raises(scale.ScaleError, match=r"scale step hog.bad \(--mb -1\) failed \(exit 3.*hog.bad.log"):
         scale.run_step("hog.bad", ["--mb", "-1"], tmp_path / "w", module="memhog")
+    with pytest.raises(scale.ScaleError, match=r"hog.oom \(--mb -2\) failed \(killed by signal 9, the kernel's OOM"):
+        scale.run_step("hog.oom", ["--mb", "-2"], tmp_path / "w", module="memhog")
 
 
 # --------------------------------------------------------------------------- end to end

@@ -176,9 +176,11 @@ def run_step(step: str, args: Sequence[str], folder: Path, threads: int | None =
     seconds = time.perf_counter() - t0
     if code != 0 or not out.is_file():
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        why = f"killed by signal {-code}" if code < 0 else f"exit {code}"
-        raise ScaleError(f"scale step {step} ({' '.join(args)}) failed ({why}, peak RSS "
-                         f"{_maxrss_bytes(usage.ru_maxrss) / 2**20:,.0f} MB); its log {log_path}: "
+        why = (f"killed by signal {-code}" + (", the kernel's OOM killer's when memory runs out" if code == -9 else "")
+               if code < 0 else f"exit {code}")
+        raise ScaleError(f"scale step {step} ({' '.join(args)}) failed ({why}; ru_maxrss "
+                         f"{_maxrss_bytes(usage.ru_maxrss) / 2**20:,.0f} MB, the parent's RSS at the fork "
+                         f"included); its log {log_path}: "
                          + " | ".join(tail))
     result = json.loads(out.read_text())
     own = hwm.is_file() and hwm.read_text().strip()

@@ -113,24 +113,22 @@ def s3rec_files(stem: str, sequences: str, attributes: str, intervals: str) -> d
 #: the Amazon categories of S3-Rec's data folder served here: dataset -> S3-Rec's file stem
 S3REC_SETS: dict[str, str] = {"amazon-beauty": "Beauty", "amazon-sports": "Sports_and_Outdoors",
                               "amazon-toys": "Toys_and_Games"}
+#: dataset -> sha256 of S3-Rec's sequences and attributes files and of TimeWeaver's gap file
+#: (Beauty: SOURCES.md; Sports and Toys: issue 16)
+_S3REC_SHA256: dict[str, tuple[str, str, str]] = {
+    "amazon-beauty": ("226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+                      "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4",
+                      "ace27f3acb2528e9b7cfb8e5c459070f5888cfc3edab4cd219e595c5be1c87b8"),
+    "amazon-sports": ("2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
+                      "7fb10733ac4f1811384a52144cdefa7fcc7536fa80a7232c5da9bd789155c34b",
+                      "ddb1aa29e0934a3e7230022b8361785e7518e760180c492579c3c506b6bb5bfb"),
+    "amazon-toys": ("176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
+                    "d371acd25101eedac04afc727626464b7acec770c4eda708705d51eb76eb1ad0",
+                    "43325e20ba6257feda220e3577cd619ff3d15fac1a6798fc3b3cc31e3d85f3be"),
+}
 #: dataset -> role -> (local file name, source); read at call time so tests can substitute tiny copies
 S3REC_FILES: dict[str, dict[str, tuple[str, PinnedFile]]] = {
-    "amazon-beauty": s3rec_files(
-        "Beauty",
-        sequences="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
-        attributes="129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4",
-        intervals="ace27f3acb2528e9b7cfb8e5c459070f5888cfc3edab4cd219e595c5be1c87b8"),
-    "amazon-sports": s3rec_files(
-        "Sports_and_Outdoors",
-        sequences="2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
-        attributes="7fb10733ac4f1811384a52144cdefa7fcc7536fa80a7232c5da9bd789155c34b",
-        intervals="ddb1aa29e0934a3e7230022b8361785e7518e760180c492579c3c506b6bb5bfb"),
-    "amazon-toys": s3rec_files(
-        "Toys_and_Games",
-        sequences="176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
-        attributes="d371acd25101eedac04afc727626464b7acec770c4eda708705d51eb76eb1ad0",
-        intervals="43325e20ba6257feda220e3577cd619ff3d15fac1a6798fc3b3cc31e3d85f3be"),
-}
+    name: s3rec_files(stem, *_S3REC_SHA256[name]) for name, stem in S3REC_SETS.items()}
 MCAULEY_CATEGORIES = {"amazon-books": "Books", "amazon-electronics": "Electronics"}
 
 
