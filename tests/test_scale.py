@@ -179,6 +179,12 @@ def test_degrees_and_assignment_keep_both_degree_sequences():
     assert np.array_equal(np.bincount(slots, minlength=200), items)
     owner = np.repeat(np.arange(300), users)
     assert len(np.unique(owner * 200 + slots)) == 5_000  # no (user, item) twice
+    # many blocks (64 x the largest user = 640 slots each): the repeats are removed within each
+    users = synthetic.degrees(2_500, rng.pareto(1.6, 300) + 1, 5, 10, rng)
+    items = synthetic.degrees(2_500, (np.arange(60) + 1.0) ** -0.8, 5, 75, rng)
+    slots = synthetic.assign_items(users, items, rng, block_slots=100)
+    owner = np.repeat(np.arange(300), users)
+    assert np.array_equal(np.bincount(slots, minlength=60), items) and len(np.unique(owner * 60 + slots)) == 2_500
     with pytest.raises(SyntheticError, match="cannot deal"):
         synthetic.degrees(100, np.ones(30), 5, 50, rng)
     with pytest.raises(SyntheticError, match=r"200 reviews give 16 users and 8 items; expected at least 10"):
