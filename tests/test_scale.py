@@ -285,3 +285,14 @@ def test_only_dead_runs_work_folders_are_removed(tmp_path):
         os.utime(folder, (0, 0))  # old: age alone must not remove a live run's folder
     assert scale.remove_dead_work_folders(tmp_path) == [dead]
     assert not dead.exists() and live.is_dir()
+
+
+def test_a_work_dir_holding_other_files_is_refused_untouched(tmp_path):
+    from cli import cli
+
+    mine = tmp_path / "work" / "2k" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("not the benchmark's")
+    res = CliRunner().invoke(cli, ["bench", "--scale", "--sizes", "2k", "--work-dir", str(tmp_path / "work"),
+                                   "--results-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "is not a scale work folder" in res.output and mine.read_text() == "not the benchmark's"

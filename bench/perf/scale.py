@@ -293,6 +293,11 @@ def run_scale(opts: ScaleOptions, work_dir: Path, out_dir: Path | None, command:
     notes. Returns (table, written paths, rows). Raises :class:`ScaleError` for a failed step
     (nothing is written then)."""
     say = progress or (lambda msg: log.info("%s", msg))
+    for n in opts.sizes:  # never remove a folder this benchmark did not make
+        folder = Path(work_dir) / size_label(n)
+        if folder.exists() and any(folder.iterdir()) and not (folder / "generate.log").is_file():
+            raise ScaleError(f"{folder} exists and is not a scale work folder (no generate.log); choose another "
+                             "--work-dir (its size folders are removed after use).")
     started = datetime.now(timezone.utc)
     load_start = os.getloadavg()[0]
     rows, spec = [], None
