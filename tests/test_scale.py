@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_bad_scale_options_are_one_click_error(args, match, tmp_path):
     res = CliRunner().invoke(cli, ["bench", *args, "--results-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")])
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and pytest.importorskip("re").search(match, lines[0]), res.output
+    assert len(lines) == 1 and re.search(match, lines[0]), res.output
     assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
 
 
