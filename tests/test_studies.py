@@ -542,3 +542,17 @@ def test_a_study_still_running_is_partial_not_a_verdict(tmp_path):
     complete = dataset_claims(recs, "ds", evidence=evidence)
     _, changed, _, _, _ = _side_by_side(complete, list(rows.values()), "absent")
     assert changed == []
+
+
+def test_the_reading_section_names_the_commands_only_for_claims_that_a_command_can_add():
+    from bench.report.claims import _reading_section
+
+    rows = [{"claim": c, "paper": "", "ours": "x", "verdict": INCONCLUSIVE}
+            for c in ("Table 3: removing IBIM lowers AUC", "Figure 5: Pre-LN reaches 99% of its best validation AUC "
+                      "in fewer steps than Post-LN")]
+    info = {"reading": "gim_concat", "label": "GIM weighted concatenation", "means": {"gim_concat": 0.7, "default": 0.6}}
+    done = "\n".join(_reading_section(rows, {**info, "rows": rows[:1]}, "ds"))
+    assert "Not run on gim_concat (1 claim(s)): Figure 5 is drawn for the default reading only" in done
+    assert "ablate --reading best" not in done
+    todo = "\n".join(_reading_section(rows, {**info, "rows": []}, "ds"))
+    assert "Not run on gim_concat (2 claim(s)): the ablation and Table 4 on it come from" in todo
