@@ -32,6 +32,18 @@ PINNED = {
 }
 
 
+def old_history_bounds(event_user, event_time, user, time):
+    """The pre-issue-16 history_bounds: one searchsorted on a composite (user rank, time rank) key."""
+    users, uinv = np.unique(np.concatenate([event_user, user]), return_inverse=True)
+    times, tinv = np.unique(np.concatenate([event_time, time]), return_inverse=True)
+    n_e = len(event_user)
+    ukey = uinv.astype(np.int64) * np.int64(len(times))
+    ekey = ukey[:n_e] + tinv[:n_e]
+    end = np.searchsorted(ekey, ukey[n_e:] + tinv[n_e:], side="left")
+    start = np.searchsorted(ekey, ukey[n_e:], side="left")
+    return start.astype(np.int64), end.astype(np.int64)
+
+
 def materialised(table: SampleTable, T: int) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
     """The pre-issue-16 arrays: split -> {field: canonical array}, and the item table."""
     F = len(table.item_fields)
@@ -40,7 +52,7 @@ def materialised(table: SampleTable, T: int) -> tuple[dict[str, dict[str, np.nda
     ev_user, ev_time, ev_item = table.event_user[order], table.event_time[order], table.event_item[order]
     ev_rows = lookup_rows(ev_item, attrs[:, 0], "items")
     cand_rows = lookup_rows(table.item, attrs[:, 0], "items")
-    start, end = history_bounds(ev_user, ev_time, table.user_key, table.time)
+    start, end = old_history_bounds(ev_user, ev_time, table.user_key, table.time)
     pos, mask = gather_history(start, end, T)
     is_train = table.split == TRAIN
     tr_end = end[is_train]
@@ -67,6 +79,41 @@ def materialised(table: SampleTable, T: int) -> tuple[dict[str, dict[str, np.nda
     item_table[OOV] = OOV
     item_table[2:] = attrs_enc[lookup_rows(item_vocab[0], attrs[:, 0], "items")]
     return out, item_table
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_history_bounds_equal_the_composite_key_search(seed):
+    rng = np.random.default_rng(seed)
+    E, N = 2000, 3000
+    ev_user, ev_time = rng.integers(0, 60, E), rng.integers(0, 40, E)
+    order = np.lexsort((ev_time, ev_user))
+    ev_user, ev_time = ev_user[order], ev_time[order]
+    user, time = rng.integers(-2, 65, N), rng.integers(-3, 45, N)  # users without events, times outside
+    want = old_history_bounds(ev_user, ev_time, user, time)
+    for chunk in (1, 7, 1 << 20):
+        got = history_bounds(ev_user, ev_time, user, time, chunk=chunk)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_int_lines_are_parsed_in_blocks_with_the_same_result_and_line_numbers():
+    from pathlib import Path
+
+    from bench.data.sources.common import DataError, parse_int_lines
+
+    rng = np.random.default_rng(0)
+    lines = [" ".join(map(str, rng.integers(0, 10**6, rng.integers(1, 9)))) + "\t"
+             + " ".join(map(str, rng.integers(0, 10**9, rng.integers(0, 4)))) if i % 7 else "" for i in range(500)]
+    text = ("\r\n".join(lines)).encode()  # CR LF, no final newline, blank lines
+    for tab_split, body in ((True, text), (False, text.replace(b"\t", b" "))):
+        want = parse_int_lines(body, Path("f"), tab_split, block_bytes=1 << 40)
+        for block in (1, 37, 1000):
+            got = parse_int_lines(body, Path("f"), tab_split, block_bytes=block)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    bad = text.split(b"\r\n")
+    bad[300] += b"\t5"
+    for block in (1, 37, 1 << 40):
+        with pytest.raises(DataError, match=r"^f: line 301 has 2 TABs, expected exactly one\.$"):
+            parse_int_lines(b"\n".join(bad), Path("f"), True, block_bytes=block)
 
 
 def in_memory_split(arrays: dict[str, np.ndarray]) -> Split:

@@ -107,25 +107,37 @@ class Built:
 
 
 def history_bounds(
-    event_user: np.ndarray, event_time: np.ndarray, user: np.ndarray, time: np.ndarray
+    event_user: np.ndarray, event_time: np.ndarray, user: np.ndarray, time: np.ndarray,
+    chunk: int = 1 << 20,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each sample, the range [start, end) of its user's events strictly earlier than it.
 
     ``event_user``/``event_time`` [E] must be sorted by (user, time). ``start`` [N] is the index of
     the user's first event, ``end`` [N] one past the last event with time < the sample's time
-    (so ties and later events are excluded). Vectorised with one searchsorted on a composite key.
+    (so ties and later events are excluded). Vectorised, over chunks of ``chunk`` samples: a
+    ``searchsorted`` on the users gives each sample its user's event range, then a binary search
+    run on every sample of the chunk at once (about log2 of the longest user range steps) finds
+    the first event at or after the sample's time; at most a few [chunk] arrays are held besides
+    the outputs.
     """
-    users, uinv = np.unique(np.concatenate([event_user, user]), return_inverse=True)
-    times, tinv = np.unique(np.concatenate([event_time, time]), return_inverse=True)
-    n_e = len(event_user)
-    stride = np.int64(len(times))
-    if len(users) * int(stride) >= 2**62:
-        raise DataError("history keys overflow int64: too many distinct users x timestamps.")
-    ukey = uinv.astype(np.int64) * stride
-    ekey = ukey[:n_e] + tinv[:n_e]
-    end = np.searchsorted(ekey, ukey[n_e:] + tinv[n_e:], side="left")
-    start = np.searchsorted(ekey, ukey[n_e:], side="left")
-    return start.astype(np.int64), end.astype(np.int64)
+    event_user, event_time = np.asarray(event_user), np.asarray(event_time)
+    n = len(user)
+    start, end = np.empty(n, np.int64), np.empty(n, np.int64)
+    for lo_row in range(0, n, chunk):
+        u, t = user[lo_row:lo_row + chunk], time[lo_row:lo_row + chunk]
+        lo = np.searchsorted(event_user, u, side="left").astype(np.int64)
+        hi = np.searchsorted(event_user, u, side="right").astype(np.int64)
+        start[lo_row:lo_row + chunk] = lo
+        active = np.flatnonzero(lo < hi)
+        while active.size:  # first event of [lo, hi) with time >= t (hi when none)
+            l, h = lo[active], hi[active]
+            mid = (l + h) >> 1
+            right = event_time[mid] < t[active]
+            lo[active] = np.where(right, mid + 1, l)
+            hi[active] = np.where(right, h, mid)
+            active = active[lo[active] < hi[active]]
+        end[lo_row:lo_row + chunk] = lo
+    return start, end
 
 
 def gather_history(
@@ -307,15 +319,20 @@ def _row_parts(arrays, rows: np.ndarray) -> list[np.ndarray]:
     return [part[f].reshape(len(part["label"]), -1).astype(np.int64) for f in ROW_FIELDS]
 
 
-def row_hashes(arrays, chunk: int = 1 << 16) -> np.ndarray:
+def row_hashes(arrays, chunk: int | None = None) -> np.ndarray:
     """A uint64 hash [N] of each sample's :data:`ROW_FIELDS` (label, item, hist, user, context).
 
     ``arrays``: a :class:`LazySplit` or a dict of the split's canonical arrays. Equal samples have
     equal hashes; unequal ones collide with probability about 2**-64 (a linear hash with fixed
     random odd multipliers, modulo 2**64). Vectorised, in chunks of ``chunk`` rows so that at most
-    [chunk, T * F_i] int64 is held at once (a LazySplit's histories are gathered chunk by chunk).
+    [chunk, T * F_i] int64 is held at once (a LazySplit's histories are gathered chunk by chunk);
+    by default about 2**21 values (16 MB) per chunk.
     """
     n = len(arrays["label"]) if not isinstance(arrays, LazySplit) else len(arrays)
+    if chunk is None:
+        T, F = (arrays.max_len, arrays.events.shape[1]) if isinstance(arrays, LazySplit) else \
+            np.asarray(arrays["hist"]).shape[1:3]
+        chunk = max(1, (1 << 21) // (T * F + 8))
     out = np.zeros(n, np.uint64)
     mult = None
     for lo in range(0, n, chunk):

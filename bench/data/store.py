@@ -51,7 +51,7 @@ CANONICAL_DTYPES: dict[str, np.dtype] = {
     "user_index": np.dtype(np.int64),
 }
 #: bytes of one canonical chunk streamed by :meth:`LazySplit.canonical` (about)
-CHUNK_BYTES = 1 << 24
+CHUNK_BYTES = 1 << 22
 
 
 def narrow_int(values: np.ndarray) -> np.ndarray:
