@@ -220,34 +220,54 @@ def _last_entry(path_literal: str) -> str | None:
     return str(entries[-1]) if isinstance(entries, list) and entries else None
 
 
-def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
+def read_mcauley(raw: RawFiles, chunk_lines: int = 100_000) -> Reviews:
     """McAuley 5-core reviews (strict JSON lines) and metadata (Python dict literals), gzipped.
 
     Reviews are ordered by (reviewerID, unixReviewTime, asin); a repeated (user, item) review keeps
     its first occurrence. The category is the last entry of the item's first ``categories`` path.
+    Both files are read in chunks of ``chunk_lines`` lines; of each review chunk only integer codes
+    are kept (its distinct reviewerIDs and asins, and per review their positions among them: int32
+    and the int64 time), so the reviews' strings never sit whole in memory; the codes are mapped to
+    the ranks of the sorted distinct ids of the whole file at the end.
     """
     rpath, mpath = raw.paths["reviews"], raw.paths["meta"]
     cols = ["reviewerID", "asin", "unixReviewTime"]
+    names = {"reviewerID": [], "asin": []}
+    codes = {"reviewerID": [], "asin": []}
+    times = []
     try:
-        parts = []
         with pd.read_json(rpath, lines=True, chunksize=chunk_lines, compression="gzip",
                           dtype=False) as reader:
             for chunk in reader:
                 missing = [c for c in cols if c not in chunk.columns]
                 if missing:
                     raise DataError(f"{rpath}: reviews lack {missing}; expected fields {cols}.")
-                parts.append(chunk[cols])
-        reviews = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+                if chunk[cols].isna().any().any():
+                    raise DataError(f"{rpath}: expected reviews with {cols} on every line.")
+                ts = pd.to_numeric(chunk.unixReviewTime, errors="coerce")
+                if ts.isna().any():
+                    raise DataError(f"{rpath}: unixReviewTime must be an integer on every line.")
+                times.append(ts.to_numpy(np.int64))
+                for c in names:
+                    uniq, inv = np.unique(chunk[c].astype(str).to_numpy(), return_inverse=True)
+                    names[c].append(uniq)
+                    codes[c].append(inv.astype(np.int32))
+                del chunk
     except (ValueError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{rpath}: not gzipped JSON lines of reviews ({type(e).__name__}: {e}).") from e
-    if len(reviews) == 0 or reviews[cols].isna().any().any():
+    if not times or sum(len(t) for t in times) == 0:
         raise DataError(f"{rpath}: expected reviews with {cols} on every line.")
-    ts = pd.to_numeric(reviews.unixReviewTime, errors="coerce")
-    if ts.isna().any():
-        raise DataError(f"{rpath}: unixReviewTime must be an integer on every line.")
-    user_names, user = np.unique(reviews.reviewerID.astype(str).to_numpy(), return_inverse=True)
-    asins, item = np.unique(reviews.asin.astype(str).to_numpy(), return_inverse=True)
-    unix_time = ts.to_numpy(np.int64)
+    n_reviews = sum(len(t) for t in times)
+
+    def global_codes(c: str) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted distinct ids of column ``c`` and each review's rank among them."""
+        every = np.unique(np.concatenate(names[c]))
+        return every, np.concatenate([np.searchsorted(every, u)[inv] for u, inv in zip(names[c], codes[c])])
+
+    user_names, user = global_codes("reviewerID")
+    asins, item = global_codes("asin")
+    unix_time = np.concatenate(times)
+    del names, codes, times
     order = np.lexsort((item, unix_time, user))  # codes follow sorted ids: ties broken by asin
     user, item, unix_time = user[order], item[order], unix_time[order]
 
@@ -273,7 +293,7 @@ def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
     categories = np.full(len(asins), MISSING, np.int64)
     categories[known] = np.unique(cat_names[known].astype(str).to_numpy(), return_inverse=True)[1]
     log.info("%s: %d reviews, %d users, %d items, %d without category",
-             rpath.name, len(reviews), len(user_names), len(asins), int((~known).sum()))
+             rpath.name, n_reviews, len(user_names), len(asins), int((~known).sum()))
     return Reviews(user.astype(np.int64), item.astype(np.int64), unix_time // SECONDS_PER_DAY,
                    unix_time, np.arange(len(asins), dtype=np.int64), categories)
 

@@ -129,8 +129,8 @@ def download(url: str, dest: Path, timeout: float, sha256: str | None = None) ->
     return dest
 
 
-#: bytes of one block of :func:`parse_int_lines` (its per-byte work arrays are of this size)
-PARSE_BLOCK_BYTES = 1 << 23
+#: bytes of one block of :func:`parse_int_lines` (its per-byte work arrays, about 30 bytes per input byte in all, are of this size)
+PARSE_BLOCK_BYTES = 1 << 20
 
 
 def parse_int_lines(data: bytes, path: Path, tab_split: bool = False,
