@@ -18,7 +18,7 @@ from bench.data import samples
 from bench.data.samples import (SPLITS, TRAIN, ProtocolParams, SampleTable, _encode_columns, build, encode,
                                 fit_vocab, gather_history, history_bounds, lookup_rows)
 from bench.data.sources import amazon, movielens
-from bench.data.sources.common import RawFiles
+from bench.data.sources.common import DataError, RawFiles
 from bench.data.store import LazySplit
 from bench.nn.contract import BATCH_FIELDS, OOV, Split
 from conftest import AMAZON_BEAUTY_DIR
@@ -98,7 +98,7 @@ def test_history_bounds_equal_the_composite_key_search(seed):
 def test_int_lines_are_parsed_in_blocks_with_the_same_result_and_line_numbers():
     from pathlib import Path
 
-    from bench.data.sources.common import DataError, parse_int_lines
+    from bench.data.sources.common import parse_int_lines
 
     rng = np.random.default_rng(0)
     lines = [" ".join(map(str, rng.integers(0, 10**6, rng.integers(1, 9)))) + "\t"
@@ -114,6 +114,20 @@ def test_int_lines_are_parsed_in_blocks_with_the_same_result_and_line_numbers():
     for block in (1, 37, 1 << 40):
         with pytest.raises(DataError, match=r"^f: line 301 has 2 TABs, expected exactly one\.$"):
             parse_int_lines(b"\n".join(bad), Path("f"), True, block_bytes=block)
+
+
+def test_ratings_are_parsed_in_chunks_with_the_same_table_and_row_numbers():
+    rows = [f"{u}\t{m}\t{1 + (u * m) % 5}\t{880000000 + 7 * u + m}" for u in range(1, 6) for m in range(1, 5)]
+    text = ("\n".join(rows) + "\n").encode()
+    want = movielens._read_ratings(text, "u.data", "\t", chunk_rows=10**6)
+    assert list(want.columns) == ["user_id", "movie_id", "rating", "timestamp"] and len(want) == 20
+    for chunk in (1, 3, 7):
+        assert want.equals(movielens._read_ratings(text, "u.data", "\t", chunk_rows=chunk))
+    bad = rows.copy()
+    bad[12] = "4\t1\tfive\t880000029"
+    for chunk in (1, 3, 10**6):
+        with pytest.raises(DataError, match=r"^u.data: row 13, field rating is 'five'; expected an integer\.$"):
+            movielens._read_ratings(("\n".join(bad) + "\n").encode(), "u.data", "\t", chunk_rows=chunk)
 
 
 def in_memory_split(arrays: dict[str, np.ndarray]) -> Split:
