@@ -346,7 +346,23 @@ def redraw_duplicate_negatives(keys: np.ndarray, split: np.ndarray, negative: np
     others get a new unreviewed item from ``rng`` (:func:`sample_negatives`), in rounds until no
     row repeats a kept one (at most ``MAX_NEGATIVE_ROUNDS``, else :class:`DataError`).
     Returns the negatives and how many rows were redrawn. Vectorised (pandas hashing per round).
+
+    Only rows whose first two key columns (user, day) are shared with another row can repeat one,
+    so the rounds run on those rows alone (in their order: the same duplicates, the same draws from
+    ``rng``, the same result as on all rows), which bounds the memory the hashing needs.
     """
+    pair = np.lexsort((keys[:, 1], keys[:, 0]))
+    same = (keys[pair[1:], 0] == keys[pair[:-1], 0]) & (keys[pair[1:], 1] == keys[pair[:-1], 1])
+    shared = np.zeros(len(negative), bool)
+    shared[pair[1:][same]] = True
+    shared[pair[:-1][same]] = True
+    del pair, same
+    sub = np.flatnonzero(shared)
+    if sub.size < len(negative):
+        out = negative.copy()
+        out[sub], n = redraw_duplicate_negatives(keys[sub], split[sub], negative[sub], user[sub], reviewed_keys,
+                                                 n_items, rng) if sub.size else (negative[sub], 0)
+        return out, n
     negative = negative.copy()
     redrawn = np.zeros(len(negative), bool)
     key_frame = pd.DataFrame(keys)
