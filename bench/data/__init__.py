@@ -4,9 +4,15 @@
     ds = load_prepared("movielens-100k")        # PreparedDataset: schema, train/valid/test, item_table
 
 Cache layout: ``<data_dir>/<dataset>/<protocol>-<key>/`` where ``key`` hashes the protocol, its
-parameters, the preparation code version and the sha256 of every raw input file. A cache holds one
-``<split>.<field>.npy`` per tensor (ids int32 on disk, int64 in memory), ``item_table.npy`` and
-``meta.json`` (schema, fingerprint, statistics). It is written to a temporary folder beside it and
+parameters, the preparation code version (:data:`PREP_VERSION`) and the sha256 of every raw input
+file. A cache holds, per split, the per-sample arrays of :data:`bench.data.store.STORED`
+(``<split>.<name>.npy``: int32 ids, the label, the raw user key, and two offsets into the event
+array), one ``events.npy`` [E, F_i] int32 (every behaviour event's item fields, sorted by user and
+time), ``item_table.npy``, the vocabularies and ``meta.json`` (schema, fingerprint, statistics, the
+sha256 of every file). Nothing per sample grows with T x F_i: a batch gathers its histories from
+the memory-mapped event array when it is drawn (:class:`bench.data.store.LazySplit`). The
+fingerprint hashes the canonical arrays (the materialised histories, streamed in chunks), so it
+does not depend on this storage (:func:`canonical_arrays`). It is written to a temporary folder beside it and
 renamed into place, so an interrupted prepare never leaves a half-written cache (the temporary
 folder is removed, or cleaned by the next prepare), and a failed prepare never touches an earlier
 cache. ``<data_dir>/<dataset>/LATEST`` names the cache prepared last with the default protocol
@@ -92,11 +98,13 @@ class PreparedInfo:
 
 @dataclass
 class PreparedDataset:
-    """A prepared dataset in memory: schema, the three splits, the item table.
+    """A prepared dataset: schema, the three splits, the item table.
 
     item_table: LongTensor [V_item_id, F_i], the item fields of each item-id index (row 0 padding
-    zeros, row 1 all OOV). Splits follow :data:`bench.nn.contract.Split` (int64 ids, bool mask,
-    float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.data.stats`.
+    zeros, row 1 all OOV). Splits are :class:`bench.data.store.LazySplit` objects over the
+    memory-mapped cache (in tests also in-memory :data:`bench.nn.contract.Split` objects): both
+    give :class:`bench.nn.contract.Batch` objects (int64 ids, bool mask, float32 label,
+    ``user_index`` = raw user key) through ``take``, ``batches`` and ``length_sorted_batches``. ``stats``: the statistics of :mod:`bench.data.stats`.
     ``vocabs``: ``<group>.<field>`` -> sorted raw values (index k >= 2 means ``vocab[k - 2]``).
     ``params``: the protocol parameters it was prepared with (max_len, data_seed).
     """
@@ -270,7 +278,7 @@ def check_disjoint(dataset: str, protocol: str, splits: dict[str, dict[str, np.n
 
 def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None,
                   params: samples.ProtocolParams | None = None) -> PreparedDataset:
-    """The prepared ``dataset`` in memory (int64 tensors), preparing it first if nothing is cached.
+    """The prepared ``dataset`` (memory-mapped, :func:`load_cache`), preparing it first if nothing is cached.
 
     Without ``raw_dir`` the cache named by ``LATEST`` (``LATEST.max_len<T>`` for other ``params``)
     is loaded when it was built with the current protocol, these parameters (default
