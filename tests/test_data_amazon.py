@@ -127,6 +127,19 @@ def mcauley_rows():
     return plan, reviews, meta, t0
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_repeats_earlier_is_pandas_duplicated_in_rank_order(seed):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    keys, item = rng.integers(0, 3, (400, 3)), rng.integers(0, 4, 400)
+    rank = rng.permutation(400)
+    order = np.argsort(rank)
+    want = np.zeros(400, bool)
+    want[order] = pd.DataFrame(keys).assign(item=item).iloc[order].duplicated(keep="first").to_numpy()
+    assert want.any() and np.array_equal(amazon.repeats_earlier(keys, item, rank), want)
+
+
 def test_mcauley_reviews_read_in_small_chunks_give_the_same_reviews(tmp_path):
     """Issue 16: each review chunk keeps only integer codes; any chunk size gives the same result."""
     plan, reviews, meta, t0 = mcauley_rows()

@@ -203,7 +203,8 @@ def test_lazy_histories_equal_the_materialised_arrays(which, max_len, ml_table, 
     for s in built.splits.values():
         assert {k: a.ndim for k, a in s.arrays.items() if k.startswith("hist")} == {"hist_start": 1, "hist_end": 1}
         assert s.arrays["hist_start"].dtype == s.arrays["hist_end"].dtype == np.int32
-        assert s.events is built.events and built.events.shape == (len(table.event_user), len(table.item_fields))
+        assert s.events is built.events and built.events.shape == (len(table.event_user) + 1, len(table.item_fields))
+        assert not built.events[0].any() and s.arrays["hist_start"].min() >= 1
 
 
 def test_the_stats_and_disjointness_of_the_lazy_splits_are_those_of_the_materialised_arrays(beauty_table):

@@ -84,7 +84,8 @@ class Built:
     splits: split name -> :class:`bench.data.store.LazySplit` in memory (int32 ids, float32 label,
         history offsets into ``events``); ``splits[s][field]`` gives the canonical arrays named as
         :data:`bench.nn.contract.Split` (int32 ids, bool mask, float32 label, int64 user_index).
-    events: [E, F_i] int32 item-field indices of every behaviour event, sorted by (user, time).
+    events: [E + 1, F_i] int32: row 0 zeros (padding), then the item-field indices of every
+        behaviour event, sorted by (user, time); the splits' offsets index it.
     cand_rows: split name -> [N_s] int64 row of each candidate in ``item_attrs``.
     item_attrs: [I, F_i] int64 raw item fields (the table's ``item_attrs``).
     item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV).
@@ -252,7 +253,9 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     ctx_vocab = [fit_vocab(table.context[is_train, k]) for k in range(table.context.shape[1])]
 
     attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
-    events = attrs_enc[ev_rows]  # [E, F] the item fields of every event, in (user, time) order
+    # [E + 1, F]: row 0 the zero padding row, then the item fields of every event in (user, time)
+    # order; the stored offsets therefore count from 1
+    events = np.concatenate([np.zeros((1, F), np.int32), attrs_enc[ev_rows]])
     del ev_rows
 
     schema = FeatureSchema(
@@ -281,8 +284,8 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
             "context": _encode_columns(table.context[rows], ctx_vocab).astype(np.int32),
             "label": label[rows],
             "user_index": narrow_int(table.user_key[rows]),
-            "hist_start": offsets(first[rows]),
-            "hist_end": offsets(end[rows]),
+            "hist_start": offsets(first[rows] + 1),
+            "hist_end": offsets(end[rows] + 1),
         }
         splits[name] = LazySplit(stored, events, T)
         split_rows[name] = cand_rows[rows]

@@ -334,20 +334,36 @@ def sample_negatives(user: np.ndarray, reviewed_keys: np.ndarray, n_items: int,
                     f"{MAX_NEGATIVE_ROUNDS} rounds; expected users to leave most items unreviewed.")
 
 
+def repeats_earlier(keys: np.ndarray, item: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """bool [M]: the rows whose (``keys`` [M, C] row, ``item`` [M]) equal those of a row of smaller
+    ``rank`` [M] (distinct ranks): ``DataFrame(keys).assign(item=item)`` ordered by rank,
+    ``duplicated(keep="first")``, without the frame's copies. One lexsort (rank last, so each
+    group of equal rows is in rank order) and adjacent comparisons."""
+    perm = np.lexsort((rank, item, *keys.T[::-1]))
+    same = item[perm[1:]] == item[perm[:-1]]
+    for c in range(keys.shape[1]):
+        same &= keys[perm[1:], c] == keys[perm[:-1], c]
+    dup = np.zeros(len(item), bool)
+    dup[perm[1:][same]] = True
+    return dup
+
+
 def redraw_duplicate_negatives(keys: np.ndarray, split: np.ndarray, negative: np.ndarray, user: np.ndarray,
                                reviewed_keys: np.ndarray, n_items: int,
                                rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Negatives [M] (item codes) such that no two negative samples are equal; only colliding ones change.
 
     ``keys`` [M, C]: what else makes the negative sample (user code, sample day = the history,
-    context fields); two negatives with equal keys and equal item are the same sample. Of such a
+    context fields; :func:`amazon_table` passes them coded exactly as two columns, the (user, day)
+    group and the context); two negatives with equal keys and equal item are the same sample. Of such a
     group one row keeps its item: the one in the latest split (test, then valid, then train), the
     first in sample order within a split, so v1's test split is kept whenever it can be; the
     others get a new unreviewed item from ``rng`` (:func:`sample_negatives`), in rounds until no
     row repeats a kept one (at most ``MAX_NEGATIVE_ROUNDS``, else :class:`DataError`).
-    Returns the negatives and how many rows were redrawn. Vectorised (pandas hashing per round).
+    Returns the negatives and how many rows were redrawn. Vectorised (one lexsort per round,
+    :func:`repeats_earlier`).
 
-    Only rows whose first two key columns (user, day) are shared with another row can repeat one,
+    Only rows whose first two key columns are shared with another row can repeat one,
     so the rounds run on those rows alone (in their order: the same duplicates, the same draws from
     ``rng``, the same result as on all rows), which bounds the memory the hashing needs.
     """
@@ -365,13 +381,12 @@ def redraw_duplicate_negatives(keys: np.ndarray, split: np.ndarray, negative: np
         return out, n
     negative = negative.copy()
     redrawn = np.zeros(len(negative), bool)
-    key_frame = pd.DataFrame(keys)
     for _ in range(MAX_NEGATIVE_ROUNDS):
         # kept first: never-redrawn rows, then the latest split, then sample order
         order = np.lexsort((np.arange(len(negative)), -split.astype(np.int64), redrawn))
-        frame = key_frame.assign(item=negative).iloc[order]
-        dup = np.zeros(len(negative), bool)
-        dup[order] = frame.duplicated(keep="first").to_numpy()
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        dup = repeats_earlier(keys, negative, rank)
         if not dup.any():
             return negative, int(redrawn.sum())
         negative[dup] = sample_negatives(user[dup], reviewed_keys, n_items, rng)
@@ -417,8 +432,15 @@ def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) 
     rng = np.random.default_rng(data_seed)
     neg_user = user_code[rows].astype(np.int64)
     neg_code = sample_negatives(neg_user, reviewed, len(item_ids), rng)
-    if disjoint:
-        keys = np.column_stack([neg_user, day[rows], *context])
+    if disjoint:  # what makes a negative sample besides its item: user, day (= the history), context
+        r_user, r_day = user[rows], day[rows]
+        group = np.cumsum(np.concatenate(([True], (r_user[1:] != r_user[:-1]) | (r_day[1:] != r_day[:-1]))))
+        del r_user, r_day  # rows are in (user, day) order: one group id per (user, day), exactly
+        ctx_code = np.zeros(len(rows), np.int64)
+        for c in context:  # mixed radix over the small bucket codes: equal codes <=> equal contexts
+            ctx_code = ctx_code * (int(c.max()) + 1) + c
+        keys = np.column_stack([group, ctx_code])
+        del group, ctx_code
         neg_code, n_redrawn = redraw_duplicate_negatives(keys, split, neg_code, neg_user, reviewed, len(item_ids),
                                                          np.random.default_rng([data_seed, 2]))
         log.info("%s (%s): %d negatives redrawn so that no sample repeats another", name, PROTOCOL_V2, n_redrawn)
