@@ -135,8 +135,8 @@ class LazySplit:
         return np.take(self._events, pos, axis=0), mask
 
     def history_counts(self, flags: np.ndarray) -> np.ndarray:
-        """[N] int64: how many events of each sample's history have ``flags`` [E] (bool) set
-        (prefix sums over the events; no gather)."""
+        """[N] int64: how many events of each sample's history have ``flags`` set (``flags``: bool
+        [E + 1], one per row of ``events``; prefix sums over the rows, no gather)."""
         cum = np.concatenate([[0], np.cumsum(np.asarray(flags, dtype=np.int64))])
         return cum[self.arrays["hist_end"].astype(np.int64)] - cum[self.arrays["hist_start"].astype(np.int64)]
 
