@@ -47,7 +47,9 @@ class ProtocolParams:
 class SampleTable:
     """Raw (not yet indexed) samples and behaviour events of one dataset under one protocol.
 
-    All arrays are int64 raw codes (any integers; a missing value is its own code).
+    All arrays are integer raw codes (any integers; a missing value is its own code), int64 or, where
+    a reader knows they fit, int32 (:func:`build` fits every vocabulary on int64 values, so the
+    dtype changes nothing it writes).
 
     item_attrs: [I, F_i] one row per item, column 0 the raw item id (unique), the other columns
         the item's other fields (category, ...); candidates and behaviours take their fields here.
@@ -249,8 +251,9 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
         for f in range(F)
     ]
     del ev_used
-    user_vocab = [fit_vocab(table.user[is_train, j]) for j in range(table.user.shape[1])]
-    ctx_vocab = [fit_vocab(table.context[is_train, k]) for k in range(table.context.shape[1])]
+    # fitted on int64 values whatever the table's dtype (the vocabularies are part of the fingerprint)
+    user_vocab = [fit_vocab(table.user[is_train, j].astype(np.int64)) for j in range(table.user.shape[1])]
+    ctx_vocab = [fit_vocab(table.context[is_train, k].astype(np.int64)) for k in range(table.context.shape[1])]
 
     attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
     # [E + 1, F]: row 0 the zero padding row, then the item fields of every event in (user, time)

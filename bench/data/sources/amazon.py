@@ -48,6 +48,7 @@ from bench.data.sources.common import (
     weekday_utc,
 )
 from bench.data.samples import ProtocolParams, SampleTable
+from bench.data.store import narrow_int
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +451,9 @@ def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) 
         return np.repeat(a, 2, axis=0)
 
     cand = np.stack([item[rows], negative], 1).reshape(-1)
+    # int32 where the codes fit (issue 16: the table is the largest thing prepare holds)
+    event_user = narrow_int(user)
+    user_key = twice(event_user[rows])
     label = np.tile(np.array([1.0, 0.0], np.float32), len(rows))
     log.info("%s: %d reviews, %d users, %d items -> %d samples", name, n_rev, len(user_ids),
              len(item_ids), len(cand))
@@ -459,8 +463,8 @@ def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) 
         user_fields=USER_FIELDS,
         context_fields=tuple(context_fields),
         item_attrs=np.stack([item_ids, r.categories], 1).astype(np.int64),
-        event_user=user, event_item=item, event_time=day,
-        user_key=twice(user[rows]), item=cand, time=twice(day[rows]),
-        user=twice(user[rows])[:, None], context=twice(np.stack(context, 1)),
+        event_user=event_user, event_item=narrow_int(item), event_time=narrow_int(day),
+        user_key=user_key, item=narrow_int(cand), time=twice(narrow_int(day[rows])),
+        user=user_key[:, None], context=twice(narrow_int(np.stack(context, 1))),
         label=label, split=twice(split),
     )
