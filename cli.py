@@ -716,15 +716,51 @@ def crosscheck(other_dir, tag, results_dir):
               help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")
 @click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding the raw dataset files (else they are downloaded).")
-def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy, results_dir, data_dir, raw_dir):
+@click.option("--scale", is_flag=True,
+              help="The scale benchmark instead (issue 16): synthetic McAuley-format reviews at each of --sizes, "
+                   "prepare and one training epoch of each model (default din,mian), each in a fresh process; "
+                   "writes results/scale.{md,csv,png} (docs/EFFICIENCY.md).")
+@click.option("--sizes", default="1M,5M,20M", show_default=True, metavar="SIZE[,SIZE...]",
+              help="With --scale: numbers of reviews, comma-separated, k/M/G suffixes allowed. Other sizes than "
+                   "the default write under results/subsets/<tag>/.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --scale: where the synthetic raw files and caches go (default: a temporary folder "
+                   "under the data folder), removed after each size unless --keep.")
+@click.option("--keep", is_flag=True, help="With --scale: keep the synthetic raw files, caches and step logs.")
+@click.option("--max-steps", type=click.IntRange(1, None), default=None,
+              help="With --scale: time only the first N steps of each training epoch (default: the whole epoch).")
+@click.pass_context
+def bench(ctx, dataset, models, peer, device, threads, steps, warmup, seed, accuracy, results_dir, data_dir, raw_dir,
+          scale, sizes, work_dir, keep, max_steps):
     """Speed and memory of every model (optionally beside DeepCTR-Torch); writes results/<dataset>/efficiency.{md,csv}.
 
     Only the full measurement (all eight models, --peer deepctr-torch, the default --steps,
-    --warmup, --seed and --accuracy) writes there; any other goes to results/<dataset>/subsets/<tag>/."""
+    --warmup, --seed and --accuracy) writes there; any other goes to results/<dataset>/subsets/<tag>/.
+    With --scale: the scale benchmark (results/scale.{md,csv,png}; another --sizes, --seed,
+    --models or a --max-steps: results/subsets/<tag>/)."""
     from bench.perf.efficiency import PeerUnavailable, BenchOptions, peer_installed, PEER_INSTALL, run_bench
     from bench.report.studies import out_dir
     from bench.training.registry import MODEL_NAMES
 
+    given = {name for name in ("dataset", "peer", "steps", "warmup", "accuracy", "raw_dir", "sizes", "work_dir",
+                               "keep", "max_steps")
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    if scale:
+        bad = sorted(given & {"dataset", "peer", "steps", "warmup", "accuracy", "raw_dir"})
+        if bad:
+            raise click.UsageError(f"--{bad[0].replace('_', '-')} does not apply to --scale (it writes and prepares "
+                                   "its own synthetic amazon-books files and times one epoch per model).")
+        try:
+            from bench.perf.scale import parse_sizes
+
+            size_list = parse_sizes(sizes)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--sizes") from None
+        _bench_scale(size_list, models, seed, threads, max_steps, device, keep, work_dir, results_dir, data_dir)
+        return
+    bad = sorted(given & {"sizes", "work_dir", "keep", "max_steps"})
+    if bad:
+        raise click.UsageError(f"--{bad[0].replace('_', '-')} applies only with --scale.")
     if peer is not None and not peer_installed(peer):
         raise click.ClickException(f"--peer {peer}: DeepCTR-Torch is not installed; install it with {PEER_INSTALL}")
     models = [m for m in MODEL_NAMES if m in models] if models else list(MODEL_NAMES)
@@ -739,6 +775,44 @@ def bench(dataset, models, peer, device, threads, steps, warmup, seed, accuracy,
                                      progress=click.echo)
         except PeerUnavailable as exc:
             raise click.ClickException(str(exc)) from None
+    click.echo(table.markdown())
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir, results_dir, data_dir) -> None:
+    """``bench --scale``: :func:`bench.perf.scale.run_scale` with a work folder that is removed
+    afterwards (a temporary one under the data folder by default) unless ``keep``."""
+    import shutil
+
+    from bench.data import default_data_dir
+    from bench.perf.scale import (DEFAULT_MODELS, ScaleError, ScaleOptions, remove_dead_work_folders, run_scale,
+                                  scale_command, subset_tag, work_folder)
+    from bench.perf.synthetic import SyntheticError
+    from bench.training.registry import MODEL_NAMES
+    from bench.training.runs import DEFAULT_RESULTS_DIR
+
+    _output_dirs(results_dir, data_dir, results=True, training=False)
+    chosen = tuple(m for m in MODEL_NAMES if m in models) if models else DEFAULT_MODELS
+    opts = ScaleOptions(sizes=sizes, seed=seed, models=chosen, threads=threads, max_steps=max_steps,
+                        device=device, keep=keep)
+    results = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
+    tag = subset_tag(opts)
+    out = results / "subsets" / tag if tag else results
+    data_root = Path(data_dir) if data_dir else default_data_dir()
+    remove_dead_work_folders(data_root)  # the work folders of killed scale runs
+    folder, temporary = work_folder(data_root, work_dir)
+    command = scale_command(opts)
+    try:
+        with _errors():
+            try:
+                table, paths, _ = run_scale(opts, folder, out, command, progress=click.echo)
+            except (ScaleError, SyntheticError) as exc:
+                raise click.ClickException(str(exc)) from None
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    if keep:
+        click.echo(f"kept the synthetic files, caches and step logs in {folder}")
     click.echo(table.markdown())
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
@@ -761,7 +835,13 @@ def _bench_subset(opts, models: list[str], peer: str | None) -> str | None:
 
 # --------------------------------------------------------------------------- data
 
-@cli.command()
+def _datasets_epilog() -> str:
+    from bench.data import DATASETS
+
+    return "DATASET: " + ", ".join(sorted(DATASETS)) + " (raw inputs: docs/DATA.md)."
+
+
+@cli.command(epilog=_datasets_epilog())
 @click.argument("dataset", type=_dataset_choice(), metavar="DATASET")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared-data cache (default: ./data or $MIAN_DATA_DIR).")

@@ -142,30 +142,34 @@ def beauty_rows(n_users: int = 30, n_items: int = 40, seed: int = 0):
     return seqs, gaps, cats
 
 
-def beauty_bytes(seqs, gaps, cats) -> dict[str, bytes]:
+def beauty_bytes(seqs, gaps, cats, stem: str = "Beauty") -> dict[str, bytes]:
+    """The three files of an S3-Rec set named ``stem`` (``Beauty``, ``Sports_and_Outdoors``, ...)
+    under their local names, from per-user sequences, gaps and item -> attribute ids."""
     text = "".join(f"{u} " + " ".join(map(str, s)) + "\n" for u, s in enumerate(seqs, 1))
     times = "".join(f"{u} " + " ".join(map(str, s)) + "\t" + " ".join(map(str, g)) + "\n"
                     for u, (s, g) in enumerate(zip(seqs, gaps), 1))
     attrs = json.dumps({str(k): v for k, v in cats.items()})
-    return {"Beauty.txt": text.encode(), "Beauty_time_intervals.txt": times.encode(),
-            "Beauty_item2attributes.json": attrs.encode()}
+    return {f"{stem}.txt": text.encode(), f"{stem}_time_intervals.txt": times.encode(),
+            f"{stem}_item2attributes.json": attrs.encode()}
 
 
-def write_beauty(folder: Path, files: dict[str, bytes], monkeypatch) -> Path:
-    """Write the tiny Beauty files and pin their sha256 in place of the real ones."""
+def write_beauty(folder: Path, files: dict[str, bytes], monkeypatch, name: str = "amazon-beauty") -> Path:
+    """Write the tiny files of the S3-Rec set ``name`` and pin their sha256 in place of the real ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, b in files.items():
-        (folder / name).write_bytes(b)
-    pin_beauty(files, monkeypatch)
+    for fname, b in files.items():
+        (folder / fname).write_bytes(b)
+    pin_beauty(files, monkeypatch, name)
     return folder
 
 
-def pin_beauty(files: dict[str, bytes], monkeypatch) -> None:
+def pin_beauty(files: dict[str, bytes], monkeypatch, name: str = "amazon-beauty") -> None:
+    """Pin the sha256 of ``files`` (local name -> bytes) for the S3-Rec set ``name``; the
+    repositories, commits and upstream paths stay the real ones."""
     pinned = {
         role: (fname, amazon.PinnedFile(src.repo, src.commit, src.path, sha(files[fname])))
-        for role, (fname, src) in amazon.BEAUTY_FILES.items()
+        for role, (fname, src) in amazon.S3REC_FILES[name].items()
     }
-    monkeypatch.setattr(amazon, "BEAUTY_FILES", pinned)
+    monkeypatch.setitem(amazon.S3REC_FILES, name, pinned)
 
 
 def write_mcauley(folder: Path, cat: str, reviews: list[dict], meta: list[dict]) -> Path:

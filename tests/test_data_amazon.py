@@ -47,7 +47,7 @@ def test_beauty_from_raw_dir(beauty_files, tmp_path, monkeypatch):
 
 def test_beauty_download_route_is_commit_pinned(beauty_files, tmp_path, monkeypatch):
     pin_beauty(beauty_files, monkeypatch)
-    urls = {src.url: beauty_files[fname] for fname, src in amazon.BEAUTY_FILES.values()}
+    urls = {src.url: beauty_files[fname] for fname, src in amazon.S3REC_FILES["amazon-beauty"].values()}
     for url in urls:
         assert url.startswith("https://raw.githubusercontent.com/")
         assert "/49a890dcb516c9ed3126564495234ea74d5cd566/" in url or "/38b4ff7243b527a4b8843090ce080ca533a9e3c6/" in url
@@ -65,8 +65,8 @@ def test_beauty_download_route_is_commit_pinned(beauty_files, tmp_path, monkeypa
 
 def test_beauty_download_with_wrong_sha256_leaves_nothing(beauty_files, tmp_path, monkeypatch):
     pin_beauty(beauty_files, monkeypatch)
-    urls = {src.url: beauty_files[fname] for fname, src in amazon.BEAUTY_FILES.values()}
-    url = amazon.BEAUTY_FILES["sequences"][1].url
+    urls = {src.url: beauty_files[fname] for fname, src in amazon.S3REC_FILES["amazon-beauty"].values()}
+    url = amazon.S3REC_FILES["amazon-beauty"]["sequences"][1].url
     urls[url] = urls[url][:-10]  # a truncated transfer
     monkeypatch.setattr(common, "urlopen", serve(urls))
     with pytest.raises(DataError, match=r"Beauty.txt: downloaded file has sha256 .*, expected"):
@@ -101,6 +101,136 @@ def test_malformed_beauty_inputs(case, match, beauty_files, tmp_path, monkeypatc
     with pytest.raises(DataError, match=match) as err:
         data.prepare("amazon-beauty", tmp_path / "data", folder)
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- the other S3-Rec sets
+
+S3REC = "49a890dcb516c9ed3126564495234ea74d5cd566"
+TIMEWEAVER = "38b4ff7243b527a4b8843090ce080ca533a9e3c6"
+#: issue 16: upstream file -> sha256 of the two new sets (and Beauty's of SOURCES.md, unchanged)
+PINS = {
+    "amazon-beauty": ("Beauty", "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+                      "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4",
+                      "ace27f3acb2528e9b7cfb8e5c459070f5888cfc3edab4cd219e595c5be1c87b8"),
+    "amazon-sports": ("Sports_and_Outdoors", "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
+                      "7fb10733ac4f1811384a52144cdefa7fcc7536fa80a7232c5da9bd789155c34b",
+                      "ddb1aa29e0934a3e7230022b8361785e7518e760180c492579c3c506b6bb5bfb"),
+    "amazon-toys": ("Toys_and_Games", "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
+                    "d371acd25101eedac04afc727626464b7acec770c4eda708705d51eb76eb1ad0",
+                    "43325e20ba6257feda220e3577cd619ff3d15fac1a6798fc3b3cc31e3d85f3be"),
+}
+NEW_SETS = ["amazon-sports", "amazon-toys"]
+
+
+@pytest.mark.parametrize("name", sorted(PINS))
+def test_s3rec_sets_are_pinned_to_the_two_repositories(name):
+    stem, seq, attr, gaps = PINS[name]
+    base = "https://raw.githubusercontent.com/"
+    assert {role: (fname, src.url, src.sha256) for role, (fname, src) in amazon.S3REC_FILES[name].items()} == {
+        "sequences": (f"{stem}.txt", f"{base}aHuiWang/CIKM2020-S3Rec/{S3REC}/data/{stem}.txt", seq),
+        "attributes": (f"{stem}_item2attributes.json",
+                       f"{base}aHuiWang/CIKM2020-S3Rec/{S3REC}/data/{stem}_item2attributes.json", attr),
+        "intervals": (f"{stem}_time_intervals.txt", f"{base}AraVio/TimeWeaver/{TIMEWEAVER}/data/{stem}.txt", gaps),
+    }
+    assert data.DATASETS[name] == "amazon-ctr-v2" and amazon.S3REC_SETS[name] == stem
+
+
+@pytest.mark.parametrize("name", NEW_SETS)
+def test_other_s3rec_sets_follow_beautys_code_path(name, tmp_path, monkeypatch):
+    """The same rows as Sports or Toys files give Beauty's arrays, fields and protocol, in a cache of
+    their own; the category is the last attribute id as for Beauty."""
+    rows = beauty_rows(n_users=25, n_items=35, seed=3)
+    stem = amazon.S3REC_SETS[name]
+    files = beauty_bytes(*rows, stem=stem)
+    folder = write_beauty(tmp_path / "raw", files, monkeypatch, name)
+    info = data.prepare(name, tmp_path / "data", folder)
+    ds = data.load_prepared(name, tmp_path / "data")
+    assert info.path.parent == tmp_path / "data" / name and info.path.name.startswith("amazon-ctr-v2-")
+    assert ds.protocol == "amazon-ctr-v2" and ds.fingerprint == info.fingerprint
+    assert [f.name for f in ds.schema.item_fields] == ["item_id", "category"]
+    assert [f.name for f in ds.schema.user_fields] == ["user_id"]
+    assert [f.name for f in ds.schema.context_fields] == ["gap", "position"]
+    assert len(ds.valid) == len(ds.test) == 2 * len(rows[0])
+    assert ds.stats["dataset"]["events"] == sum(map(len, rows[0]))
+
+    beauty = write_beauty(tmp_path / "beauty", beauty_bytes(*rows), monkeypatch)
+    ref = data.load_prepared("amazon-beauty", tmp_path / "data", beauty)
+    for split in ("train", "valid", "test"):
+        for f in BATCH_FIELDS:
+            assert np.array_equal(getattr(ds.split(split), f).numpy(), getattr(ref.split(split), f).numpy()), (split, f)
+    assert np.array_equal(ds.item_table.numpy(), ref.item_table.numpy())
+    assert ds.fingerprint == ref.fingerprint  # the content, not the name (schema and arrays)
+    raw = amazon.acquire(name, folder, folder)
+    assert raw.kind == f"s3rec-{name.removeprefix('amazon-')}" and sorted(p.name for p in raw.paths.values()) == sorted(files)
+    assert amazon.acquire("amazon-beauty", beauty, beauty).kind == "s3rec-beauty"  # Beauty's cache key unchanged
+
+
+@pytest.mark.parametrize("name", NEW_SETS)
+def test_other_s3rec_sets_download_route(name, tmp_path, monkeypatch):
+    files = beauty_bytes(*beauty_rows(seed=5), stem=amazon.S3REC_SETS[name])
+    pin_beauty(files, monkeypatch, name)
+    urls = {src.url: files[fname] for fname, src in amazon.S3REC_FILES[name].values()}
+    calls: list[str] = []
+    monkeypatch.setattr(common, "urlopen", serve(urls, calls))
+    info = data.prepare(name, tmp_path)
+    assert sorted(calls) == sorted(urls) and len(calls) == 3
+    raw = tmp_path / "raw" / name
+    assert sorted(p.name for p in raw.iterdir()) == sorted(files)
+    again = data.prepare(name, tmp_path)
+    assert again.cache_hit and len(calls) == 3 and again.fingerprint == info.fingerprint
+    assert data.prepare(name, tmp_path / "other", raw).fingerprint == info.fingerprint
+    # a truncated transfer of one file: refused by its sha256, nothing left behind
+    stem = amazon.S3REC_SETS[name]
+    bad = dict(urls)
+    url = amazon.S3REC_FILES[name]["intervals"][1].url
+    bad[url] = bad[url][:-7]
+    monkeypatch.setattr(common, "urlopen", serve(bad))
+    with pytest.raises(DataError, match=rf"TimeWeaver/.*/data/{stem}.txt: downloaded file has sha256 .*, expected"):
+        data.prepare(name, tmp_path / "fresh")
+    assert not (tmp_path / "fresh" / "raw" / name / f"{stem}_time_intervals.txt").exists()
+    assert not list((tmp_path / "fresh" / "raw" / name).glob("*.part"))
+
+
+@pytest.mark.parametrize("name", NEW_SETS)
+def test_other_s3rec_sets_bad_inputs_name_the_file(name, tmp_path, monkeypatch):
+    stem, seq_sha = amazon.S3REC_SETS[name], PINS[name][1]
+    files = beauty_bytes(*beauty_rows(), stem=stem)
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for fname, b in files.items():
+        (folder / fname).write_bytes(b)
+    with pytest.raises(DataError, match=rf"{stem}.txt: sha256 is .*, expected {seq_sha[:16]}"):  # the real pins
+        data.prepare(name, tmp_path / "data", folder)
+    pin_beauty(files, monkeypatch, name)
+    (folder / f"{stem}_item2attributes.json").unlink()
+    with pytest.raises(DataError, match=rf"{stem}_item2attributes.json: file not found; expected the S3-Rec "
+                                        rf"{stem} files {stem}.txt, {stem}_item2attributes.json, "
+                                        rf"{stem}_time_intervals.txt in --raw-dir"):
+        data.prepare(name, tmp_path / "data", folder)
+    monkeypatch.setattr(common, "urlopen", serve({}))
+    with pytest.raises(DataError, match=rf"raw.githubusercontent.com.*download failed.*--raw-dir.*{stem}.txt"):
+        data.prepare(name, tmp_path / "dl")
+    assert not (tmp_path / "data" / name / "LATEST").exists()
+
+
+@pytest.mark.parametrize("name", NEW_SETS)
+def test_other_s3rec_sets_have_beautys_config_and_are_listed_by_the_cli(name):
+    from click.testing import CliRunner
+
+    from bench.training.config import config_path, load_dataset_config, resolve_config
+    from bench.training.registry import MODEL_NAMES
+    from cli import cli
+
+    assert config_path(name).is_file()
+    assert load_dataset_config(name) == load_dataset_config("amazon-beauty")
+    for model in MODEL_NAMES:
+        for curves in (False, True):
+            assert resolve_config(name, model, curves=curves) == resolve_config("amazon-beauty", model, curves=curves)
+    for command in (["prepare", "--help"], ["train", "--help"]):
+        out = CliRunner().invoke(cli, command)
+        assert out.exit_code == 0 and name in out.output
+    out = CliRunner().invoke(cli, ["prepare", "amazon-sportz"])
+    assert out.exit_code == 2 and name in out.output  # the refusal lists the valid names
 
 
 # --------------------------------------------------------------------------- Books / Electronics
@@ -322,7 +452,7 @@ def test_real_amazon_beauty_v2_has_disjoint_splits_and_changes_only_two_negative
     if not (AMAZON_BEAUTY_DIR / "Beauty.txt").is_file():
         pytest.skip(f"real Amazon Beauty files not found in {AMAZON_BEAUTY_DIR} (../shared beside the checkout)")
     raw = amazon.acquire("amazon-beauty", AMAZON_BEAUTY_DIR, AMAZON_BEAUTY_DIR)
-    reviews = amazon.read_beauty(raw)
+    reviews = amazon.read_s3rec(raw)
     v1 = amazon.amazon_table("amazon-beauty", reviews, 2021)
     v2 = amazon.amazon_table("amazon-beauty", reviews, 2021, disjoint=True)
     changed = np.flatnonzero(v1.item != v2.item)
@@ -330,3 +460,25 @@ def test_real_amazon_beauty_v2_has_disjoint_splits_and_changes_only_two_negative
     assert sorted(v1.split[changed].tolist()) == [0, 1]  # the train and the valid copy; test kept as in v1
     built = build(v2, ProtocolParams())
     assert cross_split_duplicates(built.splits) == {"train/valid": 0, "train/test": 0, "valid/test": 0}
+
+
+#: S3-Rec's Table 1 (Zhou et al., CIKM 2020): users, items, reviews of the two sets
+S3REC_COUNTS = {"amazon-sports": (35_598, 18_357, 296_337), "amazon-toys": (19_412, 11_924, 167_597)}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", NEW_SETS)
+def test_real_sports_and_toys_match_s3recs_counts(name, tmp_path):
+    """For whoever has the files (sha256-pinned): $MIAN_SHARED_DIR/datasets/<name>/ with the three files."""
+    folder = AMAZON_BEAUTY_DIR.parent / name
+    stem = amazon.S3REC_SETS[name]
+    if not (folder / f"{stem}.txt").is_file():
+        pytest.skip(f"real {name} files not found in {folder} (this workplace reaches no GitHub host)")
+    info = data.prepare(name, tmp_path, folder)
+    ds = data.load_prepared(name, tmp_path)
+    users, items, reviews = S3REC_COUNTS[name]
+    totals = ds.stats["dataset"]
+    assert (totals["users"], totals["items"], totals["events"]) == (users, items, reviews)
+    assert sum(info.counts.values()) == 2 * (reviews - users) and info.counts["test"] == 2 * users
+    arrays = {s: {f: getattr(ds.split(s), f).numpy() for f in BATCH_FIELDS} for s in ("train", "valid", "test")}
+    assert cross_split_duplicates(arrays) == {"train/valid": 0, "train/test": 0, "valid/test": 0}

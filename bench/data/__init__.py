@@ -41,7 +41,7 @@ import torch
 from bench.data import samples, stats
 from bench.data.store import STORED, CanonicalArray, LazySplit
 from bench.nn.contract import BATCH_FIELDS, Batch, FeatureSchema, Split
-from bench.data.sources import amazon, movielens
+from bench.data.sources import amazon, movielens, taobao
 from bench.data.sources.common import DataError, RawFiles, sha256_file
 from bench.io import atomic_write_text
 
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: the raw-data readers, one module per dataset family; each declares ``DATASETS`` (name ->
 #: protocol) and may declare ``DISJOINT_PROTOCOLS`` and ``RAW_NAMES`` (name -> the dataset whose raw
 #: files it reads). A new family is one module and one entry here.
-SOURCES: tuple[ModuleType, ...] = (movielens, amazon)
+SOURCES: tuple[ModuleType, ...] = (movielens, amazon, taobao)
 #: dataset name -> protocol name (written into every run record)
 DATASETS: dict[str, str] = {name: protocol for source in SOURCES for name, protocol in source.DATASETS.items()}
 #: protocols under which a sample found in two splits is a DataError (older ones: a warning)
@@ -226,7 +226,10 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
             log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
             return _info(meta, final, cache_hit=True)
         table = family.sample_table(dataset, raw, params, protocol=protocol)
-        totals = stats.dataset_totals(table.item_attrs, table.event_user, table.user_key)
+        totals = (stats.dataset_totals(table.item_attrs, table.event_user, table.user_key)
+                  if table.history_key is None else  # per-sample pools (TaobaoAd_x1): event_user is no user
+                  stats.dataset_totals(table.item_attrs, table.user_key[:0], table.user_key)
+                  | {"events": len(table.event_user)})
         built = samples.build(table, params)
         del table  # the raw samples are no longer needed: free them before hashing and writing
         check_disjoint(dataset, protocol, built.splits)

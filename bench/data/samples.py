@@ -2,7 +2,8 @@
 
 A dataset family (``bench/data/sources/``) describes its data as a :class:`SampleTable`: every sample
 (raw user key, raw candidate item id, timestamp, label, split, user and context fields) plus the
-pool of behaviour events (user, item, timestamp) and one row of item fields per item.
+pool of behaviour events (user, item, timestamp) and one row of item fields per item (or, for a
+family whose behaviours are not items, each event's own item fields: ``event_attrs``, Taobao).
 :func:`build` then applies the rules of PROTOCOL section 1, all vectorised (sorts, searchsorted,
 gathers; no Python loop over samples, users or events):
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.nn.contract import OOV, FeatureSchema, Field
+from bench.nn.contract import OOV, PAD, FeatureSchema, Field
 from bench.data.sources.common import DataError
 from bench.data.store import LazySplit, narrow_int
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 TRAIN, VALID, TEST = 0, 1, 2
+#: raw code of an item field a behaviour or candidate does not carry (e.g. Taobao's behaviour log has
+#: no ad id): it is never a vocabulary value and is stored as the padding index 0 (zero embedding)
+ABSENT = np.iinfo(np.int64).min
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,14 @@ class SampleTable:
     item: [N] raw candidate item id. time: [N] sample timestamp (same unit as event_time).
     user: [N, J] user-profile fields; context: [N, K] context fields.
     label: [N] 0/1. split: [N] 0 train, 1 valid, 2 test.
+    event_attrs: optional [E, F_i] the item fields of each behaviour event itself, for a family whose
+        behaviours are not items of ``item_attrs`` (Taobao: the behaviour log has category, brand and
+        behaviour type, no ad id); :data:`ABSENT` in a field the behaviours do not carry (stored as
+        the padding index 0, so its embedding is 0). None (every other family): the fields are the
+        ``item_attrs`` row of ``event_item``. With it, ``event_item`` is not read.
+    history_key: optional [N] the key in ``event_user`` of each sample's behaviour pool, when it is
+        not the user (TaobaoAd_x1 publishes each sample's history with the sample: one pool per
+        sample). None: ``user_key``.
     """
 
     name: str
@@ -76,6 +88,8 @@ class SampleTable:
     context: np.ndarray
     label: np.ndarray
     split: np.ndarray
+    event_attrs: np.ndarray | None = None
+    history_key: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,9 @@ class Built:
         behaviour event, sorted by (user, time); the splits' offsets index it.
     cand_rows: split name -> [N_s] int64 row of each candidate in ``item_attrs``.
     item_attrs: [I, F_i] int64 raw item fields (the table's ``item_attrs``).
-    item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV).
+    item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV); a
+        field that no behaviour carries (:data:`ABSENT` in every row of ``event_attrs``) is 0 there, so
+        a row is the item as a behaviour shows it (DIEN draws its negative behaviours from this table).
     vocabs: ``<group>.<field>`` (group item, user or context) -> sorted raw values; index k >= 2
         of that field stands for ``vocab[k - 2]``.
     """
@@ -191,12 +207,13 @@ def decode(indices: np.ndarray, vocab: np.ndarray, pad: int = -2, oov: int = -1)
 
 
 def encode(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-    """Index of each raw value in ``vocab`` (+2), or OOV (1) when absent. Same shape as ``values``."""
+    """Index of each raw value in ``vocab`` (+2), or OOV (1) when absent from it, and the padding
+    index 0 for :data:`ABSENT` (a field the row does not carry). Same shape as ``values``."""
     if len(vocab) == 0:
-        return np.full(values.shape, OOV, dtype=np.int64)
+        return np.where(values == ABSENT, PAD, OOV).astype(np.int64)
     pos = np.searchsorted(vocab, values)
     found = vocab[np.minimum(pos, len(vocab) - 1)] == values
-    return np.where(found, pos + 2, OOV).astype(np.int64)
+    return np.where(found, pos + 2, np.where(values == ABSENT, PAD, OOV)).astype(np.int64)
 
 
 def lookup_rows(keys: np.ndarray, table_keys: np.ndarray, what: str) -> np.ndarray:
@@ -216,7 +233,8 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     """Behaviour sequences, train-only vocabularies and per-split arrays of ``table``.
 
     Raises :class:`DataError` when a split is empty, its positive rate is not strictly inside
-    (0, 1), or a candidate item would appear in its own history (repeated (user, item) events).
+    (0, 1), or a candidate item would appear in its own history (repeated (user, item) events;
+    checked when behaviours are items, i.e. without ``event_attrs``).
     """
     T = params.max_len
     F = len(table.item_fields)
@@ -227,30 +245,40 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     # behaviour pool, stably sorted by (user, time): given order breaks ties
     order = np.lexsort((np.arange(len(table.event_user)), table.event_time, table.event_user))
     ev_user, ev_time = table.event_user[order], table.event_time[order]
-    ev_item = table.event_item[order]
-    ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
     cand_rows = lookup_rows(table.item, attrs[:, 0], f"{table.name} item table")
+    hist_key = table.user_key if table.history_key is None else table.history_key
 
-    start, end = history_bounds(ev_user, ev_time, table.user_key, table.time)
+    start, end = history_bounds(ev_user, ev_time, hist_key, table.time)
     del ev_user, ev_time
     first = end - np.minimum(end - start, T)  # the kept window: the most recent T events
     del start
-    check_candidates_not_in_history(ev_item, table.item, first, end, table.name)
+    if table.event_attrs is None:  # behaviours are items: their fields are their item-table rows
+        ev_item = table.event_item[order]
+        ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
+        check_candidates_not_in_history(ev_item, table.item, first, end, table.name)
+        del ev_item
+        ev_attrs = None
+    else:  # behaviours carry their own fields (ABSENT where they have none)
+        ev_attrs = np.asarray(table.event_attrs, dtype=np.int64)[order]
+        if ev_attrs.shape != (len(order), F):
+            raise DataError(f"{table.name}: event_attrs has shape {ev_attrs.shape}; expected "
+                            f"({len(order)}, {F}), one row of item fields per event.")
 
     # vocabularies from the training split only: its candidates, behaviours, user, context fields
     is_train = table.split == TRAIN
     if not is_train.any():
         raise DataError(f"{table.name}: the train split is empty; expected training samples.")
     tr_end, tr_first = end[is_train], first[is_train]
-    n_ev = len(ev_item)  # events inside some training history: +1 at each range start, -1 past its end
+    n_ev = len(order)  # events inside some training history: +1 at each range start, -1 past its end
     cover = np.bincount(tr_first, minlength=n_ev + 1) - np.bincount(tr_end, minlength=n_ev + 1)
     ev_used = np.cumsum(cover[:-1]) > 0
     del cover, tr_end, tr_first
+    ev_fields = attrs[ev_rows[ev_used]] if ev_attrs is None else ev_attrs[ev_used]
     item_vocab = [
-        fit_vocab(np.concatenate([attrs[cand_rows[is_train], f], attrs[ev_rows[ev_used], f]]))
+        fit_vocab(_carried(np.concatenate([attrs[cand_rows[is_train], f], ev_fields[:, f]])))
         for f in range(F)
     ]
-    del ev_used
+    del ev_used, ev_fields
     # fitted on int64 values whatever the table's dtype (the vocabularies are part of the fingerprint)
     user_vocab = [fit_vocab(table.user[is_train, j].astype(np.int64)) for j in range(table.user.shape[1])]
     ctx_vocab = [fit_vocab(table.context[is_train, k].astype(np.int64)) for k in range(table.context.shape[1])]
@@ -258,8 +286,14 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
     # [E + 1, F]: row 0 the zero padding row, then the item fields of every event in (user, time)
     # order; the stored offsets therefore count from 1
-    events = np.concatenate([np.zeros((1, F), np.int32), attrs_enc[ev_rows]])
-    del ev_rows
+    if ev_attrs is None:
+        ev_enc = attrs_enc[ev_rows]
+        del ev_rows
+    else:
+        ev_enc = np.stack([encode(ev_attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
+        ev_enc = ev_enc.reshape(len(ev_attrs), F)
+    events = np.concatenate([np.zeros((1, F), np.int32), ev_enc])
+    del ev_enc
 
     schema = FeatureSchema(
         item_fields=tuple(Field(n, len(v) + 2) for n, v in zip(table.item_fields, item_vocab)),
@@ -297,6 +331,8 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     item_table = np.zeros((len(item_vocab[0]) + 2, F), np.int32)
     item_table[OOV] = OOV
     item_table[2:] = attrs_enc[lookup_rows(item_vocab[0], attrs[:, 0], f"{table.name} item table")]
+    if ev_attrs is not None and len(ev_attrs):  # fields no behaviour carries: 0, as in a behaviour
+        item_table[2:, (ev_attrs == ABSENT).all(0)] = 0
     vocabs = {
         f"{group}.{name}": v
         for group, names, vs in (("item", table.item_fields, item_vocab),
@@ -382,6 +418,11 @@ def cross_split_duplicates(splits: dict) -> dict[str, int]:
                 n_copies = int(np.isin(rows[a], rows[b]).sum())
             out[f"{a}/{b}"] = n_copies
     return out
+
+
+def _carried(values: np.ndarray) -> np.ndarray:
+    """``values`` without :data:`ABSENT` (a field a row does not carry is no vocabulary value)."""
+    return values[values != ABSENT]
 
 
 def _encode_columns(values: np.ndarray, vocabs: list[np.ndarray]) -> np.ndarray:

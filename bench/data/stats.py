@@ -44,16 +44,23 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray,
         user id.
     raw_items: [N, F_i] raw candidate item fields (distinct counts are over raw values, so two
         out-of-vocabulary items still count as two).
+    ``hist_item_oov_rate`` is over the behaviours' first field that they carry: the item id, or for
+    behaviours without one (Taobao's behaviour log) the category.
     train_users: [N_train] ``user_index`` of the training split; when given, ``users_seen_in_train``
         is the share of this split's distinct users (raw keys) that have a training sample.
     """
-    if isinstance(arrays, LazySplit):
+    if isinstance(arrays, LazySplit):  # counts over the histories' events, from the offsets
         hist_len = arrays.lengths()
-        n_hist, n_hist_oov = int(hist_len.sum()), int(arrays.history_counts(arrays.events[:, 0] == OOV).sum())
+        F = arrays.events.shape[1]
+        carried = [f for f in range(F) if arrays.history_counts(arrays.events[:, f] != 0).sum() > 0]
+        k = carried[0] if carried else 0  # the item id; Taobao's log has none: category
+        n_hist, n_hist_oov = int(hist_len.sum()), int(arrays.history_counts(arrays.events[:, k] == OOV).sum())
     else:
         mask = arrays["hist_mask"]
         hist_len = mask.sum(1)
-        hist_ids = arrays["hist"][..., 0][mask]
+        real = arrays["hist"][mask]  # [L, F_i] the real behaviours
+        carried = np.flatnonzero((real != 0).any(0)) if len(real) else np.zeros(1, np.int64)
+        hist_ids = real[:, carried[0] if len(carried) else 0]  # the item id; Taobao's log has none: category
         n_hist, n_hist_oov = int(hist_ids.size), int((hist_ids == OOV).sum())
     return {
         "samples": int(len(arrays["label"])),

@@ -44,7 +44,9 @@ class FeatureSchema:
     """Fields of the four input groups of one prepared dataset.
 
     ``item_fields`` serve both the candidate item and each behaviour (one embedding table per
-    field, shared). ``max_len`` is T, the number of behaviour slots.
+    field, shared). A field that the behaviours (or the candidates) of a dataset do not carry holds
+    the padding index 0 there (Taobao: a behaviour-log event has no ad id; docs/DATA.md).
+    ``max_len`` is T, the number of behaviour slots.
     """
 
     item_fields: tuple[Field, ...]

@@ -145,7 +145,7 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     train, valid = loop.splits["train"], loop.splits["valid"]
     if len(train) == 0 or len(valid) == 0:
         raise ValueError(f"{ds.name}: empty train or validation split")
-    data_s, compute_s = _timed_epoch(loop, dev)  # 1.
+    data_s, compute_s, _, _ = timed_epoch(loop, dev)  # 1.
     t0 = time.perf_counter()  # 2. one validation pass as the trainer does it
     valid_metrics = loop.score("valid")
     eval_s = time.perf_counter() - t0
@@ -178,20 +178,24 @@ def measure_ours(opts: BenchOptions, model_name: str) -> dict[str, Any]:
     }
 
 
-def _timed_epoch(loop: StepLoop, dev: torch.device) -> tuple[float, float]:
-    """Seconds of (data, compute) of one training epoch of ``loop``: gathering each batch, and its
+def timed_epoch(loop: StepLoop, dev: torch.device, max_steps: int | None = None) -> tuple[float, float, int, int]:
+    """Seconds of (data, compute) of one training epoch of ``loop`` (its first ``max_steps`` steps
+    when given), the samples and the steps it took: gathering each batch, and its
     :func:`bench.training.train.train_step` with the trainer's per-step non-finite check. Raises
     RuntimeError on a non-finite loss."""
     loop.model.train()
     data_s = compute_s = 0.0
+    samples = steps = 0
     batches = loop.splits["train"].batches(loop.tcfg.batch_size, shuffle=True, generator=loop.generator)
     while True:
         t0 = time.perf_counter()
-        batch = next(batches, None)
+        batch = next(batches, None) if max_steps is None or steps < max_steps else None
         synchronize(dev)
         t1 = time.perf_counter()
         if batch is None:
-            return data_s, compute_s
+            return data_s, compute_s, samples, steps
+        samples += len(batch)
+        steps += 1
         loss = train_step(loop.model, loop.optimizer, batch)
         finite = bool(torch.isfinite(loss))  # the trainer's per-step check (synchronises)
         t2 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Amazon reviews: Beauty (S3-Rec copy), Books, Electronics -> :class:`SampleTable` (PROTOCOL 2.2-2.3).
+"""Amazon reviews: Beauty, Sports, Toys (S3-Rec copies), Books, Electronics -> :class:`SampleTable` (PROTOCOL 2.2-2.3).
 
 Protocol ``amazon-ctr-v1`` (DIN/DIEN): for each user and each review position t >= 1 a positive
 (item_t, y = 1) and one negative (an item the user never reviewed, uniform over all items of the
@@ -13,12 +13,14 @@ Beauty are copies of test samples.
 
 Behaviour sequence: the protocol's items[0..t-1] restricted, by the global rule of PROTOCOL
 section 1, to reviews made on an EARLIER DAY than review t (same-day reviews are ties, not
-history). For Beauty the review days are rebuilt from the per-step gaps of the time file
+history). For the S3-Rec sets the review days are rebuilt from the per-step gaps of the time file
 (cumulative sum; whole days).
 
-Sources: Beauty from ``--raw-dir`` or commit-pinned raw.githubusercontent.com files (sha256
-checked either way); Books/Electronics from McAuley's ``reviews_<Cat>_5.json.gz`` and
-``meta_<Cat>.json.gz`` (meta lines are Python dict literals) in ``--raw-dir``.
+Sources: the S3-Rec sets (``amazon-beauty``, ``amazon-sports``, ``amazon-toys``: one code path,
+:data:`S3REC_SETS`) from ``--raw-dir`` or commit-pinned raw.githubusercontent.com files of the
+same two repositories (sha256 checked either way); Books/Electronics from McAuley's
+``reviews_<Cat>_5.json.gz`` and ``meta_<Cat>.json.gz`` (meta lines are Python dict literals) in
+``--raw-dir``.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ PROTOCOLS = (PROTOCOL_V1, PROTOCOL_V2)
 #: run records made before issue 13 are of it). docs/DATA.md, "Amazon".
 PROTOCOL = PROTOCOL_V2
 #: the datasets this reader serves: name -> protocol (written into every run record)
-DATASETS: dict[str, str] = {name: PROTOCOL for name in ("amazon-beauty", "amazon-books", "amazon-electronics")}
+DATASETS: dict[str, str] = {name: PROTOCOL for name in (
+    "amazon-beauty", "amazon-sports", "amazon-toys", "amazon-books", "amazon-electronics")}
 #: protocols under which a sample found in two splits is a DataError (older ones: a warning)
 DISJOINT_PROTOCOLS = frozenset({PROTOCOL_V2})
 MISSING = -1  # raw code of a missing category (its own vocabulary entry)
@@ -90,15 +93,43 @@ class PinnedFile:
 
 _S3REC = ("aHuiWang/CIKM2020-S3Rec", "49a890dcb516c9ed3126564495234ea74d5cd566")
 _TIMEWEAVER = ("AraVio/TimeWeaver", "38b4ff7243b527a4b8843090ce080ca533a9e3c6")
-#: role -> (local file name, source); read at call time so tests can substitute tiny copies
-BEAUTY_FILES: dict[str, tuple[str, PinnedFile]] = {
-    "sequences": ("Beauty.txt", PinnedFile(*_S3REC, "data/Beauty.txt",
-                  "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8")),
-    "attributes": ("Beauty_item2attributes.json", PinnedFile(*_S3REC, "data/Beauty_item2attributes.json",
-                   "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4")),
-    "intervals": ("Beauty_time_intervals.txt", PinnedFile(*_TIMEWEAVER, "data/Beauty.txt",
-                  "ace27f3acb2528e9b7cfb8e5c459070f5888cfc3edab4cd219e595c5be1c87b8")),
+
+
+def s3rec_files(stem: str, sequences: str, attributes: str, intervals: str) -> dict[str, tuple[str, PinnedFile]]:
+    """role -> (local file name, pinned source) of the S3-Rec category ``stem`` (``Beauty``,
+    ``Sports_and_Outdoors``, ...), given the sha256 of its three files.
+
+    ``sequences``: S3-Rec ``data/<stem>.txt``; ``attributes``: S3-Rec ``data/<stem>_item2attributes.json``;
+    ``intervals``: TimeWeaver ``data/<stem>.txt`` (the same lines plus per-step gaps), kept locally
+    as ``<stem>_time_intervals.txt`` since its upstream name is the sequences file's.
+    """
+    return {
+        "sequences": (f"{stem}.txt", PinnedFile(*_S3REC, f"data/{stem}.txt", sequences)),
+        "attributes": (f"{stem}_item2attributes.json",
+                       PinnedFile(*_S3REC, f"data/{stem}_item2attributes.json", attributes)),
+        "intervals": (f"{stem}_time_intervals.txt", PinnedFile(*_TIMEWEAVER, f"data/{stem}.txt", intervals)),
+    }
+
+
+#: the Amazon categories of S3-Rec's data folder served here: dataset -> S3-Rec's file stem
+S3REC_SETS: dict[str, str] = {"amazon-beauty": "Beauty", "amazon-sports": "Sports_and_Outdoors",
+                              "amazon-toys": "Toys_and_Games"}
+#: dataset -> sha256 of S3-Rec's sequences and attributes files and of TimeWeaver's gap file
+#: (Beauty: SOURCES.md; Sports and Toys: issue 16)
+_S3REC_SHA256: dict[str, tuple[str, str, str]] = {
+    "amazon-beauty": ("226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+                      "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4",
+                      "ace27f3acb2528e9b7cfb8e5c459070f5888cfc3edab4cd219e595c5be1c87b8"),
+    "amazon-sports": ("2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
+                      "7fb10733ac4f1811384a52144cdefa7fcc7536fa80a7232c5da9bd789155c34b",
+                      "ddb1aa29e0934a3e7230022b8361785e7518e760180c492579c3c506b6bb5bfb"),
+    "amazon-toys": ("176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
+                    "d371acd25101eedac04afc727626464b7acec770c4eda708705d51eb76eb1ad0",
+                    "43325e20ba6257feda220e3577cd619ff3d15fac1a6798fc3b3cc31e3d85f3be"),
 }
+#: dataset -> role -> (local file name, source); read at call time so tests can substitute tiny copies
+S3REC_FILES: dict[str, dict[str, tuple[str, PinnedFile]]] = {
+    name: s3rec_files(stem, *_S3REC_SHA256[name]) for name, stem in S3REC_SETS.items()}
 MCAULEY_CATEGORIES = {"amazon-books": "Books", "amazon-electronics": "Electronics"}
 
 
@@ -127,10 +158,11 @@ def mcauley_names(name: str) -> dict[str, str]:
 
 
 def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
-    """The raw files of ``name`` from ``raw_dir``, else ``download_dir`` (downloading Beauty there).
+    """The raw files of ``name`` from ``raw_dir``, else ``download_dir`` (downloading an S3-Rec
+    set's files there: :func:`acquire_s3rec`).
 
-    Beauty files are sha256-checked wherever they come from. Raises :class:`DataError` naming the
-    file and what was expected.
+    S3-Rec files are sha256-checked wherever they come from; McAuley's need ``raw_dir``. Raises
+    :class:`DataError` naming the file and what was expected.
     """
     folder = Path(raw_dir if raw_dir is not None else download_dir)
     if name in MCAULEY_CATEGORIES:
@@ -140,30 +172,50 @@ def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
             raise DataError(f"{missing[0]}: file not found; {name} needs --raw-dir holding "
                             f"{' and '.join(mcauley_names(name).values())} (McAuley 5-core).")
         return RawFiles("mcauley-5core", paths)
+    return acquire_s3rec(name, raw_dir, folder)
 
+
+def acquire_s3rec(name: str, raw_dir: Path | None, folder: Path) -> RawFiles:
+    """The three files of the S3-Rec set ``name`` (:data:`S3REC_FILES`) in ``folder``; when
+    ``raw_dir`` is None the missing ones are downloaded there from their commit-pinned URLs.
+
+    Every file's sha256 is checked against its pin, found or downloaded. Raises
+    :class:`DataError`: a file missing from ``--raw-dir``, a wrong sha256, an unreachable host.
+    """
+    files = S3REC_FILES[name]
+    stem = S3REC_SETS[name]
+    local = ", ".join(f for f, _ in files.values())
     paths, downloaded = {}, False
-    for role, (fname, src) in BEAUTY_FILES.items():
+    for role, (fname, src) in files.items():
         path = folder / fname
         if not path.is_file():
             if raw_dir is not None:
-                raise DataError(f"{path}: file not found; expected the S3-Rec Beauty files "
-                                f"{', '.join(f for f, _ in BEAUTY_FILES.values())} in --raw-dir.")
+                raise DataError(f"{path}: file not found; expected the S3-Rec {stem} files {local} in --raw-dir.")
             try:
                 download(src.url, path, timeout=DOWNLOAD_TIMEOUT_S, sha256=src.sha256)
             except DownloadUnavailable as e:
-                raise DataError(f"{e} Pass --raw-dir with the files listed in docs/DATA.md (Beauty.txt, Beauty_item2attributes.json, Beauty_time_intervals.txt).") from e
+                raise DataError(f"{e} Pass --raw-dir with the files listed in docs/DATA.md ({local}).") from e
             downloaded = True
         else:
             check_sha256(path, src.sha256)
         paths[role] = path
-    sums = {role: src.sha256 for role, (_, src) in BEAUTY_FILES.items()}
-    return RawFiles("s3rec-beauty", paths, downloaded=downloaded, sha256=sums)
+    sums = {role: src.sha256 for role, (_, src) in files.items()}
+    # the layout name is part of the cache key: Beauty's stays "s3rec-beauty"
+    return RawFiles(f"s3rec-{name.removeprefix('amazon-')}", paths, downloaded=downloaded, sha256=sums)
 
 
 # --------------------------------------------------------------------------- reading
 
-def read_beauty(raw: RawFiles) -> Reviews:
-    """Beauty sequences, per-step gaps and item attributes (vectorised parsing)."""
+def read_s3rec(raw: RawFiles) -> Reviews:
+    """Sequences, per-step gaps and item attributes of an S3-Rec set (Beauty, Sports, Toys),
+    vectorised parsing.
+
+    ``raw.paths``: ``sequences`` (``user item_1 ... item_n`` per line), ``intervals`` (the same
+    line, a TAB, n gaps in seconds, the first 0) and ``attributes`` (JSON item -> attribute ids).
+    Returns :class:`Reviews` with R = total items of all lines: review day = cumulative gap in whole
+    days; category = the item's last attribute id (-1: no entry or an empty list); no absolute
+    time. Raises :class:`DataError` naming the file for a line layout, gap or JSON that differs.
+    """
     seq_path, gap_path, attr_path = (raw.paths[r] for r in ("sequences", "intervals", "attributes"))
     values, counts = parse_int_lines(read_bytes(seq_path), seq_path)
     if len(counts) == 0 or (counts < 2).any():
@@ -302,7 +354,8 @@ def read_mcauley(raw: RawFiles, chunk_lines: int = 100_000) -> Reviews:
 # --------------------------------------------------------------------------- protocol
 
 def sample_table(name: str, raw: RawFiles, params: ProtocolParams, protocol: str = PROTOCOL) -> SampleTable:
-    """The Amazon protocol (PROTOCOL 2.2) on Beauty, Books or Electronics raw files.
+    """The Amazon protocol (PROTOCOL 2.2) on the raw files of an S3-Rec set (Beauty, Sports, Toys),
+    Books or Electronics.
 
     ``protocol``: ``amazon-ctr-v1`` (negatives as drawn) or ``amazon-ctr-v2`` (v1 with the
     negatives that would make a sample a copy of another one redrawn: :func:`redraw_duplicate_negatives`).
@@ -310,7 +363,7 @@ def sample_table(name: str, raw: RawFiles, params: ProtocolParams, protocol: str
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)} for {name}.")
-    reviews = read_beauty(raw) if name == "amazon-beauty" else read_mcauley(raw)
+    reviews = read_s3rec(raw) if name in S3REC_SETS else read_mcauley(raw)
     return amazon_table(name, reviews, params.data_seed, disjoint=protocol == PROTOCOL_V2)
 
 
