@@ -257,6 +257,31 @@ def mcauley_rows():
     return plan, reviews, meta, t0
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_repeats_earlier_is_pandas_duplicated_in_rank_order(seed):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    keys, item = rng.integers(0, 3, (400, 3)), rng.integers(0, 4, 400)
+    rank = rng.permutation(400)
+    order = np.argsort(rank)
+    want = np.zeros(400, bool)
+    want[order] = pd.DataFrame(keys).assign(item=item).iloc[order].duplicated(keep="first").to_numpy()
+    assert want.any() and np.array_equal(amazon.repeats_earlier(keys, item, rank), want)
+
+
+def test_mcauley_reviews_read_in_small_chunks_give_the_same_reviews(tmp_path):
+    """Issue 16: each review chunk keeps only integer codes; any chunk size gives the same result."""
+    plan, reviews, meta, t0 = mcauley_rows()
+    folder = write_mcauley(tmp_path / "raw", "Books", reviews, meta)
+    raw = amazon.acquire("amazon-books", folder, tmp_path / "dl")
+    want = amazon.read_mcauley(raw, chunk_lines=10**6)
+    for chunk in (1, 3, 7):
+        got = amazon.read_mcauley(raw, chunk_lines=chunk)
+        for f in ("user", "item", "day", "unix_time", "item_ids", "categories"):
+            assert np.array_equal(getattr(got, f), getattr(want, f)), (chunk, f)
+
+
 @pytest.mark.parametrize("name, cat", [("amazon-books", "Books"), ("amazon-electronics", "Electronics")])
 def test_mcauley_format_from_a_tiny_file(name, cat, tmp_path):
     plan, reviews, meta, t0 = mcauley_rows()

@@ -43,12 +43,15 @@ def test_two_prepares_same_fingerprint_byte_identical_and_cache_hit(beauty_dir, 
     assert again.cache_hit and again.fingerprint == a.fingerprint and again.path == a.path
     assert "cache hit" in caplog.text
     assert cache_files(a.path) == before
-    # the fingerprint is a hash of what is on disk: recompute it from the files
+    # the fingerprint is a hash of the canonical content: recompute it from the files, streamed ...
+    assert data.cache_fingerprint(a.path) == a.fingerprint
+    # ... and from the whole canonical arrays, materialised (the pre-issue-16 cache's arrays)
     ds = data.load_prepared("amazon-beauty", tmp_path / "a")
-    arrays = {p.stem: np.load(p) for p in a.path.glob("*.npy")}
-    ordered = {k: arrays[k] for k in [*(f"{s}.{f}" for s in ("train", "valid", "test")
-                                        for f in ("item", "hist", "hist_mask", "user", "context", "label", "user_index")),
-                                      "item_table", *sorted(k for k in arrays if k.startswith("vocab."))]}
+    ordered = {f"{s}.{f}": ds.split(s)[f] for s in ("train", "valid", "test")
+               for f in ("item", "hist", "hist_mask", "user", "context", "label", "user_index")}
+    ordered["item_table"] = np.load(a.path / "item_table.npy")
+    ordered.update({f"vocab.{k}": np.load(a.path / f"vocab.{k}.npy") for k in sorted(ds.vocabs)})
+    assert ordered["train.hist"].dtype == np.int32 and ordered["train.user_index"].dtype == np.int64
     assert data.fingerprint(ds.schema, ordered) == a.fingerprint
 
 
@@ -149,22 +152,82 @@ def test_load_prepared_tensors_and_speed(beauty_dir, tmp_path):
         ds.split("dev")
 
 
-def test_damaged_cache_file_is_a_clear_error(beauty_dir, tmp_path):
+@pytest.mark.parametrize("name", ["valid.hist_end.npy", "events.npy", "item_table.npy", "test.item.npy"])
+def test_damaged_cache_file_is_a_clear_error(beauty_dir, tmp_path, name):
     info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
-    (info.path / "valid.hist.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(DataError, match=r"valid.hist.npy: damaged cache file.*--force"):
+    (info.path / name).write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataError, match=rf"^{tmp_path}.*/{name}: damaged cache file.*--force\.$") as err:
         data.load_prepared("amazon-beauty", tmp_path)
+    assert "\n" not in str(err.value)
+    (info.path / name).unlink()
+    with pytest.raises(DataError, match=rf"/{name}: damaged cache file .*No such file.*--force"):
+        data.load_cache(info.path)
 
 
-def test_modified_cache_array_fails_the_fingerprint_check(beauty_dir, tmp_path):
-    import numpy as np
-
+def test_modified_cache_array_is_named(beauty_dir, tmp_path):
     info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
     labels = np.load(info.path / "train.label.npy")
     labels[:10] = 1 - labels[:10]  # a valid .npy with other content
     np.save(info.path / "train.label.npy", labels)
-    with pytest.raises(DataError, match="do not match the fingerprint.*--force"):
+    with pytest.raises(DataError, match=r"train.label.npy: damaged cache file \(its sha256 differs from the one "
+                                        r"meta.json recorded.*--force"):
         data.load_prepared("amazon-beauty", tmp_path)
+
+
+def _reseal(path: Path, name: str, array: np.ndarray) -> None:
+    """Write ``array`` as cache file ``name`` and record its sha256 in meta.json (a cache made by
+    faulty code: intact files with wrong content)."""
+    import json
+
+    np.save(path / name, array)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"][name] = common.sha256_file(path / name)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_cache_is_memory_mapped_and_batches_equal_the_canonical_arrays(beauty_dir, tmp_path):
+    from bench.data.store import LazySplit
+
+    info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
+    ds = data.load_cache(info.path)
+    for name in ("train", "valid", "test"):
+        s = ds.split(name)
+        assert isinstance(s, LazySplit) and isinstance(s.events, np.memmap)
+        assert all(isinstance(a, np.memmap) and not a.flags.writeable for a in s.arrays.values())
+        whole = s.materialize()  # canonical arrays as int64 tensors, like the pre-issue-16 Split
+        idx = torch.randperm(len(s), generator=torch.Generator().manual_seed(0))[:37]
+        got, want = s.take(idx), whole.take(idx)
+        for f in ("item", "hist", "hist_mask", "user", "context", "label", "user_index"):
+            assert getattr(got, f).dtype == getattr(want, f).dtype and torch.equal(getattr(got, f), getattr(want, f)), f
+    files = sorted(p.name for p in info.path.glob("*.npy"))
+    assert "events.npy" in files and not any(".hist." in f or "hist_mask" in f for f in files)
+
+
+def test_a_cache_of_another_storage_version_is_refused_not_misread(beauty_dir, tmp_path):
+    import json
+
+    info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
+    old = info.path.with_name("amazon-ctr-v2-0123456789abcdef")  # PREP_VERSION is part of the key
+    info.path.rename(old)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["prep_version"] = 1  # the pre-issue-16 layout: materialised histories, no per-file sha256
+    del meta["files"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    (old.parent / "LATEST").write_text(old.name + "\n")
+    with pytest.raises(DataError, match=rf"{old}: a cache of PREP_VERSION 1, this code reads version "
+                                        rf"{data.PREP_VERSION} .*rerun prepare"):
+        data.load_cache(old)
+    ds = data.load_prepared("amazon-beauty", tmp_path, beauty_dir)  # prepare: the current key, rebuilt
+    assert ds.fingerprint == info.fingerprint and ds.path == info.path and old.is_dir()
+
+
+def test_inconsistent_history_offsets_are_refused(beauty_dir, tmp_path):
+    info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
+    start = np.load(info.path / "valid.hist_start.npy")
+    start[4] -= 1000  # a window longer than max_len (or before the first event)
+    _reseal(info.path, "valid.hist_start.npy", start)
+    with pytest.raises(DataError, match=r"valid.hist_start.npy, .*valid.hist_end.npy: a history"):
+        data.load_cache(info.path)
 
 
 def test_default_data_dir_honours_the_environment(monkeypatch, tmp_path):
@@ -230,14 +293,7 @@ def test_an_id_in_the_next_fields_range_is_refused_on_load(beauty_dir, tmp_path)
     assert v_item + 1 < v_item + ds.schema.item_fields[1].vocab_size  # inside the neighbouring table
     item = np.load(info.path / "test.item.npy")
     item[3, 0] = v_item + 1
-    np.save(info.path / "test.item.npy", item)
-    arrays = {p.stem: np.load(p) for p in info.path.glob("*.npy")}
-    ordered = {k: arrays[k] for k in [*(f"{s}.{f}" for s in ("train", "valid", "test")
-                                        for f in ("item", "hist", "hist_mask", "user", "context", "label", "user_index")),
-                                      "item_table", *sorted(k for k in arrays if k.startswith("vocab."))]}
-    meta = json.loads((info.path / "meta.json").read_text())
-    meta["fingerprint"] = data.fingerprint(ds.schema, ordered)
-    (info.path / "meta.json").write_text(json.dumps(meta))
+    _reseal(info.path, "test.item.npy", item)  # intact files, as faulty code would write them
     with pytest.raises(DataError, match=rf"^amazon-beauty test split \(.*\): item field item.item_id has max index "
                                         rf"{v_item + 1} >= its vocabulary size {v_item}; expected every index in "
                                         rf"\[0, {v_item}\)"):

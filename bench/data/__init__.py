@@ -4,9 +4,15 @@
     ds = load_prepared("movielens-100k")        # PreparedDataset: schema, train/valid/test, item_table
 
 Cache layout: ``<data_dir>/<dataset>/<protocol>-<key>/`` where ``key`` hashes the protocol, its
-parameters, the preparation code version and the sha256 of every raw input file. A cache holds one
-``<split>.<field>.npy`` per tensor (ids int32 on disk, int64 in memory), ``item_table.npy`` and
-``meta.json`` (schema, fingerprint, statistics). It is written to a temporary folder beside it and
+parameters, the preparation code version (:data:`PREP_VERSION`) and the sha256 of every raw input
+file. A cache holds, per split, the per-sample arrays of :data:`bench.data.store.STORED`
+(``<split>.<name>.npy``: int32 ids, the label, the raw user key, and two offsets into the event
+array), one ``events.npy`` [E, F_i] int32 (every behaviour event's item fields, sorted by user and
+time), ``item_table.npy``, the vocabularies and ``meta.json`` (schema, fingerprint, statistics, the
+sha256 of every file). Nothing per sample grows with T x F_i: a batch gathers its histories from
+the memory-mapped event array when it is drawn (:class:`bench.data.store.LazySplit`). The
+fingerprint hashes the canonical arrays (the materialised histories, streamed in chunks), so it
+does not depend on this storage (:func:`canonical_arrays`). It is written to a temporary folder beside it and
 renamed into place, so an interrupted prepare never leaves a half-written cache (the temporary
 folder is removed, or cleaned by the next prepare), and a failed prepare never touches an earlier
 cache. ``<data_dir>/<dataset>/LATEST`` names the cache prepared last with the default protocol
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 
 from bench.data import samples, stats
+from bench.data.store import STORED, CanonicalArray, LazySplit
 from bench.nn.contract import BATCH_FIELDS, Batch, FeatureSchema, Split
 from bench.data.sources import amazon, movielens, taobao
 from bench.data.sources.common import DataError, RawFiles, sha256_file
@@ -54,8 +61,10 @@ DATASETS: dict[str, str] = {name: protocol for source in SOURCES for name, proto
 #: protocols under which a sample found in two splits is a DataError (older ones: a warning)
 DISJOINT_PROTOCOLS = frozenset().union(*(getattr(source, "DISJOINT_PROTOCOLS", ()) for source in SOURCES))
 DEFAULT_DATASET = "movielens-100k"
-#: bump when preparation code changes what is written (invalidates every cache)
-PREP_VERSION = 1
+#: bump when preparation code changes what is written (invalidates every cache). 2: issue 16's
+#: storage form (history offsets into one event array, memory-mapped, per-file sha256 in meta.json);
+#: the canonical arrays and so the fingerprints are those of version 1.
+PREP_VERSION = 2
 PARAMS = samples.ProtocolParams()
 META = "meta.json"
 LATEST = "LATEST"
@@ -89,11 +98,13 @@ class PreparedInfo:
 
 @dataclass
 class PreparedDataset:
-    """A prepared dataset in memory: schema, the three splits, the item table.
+    """A prepared dataset: schema, the three splits, the item table.
 
     item_table: LongTensor [V_item_id, F_i], the item fields of each item-id index (row 0 padding
-    zeros, row 1 all OOV). Splits follow :data:`bench.nn.contract.Split` (int64 ids, bool mask,
-    float32 label, ``user_index`` = raw user key). ``stats``: the statistics of :mod:`bench.data.stats`.
+    zeros, row 1 all OOV). Splits are :class:`bench.data.store.LazySplit` objects over the
+    memory-mapped cache (in tests also in-memory :data:`bench.nn.contract.Split` objects): both
+    give :class:`bench.nn.contract.Batch` objects (int64 ids, bool mask, float32 label,
+    ``user_index`` = raw user key) through ``take``, ``batches`` and ``length_sorted_batches``. ``stats``: the statistics of :mod:`bench.data.stats`.
     ``vocabs``: ``<group>.<field>`` -> sorted raw values (index k >= 2 means ``vocab[k - 2]``).
     ``params``: the protocol parameters it was prepared with (max_len, data_seed).
     """
@@ -146,22 +157,45 @@ def _cache_id(dataset: str, raw: RawFiles, params: samples.ProtocolParams) -> tu
     return key, desc
 
 
-def _arrays(built: samples.Built) -> dict[str, np.ndarray]:
-    """Every array of a prepared dataset by file stem, in the fixed order the fingerprint uses."""
-    named = {f"{s}.{f}": built.splits[s][f] for s in samples.SPLITS for f in BATCH_FIELDS}
-    named["item_table"] = built.item_table
-    named.update({f"vocab.{k}": v for k, v in sorted(built.vocabs.items())})
+def canonical_arrays(splits: dict[str, LazySplit], item_table: np.ndarray,
+                     vocabs: dict[str, np.ndarray]) -> dict[str, CanonicalArray | np.ndarray]:
+    """Every array of a prepared dataset in its canonical form (the arrays the cache held up to
+    ``PREP_VERSION`` 1: ``<split>.<field>`` for the seven fields of :data:`BATCH_FIELDS`, histories
+    [N, T, F_i] int32 left-padded, masks bool, ``user_index`` int64; ``item_table`` int32;
+    ``vocab.<group>.<field>``), by name in the fixed order the fingerprint uses. The split arrays
+    are :class:`bench.data.store.CanonicalArray` streams, never materialised whole."""
+    named: dict[str, CanonicalArray | np.ndarray] = {
+        f"{s}.{f}": splits[s].canonical(f) for s in samples.SPLITS for f in BATCH_FIELDS}
+    named["item_table"] = np.asarray(item_table, dtype=np.int32)
+    named.update({f"vocab.{k}": np.asarray(v) for k, v in sorted(vocabs.items())})
     return named
 
 
-def fingerprint(schema: FeatureSchema, arrays: dict[str, np.ndarray]) -> str:
-    """sha256 of the schema JSON and every prepared array (name, dtype, shape, bytes), in order."""
+def fingerprint(schema: FeatureSchema, arrays: dict[str, np.ndarray | CanonicalArray]) -> str:
+    """sha256 of the schema JSON and every array (``name|dtype|shape|`` then its C-order bytes), in
+    the given order. An array may be a :class:`bench.data.store.CanonicalArray`, hashed chunk by
+    chunk (the same digest as the whole array: sha256 is a stream), so the fingerprint of a
+    dataset is that of its canonical content, whatever its storage (:func:`canonical_arrays`)."""
     h = hashlib.sha256(schema.to_json().encode())
     for name, a in arrays.items():
+        if isinstance(a, CanonicalArray):
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            for chunk in a.chunks():
+                h.update(np.ascontiguousarray(chunk, dtype=a.dtype))
+            continue
         a = np.ascontiguousarray(a)
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def cache_fingerprint(path: Path) -> str:
+    """The canonical fingerprint recomputed from the files of the cache at ``path`` (streamed;
+    what ``meta.json`` records when the cache is intact). Raises :class:`DataError` as
+    :func:`load_cache`."""
+    ds = load_cache(path)
+    table = _load_array(Path(path) / "item_table.npy")
+    return fingerprint(ds.schema, canonical_arrays({s: ds.split(s) for s in samples.SPLITS}, table, ds.vocabs))
 
 
 def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None,
@@ -192,7 +226,12 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
             log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
             return _info(meta, final, cache_hit=True)
         table = family.sample_table(dataset, raw, params, protocol=protocol)
+        totals = (stats.dataset_totals(table.item_attrs, table.event_user, table.user_key)
+                  if table.history_key is None else  # per-sample pools (TaobaoAd_x1): event_user is no user
+                  stats.dataset_totals(table.item_attrs, table.user_key[:0], table.user_key)
+                  | {"events": len(table.event_user)})
         built = samples.build(table, params)
+        del table  # the raw samples are no longer needed: free them before hashing and writing
         check_disjoint(dataset, protocol, built.splits)
     except DataError:
         if raw.downloaded:  # a download that does not load is not kept
@@ -204,13 +243,11 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         "name": dataset,
         "cache_key": key,
         "schema": built.schema.to_dict(),
-        "fingerprint": fingerprint(built.schema, _arrays(built)),
+        "fingerprint": fingerprint(built.schema, canonical_arrays(built.splits, built.item_table, built.vocabs)),
         "counts": {s: int(len(a["label"])) for s, a in built.splits.items()},
         "stats": {
-            "dataset": stats.dataset_totals(table.item_attrs, table.event_user, table.user_key)
-            if table.history_key is None else  # per-sample pools (TaobaoAd_x1): event_user is no user
-            stats.dataset_totals(table.item_attrs, table.user_key[:0], table.user_key) | {"events": len(table.event_user)},
-            "splits": {s: stats.split_stats(built.splits[s], built.raw_items[s],
+            "dataset": totals,
+            "splits": {s: stats.split_stats(built.splits[s], built.item_attrs[built.cand_rows[s]],
                                             train_users=built.splits["train"]["user_index"])
                        for s in samples.SPLITS},
         },
@@ -244,7 +281,7 @@ def check_disjoint(dataset: str, protocol: str, splits: dict[str, dict[str, np.n
 
 def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = None,
                   params: samples.ProtocolParams | None = None) -> PreparedDataset:
-    """The prepared ``dataset`` in memory (int64 tensors), preparing it first if nothing is cached.
+    """The prepared ``dataset`` (memory-mapped, :func:`load_cache`), preparing it first if nothing is cached.
 
     Without ``raw_dir`` the cache named by ``LATEST`` (``LATEST.max_len<T>`` for other ``params``)
     is loaded when it was built with the current protocol, these parameters (default
@@ -272,15 +309,20 @@ def check_ids(schema: FeatureSchema, data: Batch, where: str,
     id >= its field's ``vocab_size`` would silently read the next field's rows; this check makes
     that an error. Checks, per field: the number of columns of ``item``, ``hist`` [.., F_i],
     ``user`` [.., J], ``context`` [.., K] (and ``item_table`` [V_item_id, F_i] when given), and
-    0 <= min, max < vocab_size. Vectorised: one min/max reduction per tensor (no per-step cost
-    when called once per split).
+    0 <= min, max < vocab_size. ``data``: a :class:`Batch` / in-memory ``Split``, or a
+    :class:`bench.data.store.LazySplit`, whose event array [E, F_i] is checked for ``hist`` (every
+    history value is an event's, or padding 0). Vectorised: one min/max reduction per array (no
+    per-step cost when called once per split).
 
     Raises :class:`DataError` naming ``where`` (e.g. "movielens-100k train"),
     the group, the field, the bad value and the vocabulary size.
     """
     groups = (("item", "item", schema.item_fields), ("hist", "item", schema.item_fields),
               ("user", "user", schema.user_fields), ("context", "context", schema.context_fields))
-    tensors = {name: getattr(data, name) for name, _, _ in groups}
+    if isinstance(data, LazySplit):  # numpy (memory-mapped); the event array stands for hist
+        tensors = data.id_arrays()
+    else:
+        tensors = {name: getattr(data, name) for name, _, _ in groups}
     if item_table is not None:
         groups += (("item_table", "item", schema.item_fields),)
         tensors["item_table"] = item_table
@@ -289,55 +331,80 @@ def check_ids(schema: FeatureSchema, data: Batch, where: str,
         if t.shape[-1] != len(fields):
             raise DataError(f"{where}: {name} has {t.shape[-1]} columns; the schema's {group} group has "
                             f"{len(fields)} fields ({', '.join(f.name for f in fields)}).")
-        if t.numel() == 0:
+        n = t.numel() if isinstance(t, torch.Tensor) else t.size
+        if n == 0:
             continue
         flat = t.reshape(-1, len(fields))
-        lo, hi = torch.aminmax(flat, dim=0)
-        sizes = torch.tensor([f.vocab_size for f in fields], dtype=hi.dtype, device=hi.device)
-        bad = (hi >= sizes) | (lo < 0)
-        if bool(bad.any()):
-            k = int(bad.nonzero()[0, 0])
-            f, size = fields[k], fields[k].vocab_size
-            if int(hi[k]) >= size:
+        if isinstance(flat, torch.Tensor):
+            lo, hi = (x.tolist() for x in torch.aminmax(flat, dim=0))
+        else:
+            lo, hi = flat.min(0).tolist(), flat.max(0).tolist()
+        for k, f in enumerate(fields):
+            size = f.vocab_size
+            if hi[k] >= size:
                 raise DataError(f"{where}: {name} field {group}.{f.name} has max index {int(hi[k])} >= its "
                                 f"vocabulary size {size}; expected every index in [0, {size}) (a larger one "
                                 "would read the next field's rows of the group's shared embedding table).")
-            raise DataError(f"{where}: {name} field {group}.{f.name} has min index {int(lo[k])} < 0; "
-                            f"expected every index in [0, {size}).")
+            if lo[k] < 0:
+                raise DataError(f"{where}: {name} field {group}.{f.name} has min index {int(lo[k])} < 0; "
+                                f"expected every index in [0, {size}).")
+
+
+def _load_array(file: Path, sha256: str | None = None) -> np.ndarray:
+    """One ``.npy`` file of a cache, memory-mapped read-only (pages are read when used); with
+    ``sha256`` its bytes are checked first. :class:`DataError` naming the file when it is
+    missing, unreadable or differs."""
+    try:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+        digest = sha256_file(file) if sha256 is not None else None
+    except DataError as e:  # sha256_file: unreadable
+        raise DataError(f"{file}: damaged cache file ({e.__cause__ or e}); rerun prepare with --force.") from e
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{file}: damaged cache file ({e}); rerun prepare with --force.") from e
+    if digest is not None and digest != sha256:
+        raise DataError(f"{file}: damaged cache file (its sha256 differs from the one meta.json recorded when the "
+                        "cache was written); rerun prepare with --force.")
+    return array
 
 
 def load_cache(path: Path) -> PreparedDataset:
-    """Load one cache folder (see module docstring); :class:`DataError` when it is damaged."""
+    """Load one cache folder (module docstring; docs/DATA.md, "The cache").
+
+    Every array is memory-mapped read-only (``np.load(mmap_mode="r")``): training gathers its
+    batches from the pages it needs (:class:`bench.data.store.LazySplit`), nothing [N, T, F_i]
+    is held. Each file is first checked against the sha256 ``meta.json`` recorded when the cache
+    was written, so a damaged or modified file is one :class:`DataError` naming it; then the
+    sample counts, the history offsets and every id's bound (:func:`check_ids`). A cache written
+    by another ``PREP_VERSION`` (another storage form) is refused with a :class:`DataError`
+    (:func:`load_prepared` and :func:`prepare` rebuild it under a new key), never misread.
+    """
     path = Path(path)
     meta = _read_meta(path)
+    if meta.get("prep_version") != PREP_VERSION or not isinstance(meta.get("files"), dict):
+        raise DataError(f"{path}: a cache of PREP_VERSION {meta.get('prep_version')}, this code reads version "
+                        f"{PREP_VERSION} (another storage form); rerun prepare (it builds the current form beside it).")
+    files = meta["files"]
 
     def array(name: str) -> np.ndarray:
         file = path / f"{name}.npy"
-        try:
-            return np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"{file}: damaged cache file ({e}); rerun prepare with --force.") from e
+        if file.name not in files:
+            raise DataError(f"{path / META}: lists no sha256 for {file.name}; rerun prepare with --force.")
+        return _load_array(file, files[file.name])
 
-    # every array, in the order of _arrays(); the fingerprint is checked before anything is used
-    raw = {f"{s}.{f}": array(f"{s}.{f}") for s in samples.SPLITS for f in BATCH_FIELDS}
-    raw["item_table"] = array("item_table")
-    raw.update({f"vocab.{k}": array(f"vocab.{k}") for k in sorted(meta["vocabs"])})
     schema = FeatureSchema.from_dict(meta["schema"])
-    if fingerprint(schema, raw) != meta["fingerprint"]:
-        raise DataError(f"{path}: the prepared arrays do not match the fingerprint in meta.json "
-                        "(modified or damaged cache); rerun prepare with --force.")
-
-    def tensor(name: str) -> torch.Tensor:
-        a = raw[name]
-        if a.dtype.kind in "iu":
-            return torch.from_numpy(a.astype(np.int64, copy=False))
-        return torch.from_numpy(a)
-
-    splits = {s: Split(**{f: tensor(f"{s}.{f}") for f in BATCH_FIELDS}) for s in samples.SPLITS}
-    item_table = tensor("item_table")
+    events = array("events")
+    splits = {s: LazySplit({k: array(f"{s}.{k}") for k in STORED}, events, schema.max_len) for s in samples.SPLITS}
+    table = array("item_table")
+    item_table = torch.from_numpy(np.array(table, dtype=np.int64))
+    vocabs = {k: array(f"vocab.{k}") for k in meta["vocabs"]}
     for s, sp in splits.items():
-        if len(sp) != meta["counts"][s]:
-            raise DataError(f"{path}: {s} has {len(sp)} samples, meta.json says {meta['counts'][s]}; "
+        for k in STORED:
+            if len(sp.arrays[k]) != meta["counts"][s]:
+                raise DataError(f"{path / f'{s}.{k}.npy'}: {len(sp.arrays[k])} samples, meta.json says "
+                                f"{meta['counts'][s]}; rerun prepare with --force.")
+        bad = sp.offset_error()
+        if bad is not None:
+            raise DataError(f"{path / f'{s}.hist_start.npy'}, {path / f'{s}.hist_end.npy'}: {bad}; "
                             "rerun prepare with --force.")
         # every id below its own field's vocabulary size (once per split; see check_ids)
         check_ids(schema, sp, f"{meta['name']} {s} split ({path})", item_table=item_table if s == "train" else None)
@@ -345,7 +412,7 @@ def load_cache(path: Path) -> PreparedDataset:
         name=meta["name"], protocol=meta["protocol"], fingerprint=meta["fingerprint"],
         schema=schema, **splits,
         item_table=item_table, path=path, stats=meta["stats"],
-        vocabs={k: raw[f"vocab.{k}"] for k in meta["vocabs"]},
+        vocabs=vocabs,
         params=dict(meta.get("params") or dataclasses.asdict(PARAMS)),
     )
 
@@ -426,9 +493,24 @@ def _remove_stale(root: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _write_arrays(folder: Path, built: samples.Built) -> None:
-    for name, a in _arrays(built).items():
-        np.save(folder / f"{name}.npy", a, allow_pickle=False)
+def stored_arrays(built: samples.Built) -> dict[str, np.ndarray]:
+    """The files of a cache (``<stem>.npy``) by stem: per split the :data:`bench.data.store.STORED`
+    arrays, ``events``, ``item_table``, ``vocab.<group>.<field>``."""
+    named = {f"{s}.{k}": built.splits[s].arrays[k] for s in samples.SPLITS for k in STORED}
+    named["events"] = built.events
+    named["item_table"] = built.item_table
+    named.update({f"vocab.{k}": v for k, v in sorted(built.vocabs.items())})
+    return named
+
+
+def _write_arrays(folder: Path, built: samples.Built) -> dict[str, str]:
+    """Write the arrays of :func:`stored_arrays` into ``folder``; returns file name -> sha256."""
+    sums = {}
+    for name, a in stored_arrays(built).items():
+        file = folder / f"{name}.npy"
+        np.save(file, a, allow_pickle=False)
+        sums[file.name] = sha256_file(file)
+    return sums
 
 
 def _write_cache(root: Path, final: Path, built: samples.Built, meta: dict) -> None:
@@ -438,7 +520,7 @@ def _write_cache(root: Path, final: Path, built: samples.Built, meta: dict) -> N
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}~{os.getpid()}~", dir=root))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
-        _write_arrays(tmp, built)
+        meta = {**meta, "files": _write_arrays(tmp, built)}
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if final.exists():  # --force: swap in the new cache, then drop the old one
             old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{final.name}~{os.getpid()}~", dir=root))

@@ -23,6 +23,7 @@ import numpy as np
 
 from bench.nn.contract import OOV, PAD, FeatureSchema, Field
 from bench.data.sources.common import DataError
+from bench.data.store import LazySplit, narrow_int
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class ProtocolParams:
 class SampleTable:
     """Raw (not yet indexed) samples and behaviour events of one dataset under one protocol.
 
-    All arrays are int64 raw codes (any integers; a missing value is its own code).
+    All arrays are integer raw codes (any integers; a missing value is its own code), int64 or, where
+    a reader knows they fit, int32 (:func:`build` fits every vocabulary on int64 values, so the
+    dtype changes nothing it writes).
 
     item_attrs: [I, F_i] one row per item, column 0 the raw item id (unique), the other columns
         the item's other fields (category, ...); candidates and behaviours take their fields here.
@@ -94,9 +97,13 @@ class Built:
     """Output of :func:`build`.
 
     schema: the :class:`FeatureSchema` (vocabulary sizes include padding and OOV).
-    splits: split name -> arrays named as :data:`bench.nn.contract.Split` (on-disk dtypes: int32
-        ids, bool mask, float32 label, int64 user_index).
-    raw_items: split name -> [N_s, F_i] raw candidate item fields (for statistics).
+    splits: split name -> :class:`bench.data.store.LazySplit` in memory (int32 ids, float32 label,
+        history offsets into ``events``); ``splits[s][field]`` gives the canonical arrays named as
+        :data:`bench.nn.contract.Split` (int32 ids, bool mask, float32 label, int64 user_index).
+    events: [E + 1, F_i] int32: row 0 zeros (padding), then the item-field indices of every
+        behaviour event, sorted by (user, time); the splits' offsets index it.
+    cand_rows: split name -> [N_s] int64 row of each candidate in ``item_attrs``.
+    item_attrs: [I, F_i] int64 raw item fields (the table's ``item_attrs``).
     item_table: [V_item_id, F_i] int32 item fields of each item-id index (row 0 zeros, row 1 OOV); a
         field that no behaviour carries (:data:`ABSENT` in every row of ``event_attrs``) is 0 there, so
         a row is the item as a behaviour shows it (DIEN draws its negative behaviours from this table).
@@ -105,32 +112,51 @@ class Built:
     """
 
     schema: FeatureSchema
-    splits: dict[str, dict[str, np.ndarray]]
-    raw_items: dict[str, np.ndarray]
+    splits: dict[str, LazySplit]
+    events: np.ndarray
+    cand_rows: dict[str, np.ndarray]
+    item_attrs: np.ndarray
     item_table: np.ndarray
     vocabs: dict[str, np.ndarray]
 
+    @property
+    def raw_items(self) -> dict[str, np.ndarray]:
+        """split name -> [N_s, F_i] raw candidate item fields (for statistics)."""
+        return {name: self.item_attrs[rows] for name, rows in self.cand_rows.items()}
+
 
 def history_bounds(
-    event_user: np.ndarray, event_time: np.ndarray, user: np.ndarray, time: np.ndarray
+    event_user: np.ndarray, event_time: np.ndarray, user: np.ndarray, time: np.ndarray,
+    chunk: int = 1 << 20,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each sample, the range [start, end) of its user's events strictly earlier than it.
 
     ``event_user``/``event_time`` [E] must be sorted by (user, time). ``start`` [N] is the index of
     the user's first event, ``end`` [N] one past the last event with time < the sample's time
-    (so ties and later events are excluded). Vectorised with one searchsorted on a composite key.
+    (so ties and later events are excluded). Vectorised, over chunks of ``chunk`` samples: a
+    ``searchsorted`` on the users gives each sample its user's event range, then a binary search
+    run on every sample of the chunk at once (about log2 of the longest user range steps) finds
+    the first event at or after the sample's time; at most a few [chunk] arrays are held besides
+    the outputs.
     """
-    users, uinv = np.unique(np.concatenate([event_user, user]), return_inverse=True)
-    times, tinv = np.unique(np.concatenate([event_time, time]), return_inverse=True)
-    n_e = len(event_user)
-    stride = np.int64(len(times))
-    if len(users) * int(stride) >= 2**62:
-        raise DataError("history keys overflow int64: too many distinct users x timestamps.")
-    ukey = uinv.astype(np.int64) * stride
-    ekey = ukey[:n_e] + tinv[:n_e]
-    end = np.searchsorted(ekey, ukey[n_e:] + tinv[n_e:], side="left")
-    start = np.searchsorted(ekey, ukey[n_e:], side="left")
-    return start.astype(np.int64), end.astype(np.int64)
+    event_user, event_time = np.asarray(event_user), np.asarray(event_time)
+    n = len(user)
+    start, end = np.empty(n, np.int64), np.empty(n, np.int64)
+    for lo_row in range(0, n, chunk):
+        u, t = user[lo_row:lo_row + chunk], time[lo_row:lo_row + chunk]
+        lo = np.searchsorted(event_user, u, side="left").astype(np.int64)
+        hi = np.searchsorted(event_user, u, side="right").astype(np.int64)
+        start[lo_row:lo_row + chunk] = lo
+        active = np.flatnonzero(lo < hi)
+        while active.size:  # first event of [lo, hi) with time >= t (hi when none)
+            l, h = lo[active], hi[active]
+            mid = (l + h) >> 1
+            right = event_time[mid] < t[active]
+            lo[active] = np.where(right, mid + 1, l)
+            hi[active] = np.where(right, h, mid)
+            active = active[lo[active] < hi[active]]
+        end[lo_row:lo_row + chunk] = lo
+    return start, end
 
 
 def gather_history(
@@ -146,6 +172,27 @@ def gather_history(
     mask = slots[None, :] >= (max_len - length)[:, None]
     pos = np.where(mask, end[:, None] - max_len + slots[None, :], 0)
     return pos, mask
+
+
+def check_candidates_not_in_history(event_item: np.ndarray, item: np.ndarray, first: np.ndarray,
+                                    end: np.ndarray, name: str, chunk: int = 1 << 16) -> None:
+    """Raise :class:`DataError` when a sample's candidate ``item`` [N] (raw id) is among the
+    events ``event_item[first:end]`` of its history window (possible only with repeated
+    (user, item) events). Vectorised over chunks of ``chunk`` samples, so at most
+    [chunk, longest window] positions are held at once."""
+    for lo in range(0, len(item), chunk):
+        f, e = first[lo:lo + chunk], end[lo:lo + chunk]
+        width = int((e - f).max()) if len(f) else 0
+        if width == 0:
+            continue
+        slots = np.arange(width)
+        inside = slots[None, :] < (e - f)[:, None]
+        pos = np.where(inside, f[:, None] + slots[None, :], 0)
+        if ((event_item[pos] == item[lo:lo + chunk, None]) & inside).any():
+            raise DataError(
+                f"{name}: a candidate item appears in its own behaviour sequence; "
+                "expected each (user, item) pair at most once."
+            )
 
 
 def fit_vocab(values: np.ndarray) -> np.ndarray:
@@ -202,15 +249,14 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     hist_key = table.user_key if table.history_key is None else table.history_key
 
     start, end = history_bounds(ev_user, ev_time, hist_key, table.time)
-    pos, mask = gather_history(start, end, T)
+    del ev_user, ev_time
+    first = end - np.minimum(end - start, T)  # the kept window: the most recent T events
+    del start
     if table.event_attrs is None:  # behaviours are items: their fields are their item-table rows
         ev_item = table.event_item[order]
         ev_rows = lookup_rows(ev_item, attrs[:, 0], f"{table.name} item table")
-        if ((ev_item[pos] == table.item[:, None]) & mask).any():
-            raise DataError(
-                f"{table.name}: a candidate item appears in its own behaviour sequence; "
-                "expected each (user, item) pair at most once."
-            )
+        check_candidates_not_in_history(ev_item, table.item, first, end, table.name)
+        del ev_item
         ev_attrs = None
     else:  # behaviours carry their own fields (ABSENT where they have none)
         ev_attrs = np.asarray(table.event_attrs, dtype=np.int64)[order]
@@ -222,29 +268,32 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     is_train = table.split == TRAIN
     if not is_train.any():
         raise DataError(f"{table.name}: the train split is empty; expected training samples.")
-    tr_end = end[is_train]
-    tr_first = tr_end - np.minimum(tr_end - start[is_train], T)
+    tr_end, tr_first = end[is_train], first[is_train]
     n_ev = len(order)  # events inside some training history: +1 at each range start, -1 past its end
     cover = np.bincount(tr_first, minlength=n_ev + 1) - np.bincount(tr_end, minlength=n_ev + 1)
     ev_used = np.cumsum(cover[:-1]) > 0
+    del cover, tr_end, tr_first
     ev_fields = attrs[ev_rows[ev_used]] if ev_attrs is None else ev_attrs[ev_used]
     item_vocab = [
         fit_vocab(_carried(np.concatenate([attrs[cand_rows[is_train], f], ev_fields[:, f]])))
         for f in range(F)
     ]
-    user_vocab = [fit_vocab(table.user[is_train, j]) for j in range(table.user.shape[1])]
-    ctx_vocab = [fit_vocab(table.context[is_train, k]) for k in range(table.context.shape[1])]
+    del ev_used, ev_fields
+    # fitted on int64 values whatever the table's dtype (the vocabularies are part of the fingerprint)
+    user_vocab = [fit_vocab(table.user[is_train, j].astype(np.int64)) for j in range(table.user.shape[1])]
+    ctx_vocab = [fit_vocab(table.context[is_train, k].astype(np.int64)) for k in range(table.context.shape[1])]
 
     attrs_enc = np.stack([encode(attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
-    user_enc = _encode_columns(table.user, user_vocab).astype(np.int32)
-    ctx_enc = _encode_columns(table.context, ctx_vocab).astype(np.int32)
-    item_enc = attrs_enc[cand_rows]  # [N, F]
+    # [E + 1, F]: row 0 the zero padding row, then the item fields of every event in (user, time)
+    # order; the stored offsets therefore count from 1
     if ev_attrs is None:
-        hist_enc = attrs_enc[ev_rows[pos]]  # [N, T, F]
+        ev_enc = attrs_enc[ev_rows]
+        del ev_rows
     else:
         ev_enc = np.stack([encode(ev_attrs[:, f], item_vocab[f]) for f in range(F)], 1).astype(np.int32)
-        hist_enc = ev_enc[pos] if len(ev_enc) else np.zeros((*pos.shape, F), np.int32)
-    hist_enc[~mask] = 0  # padding
+        ev_enc = ev_enc.reshape(len(ev_attrs), F)
+    events = np.concatenate([np.zeros((1, F), np.int32), ev_enc])
+    del ev_enc
 
     schema = FeatureSchema(
         item_fields=tuple(Field(n, len(v) + 2) for n, v in zip(table.item_fields, item_vocab)),
@@ -254,7 +303,8 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
     )
 
     label = np.asarray(table.label, dtype=np.float32)
-    splits, raw_items = {}, {}
+    offsets = narrow_int if len(events) < 2**31 else (lambda x: np.asarray(x, np.int64))
+    splits, split_rows = {}, {}
     for code, name in enumerate(SPLITS):
         rows = np.flatnonzero(table.split == code)
         if rows.size == 0:
@@ -265,16 +315,17 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
                 f"{table.name}: the {name} split has positive rate {rate:.3f}; "
                 "expected strictly between 0 and 1 (PROTOCOL section 1)."
             )
-        splits[name] = {
-            "item": item_enc[rows],
-            "hist": hist_enc[rows],
-            "hist_mask": mask[rows],
-            "user": user_enc[rows],
-            "context": ctx_enc[rows],
+        stored = {
+            "item": attrs_enc[cand_rows[rows]],
+            "user": _encode_columns(table.user[rows], user_vocab).astype(np.int32),
+            "context": _encode_columns(table.context[rows], ctx_vocab).astype(np.int32),
             "label": label[rows],
-            "user_index": table.user_key[rows].astype(np.int64),
+            "user_index": narrow_int(table.user_key[rows]),
+            "hist_start": offsets(first[rows] + 1),
+            "hist_end": offsets(end[rows] + 1),
         }
-        raw_items[name] = attrs[cand_rows[rows]]
+        splits[name] = LazySplit(stored, events, T)
+        split_rows[name] = cand_rows[rows]
 
     # item_table[v] = item fields of item-id index v (row 0 padding, row 1 OOV)
     item_table = np.zeros((len(item_vocab[0]) + 2, F), np.int32)
@@ -289,43 +340,63 @@ def build(table: SampleTable, params: ProtocolParams) -> Built:
                                  ("context", table.context_fields, ctx_vocab))
         for name, v in zip(names, vs)
     }
-    return Built(schema=schema, splits=splits, raw_items=raw_items, item_table=item_table, vocabs=vocabs)
+    return Built(schema=schema, splits=splits, events=events, cand_rows=split_rows, item_attrs=attrs,
+                 item_table=item_table, vocabs=vocabs)
 
 
 #: the arrays that make a sample: two samples equal in all of them are copies (user_index excluded)
 ROW_FIELDS: tuple[str, ...] = ("label", "item", "hist", "user", "context")
 
 
-def _row_parts(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-    n = len(arrays["label"])
-    return [np.asarray(arrays[f]).reshape(n, -1).astype(np.int64) for f in ROW_FIELDS]
+def _take_rows(arrays, rows: np.ndarray | slice) -> dict[str, np.ndarray]:
+    """The :data:`ROW_FIELDS` of ``rows`` of a split: a :class:`LazySplit` (histories gathered for
+    those rows only) or a dict of whole canonical arrays."""
+    if isinstance(arrays, LazySplit):
+        return arrays.rows(rows)
+    return {f: np.asarray(arrays[f])[rows] for f in ROW_FIELDS}
 
 
-def row_hashes(arrays: dict[str, np.ndarray], chunk: int = 1 << 16) -> np.ndarray:
+def _row_parts(arrays, rows: np.ndarray) -> list[np.ndarray]:
+    part = _take_rows(arrays, rows)
+    return [part[f].reshape(len(part["label"]), -1).astype(np.int64) for f in ROW_FIELDS]
+
+
+def row_hashes(arrays, chunk: int | None = None) -> np.ndarray:
     """A uint64 hash [N] of each sample's :data:`ROW_FIELDS` (label, item, hist, user, context).
 
-    Equal samples have equal hashes; unequal ones collide with probability about 2**-64 (a linear
-    hash with fixed random odd multipliers, modulo 2**64). Vectorised, in chunks of ``chunk`` rows
-    so that at most [chunk, T * F_i] int64 is held at once.
+    ``arrays``: a :class:`LazySplit` or a dict of the split's canonical arrays. Equal samples have
+    equal hashes; unequal ones collide with probability about 2**-64 (a linear hash with fixed
+    random odd multipliers, modulo 2**64). Vectorised, in chunks of ``chunk`` rows so that at most
+    [chunk, T * F_i] int64 is held at once (a LazySplit's histories are gathered chunk by chunk);
+    by default about 2**21 values (16 MB) per chunk.
     """
-    n = len(arrays["label"])
-    parts = [np.asarray(arrays[f]).reshape(n, -1) for f in ROW_FIELDS]
-    mult = np.random.default_rng(0x5EED).integers(1, 2**63, sum(p.shape[1] for p in parts), dtype=np.uint64) | 1
+    n = len(arrays["label"]) if not isinstance(arrays, LazySplit) else len(arrays)
+    if chunk is None:
+        T, F = (arrays.max_len, arrays.events.shape[1]) if isinstance(arrays, LazySplit) else \
+            np.asarray(arrays["hist"]).shape[1:3]
+        chunk = max(1, (1 << 21) // (T * F + 8))
     out = np.zeros(n, np.uint64)
+    mult = None
     for lo in range(0, n, chunk):
-        h = np.zeros(min(chunk, n - lo), np.uint64)
+        part = _take_rows(arrays, slice(lo, lo + chunk))
+        parts = [part[f].reshape(len(part["label"]), -1) for f in ROW_FIELDS]
+        if mult is None:
+            mult = np.random.default_rng(0x5EED).integers(1, 2**63, sum(p.shape[1] for p in parts),
+                                                          dtype=np.uint64) | 1
+        h = np.zeros(len(part["label"]), np.uint64)
         col = 0
         for p in parts:
-            block = p[lo:lo + chunk].astype(np.int64).view(np.uint64)
+            block = p.astype(np.int64).view(np.uint64)
             h += (block * mult[col:col + p.shape[1]]).sum(1, dtype=np.uint64)
             col += p.shape[1]
         out[lo:lo + chunk] = h
     return out
 
 
-def cross_split_duplicates(splits: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
+def cross_split_duplicates(splits: dict) -> dict[str, int]:
     """For each pair of splits "a/b" (train/valid, train/test, valid/test): how many samples of
-    split a are exact copies of a sample of split b (all of :data:`ROW_FIELDS` equal).
+    split a are exact copies of a sample of split b (all of :data:`ROW_FIELDS` equal). ``splits``:
+    split name -> :class:`LazySplit` or dict of canonical arrays.
 
     Candidate pairs come from :func:`row_hashes`, and are confirmed by comparing the rows
     themselves, so the counts are exact. A sample in two splits is a leak (the model is evaluated
@@ -342,7 +413,7 @@ def cross_split_duplicates(splits: dict[str, dict[str, np.ndarray]]) -> dict[str
                 rows = {}
                 for name in (a, b):
                     cand = np.flatnonzero(np.isin(hashes[name], common))
-                    m = np.concatenate([p[cand] for p in _row_parts(splits[name])], 1)
+                    m = np.concatenate(_row_parts(splits[name], cand), 1)
                     rows[name] = np.ascontiguousarray(m).view(np.dtype((np.void, m.shape[1] * 8))).ravel()
                 n_copies = int(np.isin(rows[a], rows[b]).sum())
             out[f"{a}/{b}"] = n_copies

@@ -22,6 +22,7 @@ import numpy as np
 from bench.nn.contract import OOV
 from bench.io import atomic_write_text
 from bench.data.samples import SPLITS
+from bench.data.store import LazySplit
 
 #: columns of results/datasets.csv, in order
 CSV_COLUMNS: tuple[str, ...] = (
@@ -35,9 +36,12 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray,
                 train_users: np.ndarray | None = None) -> dict[str, float | int]:
     """Statistics of one split.
 
-    arrays: the split's arrays as written by :func:`bench.data.samples.build` (``item`` [N, F_i],
-        ``hist`` [N, T, F_i], ``hist_mask`` [N, T], ``user`` [N, J], ``label`` [N], ``user_index`` [N]);
-        field 0 of ``item`` is the item id and field 0 of ``user`` the user id.
+    arrays: the split as :func:`bench.data.samples.build` gives it (a
+        :class:`bench.data.store.LazySplit`: history lengths and behaviour OOV counts come from its
+        offsets and event array, nothing [N, T] is gathered), or a dict of its canonical arrays
+        (``item`` [N, F_i], ``hist`` [N, T, F_i], ``hist_mask`` [N, T], ``user`` [N, J], ``label``
+        [N], ``user_index`` [N]); field 0 of ``item`` is the item id and field 0 of ``user`` the
+        user id.
     raw_items: [N, F_i] raw candidate item fields (distinct counts are over raw values, so two
         out-of-vocabulary items still count as two).
     ``hist_item_oov_rate`` is over the behaviours' first field that they carry: the item id, or for
@@ -45,11 +49,19 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray,
     train_users: [N_train] ``user_index`` of the training split; when given, ``users_seen_in_train``
         is the share of this split's distinct users (raw keys) that have a training sample.
     """
-    mask = arrays["hist_mask"]
-    hist_len = mask.sum(1)
-    real = arrays["hist"][mask]  # [L, F_i] the real behaviours
-    carried = np.flatnonzero((real != 0).any(0)) if len(real) else np.zeros(1, np.int64)
-    hist_ids = real[:, carried[0] if len(carried) else 0]  # the item id; Taobao's log has none: category
+    if isinstance(arrays, LazySplit):  # counts over the histories' events, from the offsets
+        hist_len = arrays.lengths()
+        F = arrays.events.shape[1]
+        carried = [f for f in range(F) if arrays.history_counts(arrays.events[:, f] != 0).sum() > 0]
+        k = carried[0] if carried else 0  # the item id; Taobao's log has none: category
+        n_hist, n_hist_oov = int(hist_len.sum()), int(arrays.history_counts(arrays.events[:, k] == OOV).sum())
+    else:
+        mask = arrays["hist_mask"]
+        hist_len = mask.sum(1)
+        real = arrays["hist"][mask]  # [L, F_i] the real behaviours
+        carried = np.flatnonzero((real != 0).any(0)) if len(real) else np.zeros(1, np.int64)
+        hist_ids = real[:, carried[0] if len(carried) else 0]  # the item id; Taobao's log has none: category
+        n_hist, n_hist_oov = int(hist_ids.size), int((hist_ids == OOV).sum())
     return {
         "samples": int(len(arrays["label"])),
         "positive_rate": float(arrays["label"].mean()),
@@ -60,7 +72,7 @@ def split_stats(arrays: dict[str, np.ndarray], raw_items: np.ndarray,
         "empty_hist_share": float((hist_len == 0).mean()),
         "item_oov_rate": float((arrays["item"][:, 0] == OOV).mean()),
         "user_oov_rate": float((arrays["user"][:, 0] == OOV).mean()),
-        "hist_item_oov_rate": float((hist_ids == OOV).mean()) if hist_ids.size else 0.0,
+        "hist_item_oov_rate": n_hist_oov / n_hist if n_hist else 0.0,
         **({"users_seen_in_train": float(np.isin(np.unique(arrays["user_index"]), train_users).mean())}
            if train_users is not None else {}),
     }

@@ -163,6 +163,9 @@ class Batch:
 
 
 #: All samples of one split, in memory: a :class:`Batch` with B = N (the harness's name for it).
+#: A loaded cache's splits are ``bench.data.store.LazySplit`` objects instead (histories gathered
+#: per batch from memory-mapped offsets), with the same ``take`` / ``batches`` /
+#: ``length_sorted_batches`` / ``to`` and the same batches.
 Split = Batch
 
 

@@ -50,6 +50,7 @@ from bench.data.sources.common import (
     weekday_utc,
 )
 from bench.data.samples import ProtocolParams, SampleTable
+from bench.data.store import narrow_int
 
 log = logging.getLogger(__name__)
 
@@ -272,34 +273,54 @@ def _last_entry(path_literal: str) -> str | None:
     return str(entries[-1]) if isinstance(entries, list) and entries else None
 
 
-def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
+def read_mcauley(raw: RawFiles, chunk_lines: int = 100_000) -> Reviews:
     """McAuley 5-core reviews (strict JSON lines) and metadata (Python dict literals), gzipped.
 
     Reviews are ordered by (reviewerID, unixReviewTime, asin); a repeated (user, item) review keeps
     its first occurrence. The category is the last entry of the item's first ``categories`` path.
+    Both files are read in chunks of ``chunk_lines`` lines; of each review chunk only integer codes
+    are kept (its distinct reviewerIDs and asins, and per review their positions among them: int32
+    and the int64 time), so the reviews' strings never sit whole in memory; the codes are mapped to
+    the ranks of the sorted distinct ids of the whole file at the end.
     """
     rpath, mpath = raw.paths["reviews"], raw.paths["meta"]
     cols = ["reviewerID", "asin", "unixReviewTime"]
+    names = {"reviewerID": [], "asin": []}
+    codes = {"reviewerID": [], "asin": []}
+    times = []
     try:
-        parts = []
         with pd.read_json(rpath, lines=True, chunksize=chunk_lines, compression="gzip",
                           dtype=False) as reader:
             for chunk in reader:
                 missing = [c for c in cols if c not in chunk.columns]
                 if missing:
                     raise DataError(f"{rpath}: reviews lack {missing}; expected fields {cols}.")
-                parts.append(chunk[cols])
-        reviews = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+                if chunk[cols].isna().any().any():
+                    raise DataError(f"{rpath}: expected reviews with {cols} on every line.")
+                ts = pd.to_numeric(chunk.unixReviewTime, errors="coerce")
+                if ts.isna().any():
+                    raise DataError(f"{rpath}: unixReviewTime must be an integer on every line.")
+                times.append(ts.to_numpy(np.int64))
+                for c in names:
+                    uniq, inv = np.unique(chunk[c].astype(str).to_numpy(), return_inverse=True)
+                    names[c].append(uniq)
+                    codes[c].append(inv.astype(np.int32))
+                del chunk
     except (ValueError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{rpath}: not gzipped JSON lines of reviews ({type(e).__name__}: {e}).") from e
-    if len(reviews) == 0 or reviews[cols].isna().any().any():
+    if not times or sum(len(t) for t in times) == 0:
         raise DataError(f"{rpath}: expected reviews with {cols} on every line.")
-    ts = pd.to_numeric(reviews.unixReviewTime, errors="coerce")
-    if ts.isna().any():
-        raise DataError(f"{rpath}: unixReviewTime must be an integer on every line.")
-    user_names, user = np.unique(reviews.reviewerID.astype(str).to_numpy(), return_inverse=True)
-    asins, item = np.unique(reviews.asin.astype(str).to_numpy(), return_inverse=True)
-    unix_time = ts.to_numpy(np.int64)
+    n_reviews = sum(len(t) for t in times)
+
+    def global_codes(c: str) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted distinct ids of column ``c`` and each review's rank among them."""
+        every = np.unique(np.concatenate(names[c]))
+        return every, np.concatenate([np.searchsorted(every, u)[inv] for u, inv in zip(names[c], codes[c])])
+
+    user_names, user = global_codes("reviewerID")
+    asins, item = global_codes("asin")
+    unix_time = np.concatenate(times)
+    del names, codes, times
     order = np.lexsort((item, unix_time, user))  # codes follow sorted ids: ties broken by asin
     user, item, unix_time = user[order], item[order], unix_time[order]
 
@@ -325,7 +346,7 @@ def read_mcauley(raw: RawFiles, chunk_lines: int = 500_000) -> Reviews:
     categories = np.full(len(asins), MISSING, np.int64)
     categories[known] = np.unique(cat_names[known].astype(str).to_numpy(), return_inverse=True)[1]
     log.info("%s: %d reviews, %d users, %d items, %d without category",
-             rpath.name, len(reviews), len(user_names), len(asins), int((~known).sum()))
+             rpath.name, n_reviews, len(user_names), len(asins), int((~known).sum()))
     return Reviews(user.astype(np.int64), item.astype(np.int64), unix_time // SECONDS_PER_DAY,
                    unix_time, np.arange(len(asins), dtype=np.int64), categories)
 
@@ -367,28 +388,59 @@ def sample_negatives(user: np.ndarray, reviewed_keys: np.ndarray, n_items: int,
                     f"{MAX_NEGATIVE_ROUNDS} rounds; expected users to leave most items unreviewed.")
 
 
+def repeats_earlier(keys: np.ndarray, item: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """bool [M]: the rows whose (``keys`` [M, C] row, ``item`` [M]) equal those of a row of smaller
+    ``rank`` [M] (distinct ranks): ``DataFrame(keys).assign(item=item)`` ordered by rank,
+    ``duplicated(keep="first")``, without the frame's copies. One lexsort (rank last, so each
+    group of equal rows is in rank order) and adjacent comparisons."""
+    perm = np.lexsort((rank, item, *keys.T[::-1]))
+    same = item[perm[1:]] == item[perm[:-1]]
+    for c in range(keys.shape[1]):
+        same &= keys[perm[1:], c] == keys[perm[:-1], c]
+    dup = np.zeros(len(item), bool)
+    dup[perm[1:][same]] = True
+    return dup
+
+
 def redraw_duplicate_negatives(keys: np.ndarray, split: np.ndarray, negative: np.ndarray, user: np.ndarray,
                                reviewed_keys: np.ndarray, n_items: int,
                                rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Negatives [M] (item codes) such that no two negative samples are equal; only colliding ones change.
 
     ``keys`` [M, C]: what else makes the negative sample (user code, sample day = the history,
-    context fields); two negatives with equal keys and equal item are the same sample. Of such a
+    context fields; :func:`amazon_table` passes them coded exactly as two columns, the (user, day)
+    group and the context); two negatives with equal keys and equal item are the same sample. Of such a
     group one row keeps its item: the one in the latest split (test, then valid, then train), the
     first in sample order within a split, so v1's test split is kept whenever it can be; the
     others get a new unreviewed item from ``rng`` (:func:`sample_negatives`), in rounds until no
     row repeats a kept one (at most ``MAX_NEGATIVE_ROUNDS``, else :class:`DataError`).
-    Returns the negatives and how many rows were redrawn. Vectorised (pandas hashing per round).
+    Returns the negatives and how many rows were redrawn. Vectorised (one lexsort per round,
+    :func:`repeats_earlier`).
+
+    Only rows whose first two key columns are shared with another row can repeat one,
+    so the rounds run on those rows alone (in their order: the same duplicates, the same draws from
+    ``rng``, the same result as on all rows), which bounds the memory the hashing needs.
     """
+    pair = np.lexsort((keys[:, 1], keys[:, 0]))
+    same = (keys[pair[1:], 0] == keys[pair[:-1], 0]) & (keys[pair[1:], 1] == keys[pair[:-1], 1])
+    shared = np.zeros(len(negative), bool)
+    shared[pair[1:][same]] = True
+    shared[pair[:-1][same]] = True
+    del pair, same
+    sub = np.flatnonzero(shared)
+    if sub.size < len(negative):
+        out = negative.copy()
+        out[sub], n = redraw_duplicate_negatives(keys[sub], split[sub], negative[sub], user[sub], reviewed_keys,
+                                                 n_items, rng) if sub.size else (negative[sub], 0)
+        return out, n
     negative = negative.copy()
     redrawn = np.zeros(len(negative), bool)
-    key_frame = pd.DataFrame(keys)
     for _ in range(MAX_NEGATIVE_ROUNDS):
         # kept first: never-redrawn rows, then the latest split, then sample order
         order = np.lexsort((np.arange(len(negative)), -split.astype(np.int64), redrawn))
-        frame = key_frame.assign(item=negative).iloc[order]
-        dup = np.zeros(len(negative), bool)
-        dup[order] = frame.duplicated(keep="first").to_numpy()
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        dup = repeats_earlier(keys, negative, rank)
         if not dup.any():
             return negative, int(redrawn.sum())
         negative[dup] = sample_negatives(user[dup], reviewed_keys, n_items, rng)
@@ -434,8 +486,15 @@ def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) 
     rng = np.random.default_rng(data_seed)
     neg_user = user_code[rows].astype(np.int64)
     neg_code = sample_negatives(neg_user, reviewed, len(item_ids), rng)
-    if disjoint:
-        keys = np.column_stack([neg_user, day[rows], *context])
+    if disjoint:  # what makes a negative sample besides its item: user, day (= the history), context
+        r_user, r_day = user[rows], day[rows]
+        group = np.cumsum(np.concatenate(([True], (r_user[1:] != r_user[:-1]) | (r_day[1:] != r_day[:-1]))))
+        del r_user, r_day  # rows are in (user, day) order: one group id per (user, day), exactly
+        ctx_code = np.zeros(len(rows), np.int64)
+        for c in context:  # mixed radix over the small bucket codes: equal codes <=> equal contexts
+            ctx_code = ctx_code * (int(c.max()) + 1) + c
+        keys = np.column_stack([group, ctx_code])
+        del group, ctx_code
         neg_code, n_redrawn = redraw_duplicate_negatives(keys, split, neg_code, neg_user, reviewed, len(item_ids),
                                                          np.random.default_rng([data_seed, 2]))
         log.info("%s (%s): %d negatives redrawn so that no sample repeats another", name, PROTOCOL_V2, n_redrawn)
@@ -445,6 +504,9 @@ def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) 
         return np.repeat(a, 2, axis=0)
 
     cand = np.stack([item[rows], negative], 1).reshape(-1)
+    # int32 where the codes fit (issue 16: the table is the largest thing prepare holds)
+    event_user = narrow_int(user)
+    user_key = twice(event_user[rows])
     label = np.tile(np.array([1.0, 0.0], np.float32), len(rows))
     log.info("%s: %d reviews, %d users, %d items -> %d samples", name, n_rev, len(user_ids),
              len(item_ids), len(cand))
@@ -454,8 +516,8 @@ def amazon_table(name: str, r: Reviews, data_seed: int, disjoint: bool = False) 
         user_fields=USER_FIELDS,
         context_fields=tuple(context_fields),
         item_attrs=np.stack([item_ids, r.categories], 1).astype(np.int64),
-        event_user=user, event_item=item, event_time=day,
-        user_key=twice(user[rows]), item=cand, time=twice(day[rows]),
-        user=twice(user[rows])[:, None], context=twice(np.stack(context, 1)),
+        event_user=event_user, event_item=narrow_int(item), event_time=narrow_int(day),
+        user_key=user_key, item=narrow_int(cand), time=twice(narrow_int(day[rows])),
+        user=user_key[:, None], context=twice(narrow_int(np.stack(context, 1))),
         label=label, split=twice(split),
     )

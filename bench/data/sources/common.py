@@ -129,14 +129,42 @@ def download(url: str, dest: Path, timeout: float, sha256: str | None = None) ->
     return dest
 
 
-def parse_int_lines(data: bytes, path: Path, tab_split: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Parse whitespace-separated integers laid out one record per line, without a Python loop.
+#: bytes of one block of :func:`parse_int_lines` (its per-byte work arrays, about 30 bytes per input byte in all, are of this size)
+PARSE_BLOCK_BYTES = 1 << 20
+
+
+def parse_int_lines(data: bytes, path: Path, tab_split: bool = False,
+                    block_bytes: int = PARSE_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Parse whitespace-separated integers laid out one record per line, without a Python loop
+    over lines or tokens.
 
     Returns ``values`` [M] int64 (every token, file order) and ``counts``: [L] tokens per non-blank
     line, or [L, 2] tokens before / after the single TAB of each line when ``tab_split``.
-    Raises :class:`DataError` naming ``path`` on a non-integer token or a line without exactly one TAB.
+    ``data`` is parsed in blocks of about ``block_bytes`` cut at line ends, so the per-byte work
+    arrays (a few bytes each per input byte) never span the whole input.
+    Raises :class:`DataError` naming ``path`` on a non-integer token or a line without exactly one TAB
+    (its line number in the file).
     """
-    data = data.replace(b"\r", b"")
+    if b"\r" in data:
+        data = data.replace(b"\r", b"")
+    values, counts, lines_before, lo = [], [], 0, 0
+    while lo < len(data):
+        hi = data.find(b"\n", min(lo + block_bytes, len(data)) - 1)
+        hi = len(data) if hi < 0 else hi + 1
+        block = data[lo:hi]
+        v, c, n_lines = _parse_int_block(block, path, tab_split, lines_before)
+        values.append(v)
+        counts.append(c)
+        lines_before += n_lines
+        lo = hi
+    if not values:
+        return np.zeros(0, np.int64), np.zeros((0, 2) if tab_split else 0, np.int64)
+    return np.concatenate(values), np.concatenate(counts)
+
+
+def _parse_int_block(data: bytes, path: Path, tab_split: bool, lines_before: int
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`parse_int_lines` on one block of whole lines; also returns its number of lines."""
     if not data.endswith(b"\n"):
         data += b"\n"
     buf = np.frombuffer(data, np.uint8)
@@ -144,26 +172,28 @@ def parse_int_lines(data: bytes, path: Path, tab_split: bool = False) -> tuple[n
     tab = buf == 9
     sep = newline | tab | (buf == 32)
     token_start = ~sep & np.concatenate(([True], sep[:-1]))
+    del sep
     n_lines = int(newline.sum())
-    line = np.cumsum(newline) - newline  # line index of every byte (its newline included)
+    line = np.cumsum(newline, dtype=np.int32 if len(buf) < 2**31 else np.int64) - newline
     try:
         values = np.array(data.split(), dtype=np.int64)
     except (ValueError, OverflowError) as e:
         raise DataError(f"{path}: expected whitespace-separated integers ({e}).") from e
     if not tab_split:
         counts = np.bincount(line[token_start], minlength=n_lines)
-        return values, counts[counts > 0]
+        return values, counts[counts > 0], n_lines
     line_starts = np.concatenate(([0], np.flatnonzero(newline)[:-1] + 1))
-    tabs_before = np.cumsum(tab) - tab
+    tabs_before = np.cumsum(tab, dtype=line.dtype) - tab
     after_tab = (tabs_before - tabs_before[line_starts][line]) > 0
-    seg = line * 2 + after_tab
+    del tabs_before
+    seg = line.astype(np.int64) * 2 + after_tab
     counts = np.bincount(seg[token_start], minlength=2 * n_lines).reshape(n_lines, 2)
     tabs = np.bincount(line[tab], minlength=n_lines)
     nonblank = counts.sum(1) > 0
     bad = np.flatnonzero(nonblank & (tabs != 1))
     if bad.size:
-        raise DataError(f"{path}: line {bad[0] + 1} has {tabs[bad[0]]} TABs, expected exactly one.")
-    return values, counts[nonblank]
+        raise DataError(f"{path}: line {lines_before + bad[0] + 1} has {tabs[bad[0]]} TABs, expected exactly one.")
+    return values, counts[nonblank], n_lines
 
 
 def bucketize(values: np.ndarray, edges: Iterable[float]) -> np.ndarray:

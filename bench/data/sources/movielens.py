@@ -285,6 +285,41 @@ def _read_delimited(data: bytes, path: str, sep: str, n_cols: int, encoding: str
     return df
 
 
+#: rows per chunk of :func:`_read_ratings`
+RATINGS_CHUNK_ROWS = 1 << 20
+
+
+def _read_ratings(data: bytes, path: str, sep: str, chunk_rows: int | None = None) -> pd.DataFrame:
+    """The ratings table (user_id, movie_id, rating, timestamp; 4 headerless integer columns) of
+    ``data``, parsed in chunks of ``chunk_rows`` rows (default :data:`RATINGS_CHUNK_ROWS`): each
+    chunk's text fields become int64 columns before the next is read, so the text of all ratings
+    never sits in memory as Python strings. Raises :class:`DataError` as :func:`_read_delimited`
+    and :func:`_ints` (row numbers counted over the whole file)."""
+    names = {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}
+    parts, rows = [], 0
+    try:
+        reader = pd.read_csv(io.BytesIO(data), sep=sep, header=None, dtype=str, encoding="latin-1",
+                             keep_default_na=False, quoting=3, engine="c", chunksize=chunk_rows or RATINGS_CHUNK_ROWS)
+        for chunk in reader:
+            if chunk.shape[1] != 4:
+                n_lines = data.count(b"\n")
+                raise DataError(f"{path}: found {chunk.shape[1]} columns and {n_lines} rows; expected 4 "
+                                f"columns separated by {sep!r}.")
+            try:
+                parts.append(_ints(chunk, names, path))
+            except DataError as e:  # the row number within the chunk -> within the file
+                m = re.match(rf"^{re.escape(path)}: row (\d+), (.*)$", str(e))
+                if m is None:
+                    raise
+                raise DataError(f"{path}: row {rows + int(m.group(1))}, {m.group(2)}") from None
+            rows += len(chunk)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a 4-column table separated by {sep!r} ({_first_bad_line(data, sep, 4, 'latin-1') or ' '.join(str(e).split())}).") from e
+    if not parts:
+        raise DataError(f"{path}: found 0 columns and 0 rows; expected 4 columns separated by {sep!r}.")
+    return pd.concat(parts, ignore_index=True)
+
+
 def _first_bad_line(data: bytes, sep: str, n_cols: int, encoding: str) -> str | None:
     """'line N has K fields' for the first line of ``data`` without ``n_cols`` fields (error path only)."""
     lines = pd.Series(data.decode(encoding, errors="replace").splitlines())
@@ -409,8 +444,7 @@ def read_ml100k(raw: RawFiles) -> MovieLensTables:
         release = items_df["release_date"]
     else:
         data, where = _grouplens_bytes(raw, {"ratings": "u.data", "users": "u.user", "items": "u.item"})
-        r = _read_delimited(data["ratings"], where["ratings"], "\t", 4)
-        ratings = _ints(r, {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}, where["ratings"])
+        ratings = _read_ratings(data["ratings"], where["ratings"], "\t")
         u = _read_delimited(data["users"], where["users"], "|", 5)
         users = pd.concat([_ints(u, {"user_id": 0, "age": 1}, where["users"]),
                            _categories(u, {"gender": 2, "occupation": 3, "zip_code": 4}, where["users"])], axis=1)
@@ -433,8 +467,7 @@ def read_ml1m(raw: RawFiles) -> MovieLensTables:
     Raises :class:`DataError` as :func:`read_ml100k` (row counts only: no checksum is pinned)."""
     data, where = _grouplens_bytes(raw, {"ratings": "ratings.dat", "users": "users.dat", "items": "movies.dat"})
     data = {role: b.replace(b"::", b"\t") for role, b in data.items()}
-    r = _read_delimited(data["ratings"], where["ratings"], "\t", 4)
-    ratings = _ints(r, {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}, where["ratings"])
+    ratings = _read_ratings(data["ratings"], where["ratings"], "\t")
     u = _read_delimited(data["users"], where["users"], "\t", 5)
     users = pd.concat([_ints(u, {"user_id": 0, "age": 2, "occupation": 3}, where["users"]),
                        _categories(u, {"gender": 1, "zip_code": 4}, where["users"])], axis=1)
