@@ -172,6 +172,11 @@ def test_modified_cache_array_is_named(beauty_dir, tmp_path):
     with pytest.raises(DataError, match=r"train.label.npy: damaged cache file \(its sha256 differs from the one "
                                         r"meta.json recorded.*--force"):
         data.load_prepared("amazon-beauty", tmp_path)
+    # prepare checks a cache it would reuse as every loader does: the damage, not "cache hit"
+    with pytest.raises(DataError, match=r"train.label.npy: damaged cache file .*--force"):
+        data.prepare("amazon-beauty", tmp_path, beauty_dir)
+    data.prepare("amazon-beauty", tmp_path, beauty_dir, force=True)  # --force rebuilds it
+    data.load_prepared("amazon-beauty", tmp_path)
 
 
 def _reseal(path: Path, name: str, array: np.ndarray) -> None:

@@ -297,3 +297,18 @@ def test_a_work_dir_holding_other_files_is_refused_untouched(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "--scale", "--sizes", "2k", "--work-dir", str(tmp_path / "work"),
                                    "--results-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")])
     assert res.exit_code == 1 and "is not a scale work folder" in res.output and mine.read_text() == "not the benchmark's"
+
+
+def test_the_target_lines_judge_only_the_sizes_the_targets_are_for():
+    from bench.perf.scale import _verdicts
+
+    def row(n, ratio):
+        return {"reviews": n, "prepare_bytes_per_review": 250.0, "prepare_peak_rss_mb": 1000.0,
+                "din_peak_rss_mb": 2000.0, "din_throughput_vs_smallest": ratio}
+
+    small = _verdicts([row(5_000, 1.0), row(100_000, 0.5)], ["din"])
+    assert "(n/a: the target is for 20M)" in small and "(n/a: the target compares 20M with 1M)" in small
+    assert "beyond 20 %" not in small and "within 20 %" not in small
+    full = _verdicts([row(1_000_000, 1.0), row(20_000_000, 0.7)], ["din"])
+    assert "1.95 GB (met)" in full and "0.70 (beyond 20 %)" in full
+    assert "compares 20M" not in _verdicts([row(5_000, 1.0)], ["din"])

@@ -556,3 +556,12 @@ def test_the_reading_section_names_the_commands_only_for_claims_that_a_command_c
     assert "ablate --reading best" not in done
     todo = "\n".join(_reading_section(rows, {**info, "rows": []}, "ds"))
     assert "Not run on gim_concat (2 claim(s)): the ablation and Table 4 on it come from" in todo
+
+
+def test_a_dataset_without_figure_6_says_so_in_claims_md():
+    rows = [{"claim": "Table 2: MIAN's AUC beats the best baseline (din)", "paper": "", "ours": "x",
+             "verdict": INCONCLUSIVE}]
+    md = claims_markdown({"ds": rows})
+    assert "Figure 6: not checked (no usable results/ds/gim_summary.json" in md
+    fig6 = rows + [{"claim": "Figure 6: GIM weighs R_ibim above e_b", "paper": "", "ours": "y", "verdict": INCONCLUSIVE}]
+    assert "Figure 6: not checked" not in claims_markdown({"ds": fig6})

@@ -222,6 +222,8 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         final = root / f"{protocol}-{key}"
         if not force and (final / META).is_file():
             meta = _read_meta(final)
+            load_cache(final)  # every loader's checks (sha256 of each file, offsets, ids): a damaged cache is
+            # one DataError naming the file and --force, never reported as a cache hit
             _set_latest(root, final.name, params)
             log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
             return _info(meta, final, cache_hit=True)

@@ -376,8 +376,8 @@ def machines_note(recs: Sequence[dict[str, Any]]) -> str:
         parts.append(f"a machine not named (records made before 2026-12-01) {counts[None]}")
     text = "runs per machine: " + "; ".join(parts)
     if len(counts) > 1:
-        text += (". On another CPU a run's last bits differ and the MLP-heavy models (Wide&Deep, DeepFM, xDeepFM, "
-                 "MIAN) drift to another trajectory, so rows made on different machines differ also by what the "
+        text += (". On another CPU a run's last bits differ and the models with an MLP (Wide&Deep, Deep&Cross, DeepFM, "
+                 "xDeepFM, MIAN) drift to another trajectory, so rows made on different machines differ also by what the "
                  "machine alone moves (docs/REPRODUCIBILITY.md; measured in cross_machine/ where present)")
     return text
 

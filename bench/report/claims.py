@@ -658,6 +658,10 @@ def claims_markdown(per_dataset: dict[str, list[dict[str, str]]], notes: Sequenc
                                   headers=["claim", "paper", "ours", "verdict"], tablefmt="github", disable_numparse=True))
             parts.append("")
             parts.append(", ".join(f"{v}: {n}" for v, n in counts.items()))
+        if rows and not any(r["claim"].startswith("Figure 6") for r in rows):
+            parts += ["", f"Figure 6: not checked (no usable results/{ds}/gim_summary.json of this dataset's protocol "
+                          f"runs: `python cli.py visualize-attention --cases 14 --dataset {ds}`; notes at the end say "
+                          "why a summary was left out)."]
         for note in (dataset_notes or {}).get(ds, ()):
             parts += ["", f"- {note}"]
         parts.append("")

@@ -133,7 +133,8 @@ def acquire(name: str, raw_dir: Path | None, download_dir: Path) -> RawFiles:
         return RawFiles("taobaoad-x1", x1, sha256=sums)
     if any((folder / f).is_file() for f in ("train_sample.csv", "valid_sample.csv", "test_sample.csv")):
         raise DataError(f"{folder}: holds FuxiCTR's demo form (train_sample.csv, click_sequence of ad ids), "
-                        f"which taobao-ad does not read (no behaviour log, no time); expected {WHERE_TO_GET}.")
+                        "which taobao-ad does not read (its click_sequence has no times and no behaviour fields, so "
+                        f"no history can be checked to be strictly earlier); expected {WHERE_TO_GET}.")
     if any(has_tianchi):
         missing = next(p for p, ok in zip(tianchi.values(), has_tianchi) if not ok)
         raise DataError(f"{missing}: file not found; taobao-ad needs all four of Tianchi's files "
