@@ -802,6 +802,12 @@ def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir
     remove_dead_work_folders(data_root)  # the work folders of killed scale runs
     folder, temporary = work_folder(data_root, work_dir)
     command = scale_command(opts)
+    import signal
+
+    def _terminated(signum, frame):  # SIGTERM (kill, timeout) ends the run as Ctrl-C does: step killed, folder removed
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         with _errors():
             try:
@@ -809,6 +815,7 @@ def _bench_scale(sizes, models, seed, threads, max_steps, device, keep, work_dir
             except (ScaleError, SyntheticError) as exc:
                 raise click.ClickException(str(exc)) from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if temporary and not keep:
             shutil.rmtree(folder, ignore_errors=True)
     if keep:

@@ -312,3 +312,26 @@ def test_the_target_lines_judge_only_the_sizes_the_targets_are_for():
     full = _verdicts([row(1_000_000, 1.0), row(20_000_000, 0.7)], ["din"])
     assert "1.95 GB (met)" in full and "0.70 (beyond 20 %)" in full
     assert "compares 20M" not in _verdicts([row(5_000, 1.0)], ["din"])
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_no_work_folder_and_no_table_left(tmp_path):
+    """kill / timeout send SIGTERM: the running step is killed, the temporary work folder removed,
+    nothing written under results/ (the first size is large enough to be still generating)."""
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    data_dir, results = tmp_path / "data", tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "cli.py", "bench", "--scale", "--sizes", "2M", "--results-dir",
+                             str(results), "--data-dir", str(data_dir)], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(data_dir.glob(".tmp-scale*/2M/generate.log")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(1)  # a step left running would go on writing into its folder
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".tmp-scale")] == []
+    assert not results.exists() or not any(results.rglob("scale.*"))
