@@ -207,8 +207,16 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
     ``force`` rebuilds and atomically replaces the cache. ``params``: the protocol parameters
     (default :data:`PARAMS`; another ``max_len`` is another cache key, so its own folder and
     fingerprint). Raises :class:`DataError` (unknown
-    dataset, missing/corrupt/wrong-checksum file, bad split) leaving earlier caches intact.
+    dataset, missing/corrupt/wrong-checksum file, bad split; a damaged cache found for reuse)
+    leaving earlier caches intact.
     """
+    return _prepare(dataset, data_dir, raw_dir, force, params)[0]
+
+
+def _prepare(dataset: str, data_dir: Path | None, raw_dir: Path | None, force: bool,
+             params: samples.ProtocolParams | None) -> tuple[PreparedInfo, PreparedDataset | None]:
+    """:func:`prepare`, also returning the cache it checked by loading it on a hit (None after a
+    build), so :func:`load_prepared` does not load and check it a second time."""
     protocol = _protocol(dataset)
     params = params if params is not None else PARAMS
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -222,11 +230,11 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
         final = root / f"{protocol}-{key}"
         if not force and (final / META).is_file():
             meta = _read_meta(final)
-            load_cache(final)  # every loader's checks (sha256 of each file, offsets, ids): a damaged cache is
-            # one DataError naming the file and --force, never reported as a cache hit
+            loaded = load_cache(final)  # every loader's checks (sha256 of each file, offsets, ids): a damaged
+            # cache is one DataError naming the file and --force, never reported as a cache hit
             _set_latest(root, final.name, params)
             log.info("%s: cache hit, %s (fingerprint %s)", dataset, final, meta["fingerprint"][:12])
-            return _info(meta, final, cache_hit=True)
+            return _info(meta, final, cache_hit=True), loaded
         table = family.sample_table(dataset, raw, params, protocol=protocol)
         totals = (stats.dataset_totals(table.item_attrs, table.event_user, table.user_key)
                   if table.history_key is None else  # per-sample pools (TaobaoAd_x1): event_user is no user
@@ -260,7 +268,7 @@ def prepare(dataset: str, data_dir: Path | None = None, raw_dir: Path | None = N
     _set_latest(root, final.name, params)
     log.info("%s: prepared %s in %.1f s (fingerprint %s)", dataset, final,
              time.perf_counter() - t0, meta["fingerprint"][:12])
-    return _info(meta, final, cache_hit=False)
+    return _info(meta, final, cache_hit=False), None
 
 
 def check_disjoint(dataset: str, protocol: str, splits: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
@@ -300,7 +308,8 @@ def load_prepared(dataset: str, data_dir: Path | None = None, raw_dir: Path | No
             if (meta.get("protocol"), meta.get("prep_version"), meta.get("params")) == (
                     protocol, PREP_VERSION, dataclasses.asdict(params)):
                 return load_cache(latest)
-    return load_cache(prepare(dataset, data_dir, raw_dir, params=params).path)
+    info, loaded = _prepare(dataset, data_dir, raw_dir, False, params)
+    return loaded if loaded is not None else load_cache(info.path)
 
 
 def check_ids(schema: FeatureSchema, data: Batch, where: str,
