@@ -70,3 +70,31 @@ def separable_split(schema: FeatureSchema, n: int = 512, seed: int = 0) -> Split
 @pytest.fixture
 def schema() -> FeatureSchema:
     return tiny_schema()
+
+
+@pytest.fixture
+def ml_table(tmp_path, monkeypatch):
+    """The SampleTable of a tiny synthetic movielens-100k (tests/datagen.py), GroupLens file layout."""
+    from bench.data.samples import ProtocolParams
+    from bench.data.sources import movielens
+    from bench.data.sources.common import RawFiles
+    from datagen import ml100k_frames, ml100k_spec, write_ml100k_files
+
+    frames = ml100k_frames()
+    monkeypatch.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
+    folder = write_ml100k_files(tmp_path / "raw", frames)
+    raw = RawFiles("grouplens-files", {r: folder / f for r, f in
+                                       (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item"))})
+    return movielens.sample_table("movielens-100k", raw, ProtocolParams())
+
+
+@pytest.fixture
+def beauty_table(tmp_path, monkeypatch):
+    """The SampleTable of tiny synthetic S3-Rec Beauty files (tests/datagen.py)."""
+    from bench.data.samples import ProtocolParams
+    from bench.data.sources import amazon
+    from datagen import beauty_bytes, beauty_rows, write_beauty
+
+    folder = write_beauty(tmp_path / "beauty", beauty_bytes(*beauty_rows()), monkeypatch)
+    raw = amazon.acquire("amazon-beauty", folder, tmp_path / "unused")
+    return amazon.sample_table("amazon-beauty", raw, ProtocolParams())

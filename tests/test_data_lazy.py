@@ -17,12 +17,11 @@ from bench import data
 from bench.data import samples
 from bench.data.samples import (SPLITS, TRAIN, ProtocolParams, SampleTable, _encode_columns, build, encode,
                                 fit_vocab, gather_history, history_bounds, lookup_rows)
-from bench.data.sources import amazon, movielens
-from bench.data.sources.common import DataError, RawFiles
+from bench.data.sources import movielens
+from bench.data.sources.common import DataError
 from bench.data.store import LazySplit
 from bench.nn.contract import BATCH_FIELDS, OOV, Split
 from conftest import AMAZON_BEAUTY_DIR
-from datagen import beauty_bytes, beauty_rows, ml100k_frames, ml100k_spec, write_beauty, write_ml100k_files
 
 #: the fingerprints of the committed run records (docs/DATA.md); issue 16 must not move them
 PINNED = {
@@ -173,22 +172,6 @@ def assert_equal_to_materialised(splits: dict[str, LazySplit], want: dict[str, d
             n += len(pa)
         assert n == len(lazy)
 
-
-@pytest.fixture
-def ml_table(tmp_path, monkeypatch) -> SampleTable:
-    frames = ml100k_frames()
-    monkeypatch.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
-    folder = write_ml100k_files(tmp_path / "raw", frames)
-    raw = RawFiles("grouplens-files", {r: folder / f for r, f in
-                                       (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item"))})
-    return movielens.sample_table("movielens-100k", raw, ProtocolParams())
-
-
-@pytest.fixture
-def beauty_table(tmp_path, monkeypatch) -> SampleTable:
-    folder = write_beauty(tmp_path / "beauty", beauty_bytes(*beauty_rows()), monkeypatch)
-    raw = amazon.acquire("amazon-beauty", folder, tmp_path / "unused")
-    return amazon.sample_table("amazon-beauty", raw, ProtocolParams())
 
 
 @pytest.mark.parametrize("max_len", [1, 3, 50])

@@ -10,27 +10,11 @@ import numpy as np
 import pytest
 
 from bench.nn.contract import OOV
-from bench.data.sources import amazon, movielens
-from bench.data.sources.common import DataError, RawFiles
+from bench.data.sources import amazon
+from bench.data.sources.common import DataError
 from bench.data.samples import ProtocolParams, SampleTable, build, decode, gather_history, history_bounds
-from datagen import beauty_bytes, beauty_rows, ml100k_frames, ml100k_spec, write_beauty, write_ml100k_files
+from datagen import beauty_rows
 
-
-@pytest.fixture
-def ml_table(tmp_path, monkeypatch) -> SampleTable:
-    frames = ml100k_frames()
-    monkeypatch.setitem(movielens.SPECS, "movielens-100k", ml100k_spec(frames))
-    folder = write_ml100k_files(tmp_path / "raw", frames)
-    raw = RawFiles("grouplens-files", {r: folder / f for r, f in
-                                       (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item"))})
-    return movielens.sample_table("movielens-100k", raw, ProtocolParams())
-
-
-@pytest.fixture
-def beauty_table(tmp_path, monkeypatch) -> SampleTable:
-    folder = write_beauty(tmp_path / "beauty", beauty_bytes(*beauty_rows()), monkeypatch)
-    raw = amazon.acquire("amazon-beauty", folder, tmp_path / "unused")
-    return amazon.sample_table("amazon-beauty", raw, ProtocolParams())
 
 
 def reference_history(table: SampleTable, i: int, max_len: int) -> list[int]:

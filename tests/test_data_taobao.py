@@ -301,15 +301,21 @@ TIANCHI_FAULTS = {
 }
 
 
-@pytest.mark.parametrize("case", TIANCHI_FAULTS, ids=list(TIANCHI_FAULTS))
-def test_a_malformed_tianchi_file_gets_one_error_naming_file_and_column(case, tianchi_dir, tmp_path):
-    name, fn, match = TIANCHI_FAULTS[case]
+def _one_error_naming_the_file(source, fault, tmp_path) -> None:
+    """Prepare a copy of ``source`` with ``fault`` = (file name, edit, error pattern) applied: one
+    single-line DataError matching the pattern and naming the file."""
+    name, fn, match = fault
     folder = tmp_path / "raw"
-    shutil.copytree(tianchi_dir, folder)
+    shutil.copytree(source, folder)
     _edit(folder, name, fn)
     with pytest.raises(DataError, match=match) as err:
         data.prepare("taobao-ad", tmp_path / "data", folder)
     assert str(folder / name) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case", TIANCHI_FAULTS, ids=list(TIANCHI_FAULTS))
+def test_a_malformed_tianchi_file_gets_one_error_naming_file_and_column(case, tianchi_dir, tmp_path):
+    _one_error_naming_the_file(tianchi_dir, TIANCHI_FAULTS[case], tmp_path)
     assert not (tmp_path / "data" / "taobao-ad").exists()  # nothing written
 
 
@@ -326,13 +332,7 @@ X1_FAULTS = {
 
 @pytest.mark.parametrize("case", X1_FAULTS, ids=list(X1_FAULTS))
 def test_a_malformed_x1_file_gets_one_error_naming_file_and_column(case, x1_dir, tmp_path):
-    name, fn, match = X1_FAULTS[case]
-    folder = tmp_path / "raw"
-    shutil.copytree(x1_dir, folder)
-    _edit(folder, name, fn)
-    with pytest.raises(DataError, match=match) as err:
-        data.prepare("taobao-ad", tmp_path / "data", folder)
-    assert str(folder / name) in str(err.value) and "\n" not in str(err.value)
+    _one_error_naming_the_file(x1_dir, X1_FAULTS[case], tmp_path)
 
 
 def test_missing_files_name_what_is_expected_and_where_to_get_it(tianchi_dir, x1_dir, tmp_path):
