@@ -601,8 +601,9 @@ def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threa
             for m, space in spaces[ds_name].items():
                 click.echo(f"  {m}: " + "; ".join(space.lines()))
             ds = runner.dataset(ds_name)
+            out = out_dir(results, ds_name, {}, tag) / "tuning"
             done = []
-            for m in models:
+            for i, m in enumerate(models):
                 records = list(runner.store.records())
                 done.append(tune_model(runner, spaces[ds_name][m], trials, storage, records, progress=click.echo))
                 r = done[-1]
@@ -610,8 +611,9 @@ def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threa
                 click.echo(f"{ds_name} {m}: {len(r.trials)}/{trials} trials ({r.trained} trained now"
                            + (", study rebuilt from its run records" if r.rebuilt else "") + "); best validation AUC "
                            + (f"{best['value']:.4f} (trial {best['number']})" if best else "none"))
-            out = out_dir(results, ds_name, {}, tag) / "tuning"
-            paths = write_outputs(out, done, ds, list(runner.store.records()))
+                # Published after every model, so a tune stopped later keeps its finished studies' tables
+                # (the summary names the studies still to run).
+                paths = write_outputs(out, done, ds, list(runner.store.records()), pending=models[i + 1:])
             click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -251,6 +251,35 @@ def test_resume_after_an_interrupt_trains_nothing_twice_and_ends_with_the_same_t
     assert trained_now(res.output, "dcn") == 1
 
 
+def test_a_tune_stopped_in_a_later_study_keeps_the_finished_studies_tables(tiny, configs, tmp_path, monkeypatch):
+    """The tables are published after every model: a tune killed during its second model's study leaves
+    the first model's trials table and a summary naming the study still to run, and the finished run
+    replaces them with the whole publication."""
+    from bench.training.studies import Runner
+
+    results = tmp_path / "results"
+    real, calls = Runner._trained_run, []
+
+    def dies_in_the_second_study(self, job):
+        calls.append(job.run_id)
+        if len(calls) == 3:  # 2 lr trials, then the first dcn trial
+            raise KeyboardInterrupt
+        return real(self, job)
+
+    monkeypatch.setattr(Runner, "_trained_run", dies_in_the_second_study)
+    res = tune(tiny, results, "--models", "lr,dcn", "--trials", 2, "--workers", 1)
+    assert res.exit_code == 1 and "Aborted" in res.output
+    out = results / "movielens-100k" / "subsets" / "lr+dcn_trials2" / "tuning"
+    assert {p.name for p in out.iterdir()} == {"lr.md", "lr.csv", "summary.md", "tuning.png"}
+    summary = (out / "summary.md").read_text()
+    assert "2/2" in summary and "the studies of Deep&Cross have not run yet" in summary
+    monkeypatch.setattr(Runner, "_trained_run", real)
+    res = tune(tiny, results, "--models", "lr,dcn", "--trials", 2, "--workers", 1)
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in out.iterdir()} == {"lr.md", "lr.csv", "dcn.md", "dcn.csv", "summary.md", "tuning.png"}
+    assert "have not run yet" not in (out / "summary.md").read_text()
+
+
 def test_a_trial_whose_training_fails_counts_in_the_budget_and_is_not_retried(tiny, configs, tmp_path, monkeypatch):
     """A non-finite loss (e.g. a learning rate too high) is a failed trial, not an error of the command; the
     study keeps it, so a second start trains nothing; trial records stay out of the protocol's tables."""

@@ -77,9 +77,11 @@ def trials_table(result: StudyResult, ds: Any):
                  pd.DataFrame(rows, columns=columns), pd.DataFrame(csv), set(), set(), notes)
 
 
-def summary_table(results: Sequence[StudyResult], ds: Any, records: Sequence[dict[str, Any]]):
+def summary_table(results: Sequence[StudyResult], ds: Any, records: Sequence[dict[str, Any]],
+                  pending: Sequence[str] = ()):
     """Best config per model, budget used, best validation AUC of the default config (mean of the
-    protocol's default runs present, seeds noted) and the tuned one."""
+    protocol's default runs present, seeds noted) and the tuned one; ``pending``: the models of the
+    command whose studies have not run yet (a note names them)."""
     import pandas as pd
 
     from bench.report import Table, model_label
@@ -106,6 +108,9 @@ def summary_table(results: Sequence[StudyResult], ds: Any, records: Sequence[dic
              "default: the mean best-epoch validation AUC of the protocol's default runs (seeds 0-4 where present; "
              "another seed than the trials', so it is a reference, not a paired comparison)",
              f"protocol {ds.protocol}, data fingerprint {ds.fingerprint[:16]}"]
+    if pending:
+        notes.append(f"in progress: the studies of {', '.join(model_label(m) for m in pending)} have not run yet "
+                     "(python cli.py tune resumes from the trials' run records)")
     notes += [f"search space of {r.space.model}: " + "; ".join(r.space.lines()) for r in results]
     return Table(f"Tuning on {ds.name}: best configuration per model (validation AUC)",
                  pd.DataFrame(rows, columns=["model", "trials", "failed", "default valid AUC", "tuned valid AUC",
@@ -150,10 +155,11 @@ def tuning_png(results: Sequence[StudyResult], title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(out: Path, results: Sequence[StudyResult], ds: Any, records: Sequence[dict[str, Any]]) -> list[Path]:
+def write_outputs(out: Path, results: Sequence[StudyResult], ds: Any, records: Sequence[dict[str, Any]],
+                  pending: Sequence[str] = ()) -> list[Path]:
     """Write ``<out>/<model>.{md,csv}`` for each study, ``<out>/summary.md`` and ``<out>/tuning.png``
     as one publication (:func:`bench.io.atomic_write_many`: nothing half-written; each table's md and
-    csv carry the same stamp). Returns the paths."""
+    csv carry the same stamp); ``pending`` as in :func:`summary_table`. Returns the paths."""
     from bench.io import atomic_write_many
 
     files: dict[Path, bytes] = {}
@@ -164,7 +170,7 @@ def write_outputs(out: Path, results: Sequence[StudyResult], ds: Any, records: S
                          "together and carry the same stamp")
         files[out / f"{r.space.model}.md"] = tab.markdown().encode("utf-8")
         files[out / f"{r.space.model}.csv"] = tab.csv_text(stamp).encode("utf-8")
-    summary = summary_table(results, ds, records)
+    summary = summary_table(results, ds, records, pending)
     files[out / "summary.md"] = summary.markdown().encode("utf-8")
     files[out / "tuning.png"] = tuning_png(results, f"{ds.name}: tuning ({results[0].budget if results else 0} "
                                                     "trials per model)")
