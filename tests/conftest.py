@@ -98,3 +98,21 @@ def beauty_table(tmp_path, monkeypatch):
     folder = write_beauty(tmp_path / "beauty", beauty_bytes(*beauty_rows()), monkeypatch)
     raw = amazon.acquire("amazon-beauty", folder, tmp_path / "unused")
     return amazon.sample_table("amazon-beauty", raw, ProtocolParams())
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (tiny tensors: fastest, and immune to other processes on
+    the cores); the thread count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def keep_threads():
+    """Restores torch's intra-op thread count after a test whose command sets it (--threads)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

@@ -31,14 +31,7 @@ def build(name: str, schema, seed: int = 0, **params):
     return build_model(name, schema, params, item_table=item_table_for(schema))
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to other processes on the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # ------------------------------------------------------------------ configs and registry
 

@@ -36,14 +36,7 @@ def reference_augru(cell: nn.GRUCell, x: torch.Tensor, att: torch.Tensor) -> tor
     return h
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to other processes on the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # ------------------------------------------------------------------ AUGRU and alignment
 

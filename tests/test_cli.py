@@ -26,11 +26,7 @@ def tiny(tmp_path_factory):
     return prepare_tiny_ml100k(tmp_path_factory.mktemp("cli"))
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 def invoke(*args):

@@ -290,8 +290,6 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_an_id_in_the_next_fields_range_is_refused_on_load(beauty_dir, tmp_path):
     """An item_id index >= its vocabulary but < the group's total would read category rows of the
     shared table; loading such a cache (valid fingerprint, e.g. made by faulty code) is an error."""
-    import json
-
     info = data.prepare("amazon-beauty", tmp_path, beauty_dir)
     ds = data.load_cache(info.path)
     v_item = ds.schema.item_fields[0].vocab_size

@@ -21,13 +21,7 @@ READINGS = [{"gim_mode": "concat"}, {"gim_mode": "sum_concat"}, {"gim_mode": "un
             {"ibim_score": "bilinear"}, {"mlp_activation": "prelu"}, {"mlp_activation": "dice"}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model(schema, seed: int = 0, trim_padding: bool = True, length_buckets: int = 4, **params) -> MIAN:

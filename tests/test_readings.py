@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from bench.nn.config import ConfigError, ModelConfig, choice, omitted_at_default, recorded_fields
@@ -315,11 +314,7 @@ def tiny(tmp_path_factory):
     return prepare_tiny_ml100k(tmp_path_factory.mktemp("readings"))
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 def _invoke(*args):

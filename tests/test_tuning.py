@@ -41,11 +41,7 @@ def configs(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # tests/conftest.py
 
 
 def tune(data, results, *extra):
