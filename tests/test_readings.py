@@ -56,13 +56,21 @@ def test_committed_mian_records_keep_their_configs_and_run_ids():
     from bench.training.registry import build_model
     from conftest import tiny_schema
 
+    from bench.training.tuning import model_space
+
     recs = _committed_mian_records()
-    assert len(recs) >= 80
-    for r in recs:
+    studies = [r for r in recs if not str(r["variant"]).startswith(("tune-", "tuned-"))]
+    assert len(studies) >= 80
+    for r in studies:
         overrides = study_variant(r["variant"])[1]
         assert ("gim_mode" in r["config"]["model"]) == ("gim_mode" in overrides)  # recorded only when set
         assert resolve_config(r["dataset"], "mian", overrides, {}, curves=draws_curves("mian", r["variant"])) == r["config"]
+    for r in recs:
         assert run_id({k: r[k] for k in KEY_FIELDS}) == r["run_id"]
+    for r in (r for r in recs if str(r["variant"]).startswith("tune-")):  # a tuning trial: its sampled values
+        sampled = model_space(r["dataset"], "mian").overrides(r["tuning"]["params"])
+        sampled = {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()}
+        assert resolve_config(r["dataset"], "mian", overrides=sampled) == r["config"], r["run_id"]
     every = list(RunStore(REPO / "results" / "runs").records())
     kept, _ = protocol_records(every)
     # every current record but the tuning protocol's (tune- trials, tuned- runs: their own tables)
