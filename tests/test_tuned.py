@@ -198,6 +198,24 @@ def test_the_report_shows_both_protocols_and_lists_the_changed_verdicts(tmp_path
            "`python cli.py reproduce --tuned --dataset ds`" in none
 
 
+def test_a_claim_against_another_best_baseline_under_each_protocol_is_one_row():
+    """Tuning may change which baseline is best: the Table 2 claim is then against DIEN on one side and
+    DIN on the other, and is still one claim (one row, one verdict change), the other side naming its model."""
+    from bench.report.claims import _side_by_side, claim_key
+
+    assert claim_key("Table 2: MIAN's AUC beats the best baseline (dien)") == "Table 2: MIAN's AUC beats the best baseline"
+    assert claim_key("Table 4: Pre-LN beats Post-LN (AUC)") == "Table 4: Pre-LN beats Post-LN (AUC)"
+    default = [{"claim": "Table 2: MIAN's AUC beats the best baseline (dien)", "ours": "0.71 vs 0.72", "verdict": "inconclusive"},
+               {"claim": "Table 3: removing GIM lowers AUC", "ours": "x", "verdict": "inconclusive"}]
+    tuned = [{"claim": "Table 2: MIAN's AUC beats the best baseline (din)", "ours": "0.70 vs 0.72", "verdict": "not reproduced"},
+             {"claim": "Table 3: removing GIM lowers AUC", "ours": "y", "verdict": "inconclusive"}]
+    table, changed, missing, figure6, only = _side_by_side(default, tuned, "absent")
+    assert [row[0] for row in table] == [default[0]["claim"], default[1]["claim"]] and only == [] and missing == []
+    assert table[0][2:] == ["against din: 0.70 vs 0.72", "not reproduced"]
+    assert table[1][2:] == ["y", "inconclusive"]  # the same claim text: no model named again
+    assert changed == ["Table 2: MIAN's AUC beats the best baseline (dien / din) (inconclusive -> not reproduced)"]
+
+
 def test_report_puts_the_tuned_claims_beside_the_default_ones(study):
     """`report` with default-protocol runs and a tuned folder: the default claims come from the default
     runs only, the tuned column from the tuned runs only."""

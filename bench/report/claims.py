@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -517,24 +518,43 @@ def _reading_section(rows: list[dict[str, str]], info: dict[str, Any] | None, da
     return head + [""]
 
 
+_BASELINE_SUFFIX = re.compile(r" \(([a-z_]+)\)$")
+
+
+def claim_key(claim: str) -> str:
+    """The claim without the best baseline it names ("... beats the best baseline (din)" -> "...
+    beats the best baseline"): the same claim under two protocols may be against another model,
+    each side's best (the claims about (AUC) keep their upper-case suffix)."""
+    return _BASELINE_SUFFIX.sub("", claim)
+
+
 def _side_by_side(rows: list[dict[str, str]], other: list[dict[str, str]], absent: str
                   ) -> tuple[list[list[str]], list[str], list[str], list[str], list[str]]:
-    """The claims ``rows`` against the same claims ``other`` (another reading or protocol):
-    (table rows [claim, verdict, other's ours, other's verdict] -- ``absent`` as other's ours for a
-    claim it lacks --, "claim (verdict -> other verdict)" of each changed verdict, the claims other
-    lacks except Figure 6, the Figure 6 claims other lacks, the claims only other has). A partial
-    verdict (a study still running) is no change."""
-    theirs = {r["claim"]: r for r in other}
+    """The claims ``rows`` against the same claims ``other`` (another reading or protocol), matched
+    by :func:`claim_key`: (table rows [claim, verdict, other's ours, other's verdict] -- ``absent``
+    as other's ours for a claim it lacks; "against <model>: " before other's ours when its best
+    baseline is another model --, "claim (verdict -> other verdict)" of each changed verdict (a claim
+    against two best baselines names both: "... best baseline (dien / din)"), the
+    claims other lacks except Figure 6, the Figure 6 claims other lacks, the claims only other has).
+    A partial verdict (a study still running) is no change."""
+    theirs = {claim_key(r["claim"]): r for r in other}
     table, changed, missing, figure6 = [], [], [], []
     for r in rows:
-        o = theirs.get(r["claim"])
+        o = theirs.get(claim_key(r["claim"]))
         if o is None:
             (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
         elif o["verdict"] != r["verdict"] and not (is_partial(o["verdict"]) or is_partial(r["verdict"])):
-            changed.append(f"{r['claim']} ({r['verdict']} -> {o['verdict']})")
-        table.append([r["claim"], r["verdict"], o["ours"] if o else absent, o["verdict"] if o else ""])
-    mine = {r["claim"] for r in rows}
-    only = [o["claim"] for o in other if o["claim"] not in mine]
+            a, b = _BASELINE_SUFFIX.search(r["claim"]), _BASELINE_SUFFIX.search(o["claim"])
+            name = (f"{claim_key(r['claim'])} ({a.group(1)} / {b.group(1)})" if a and b and a.group(1) != b.group(1)
+                    else r["claim"])
+            changed.append(f"{name} ({r['verdict']} -> {o['verdict']})")
+        ours = absent
+        if o is not None:
+            named = _BASELINE_SUFFIX.search(o["claim"])
+            ours = (f"against {named.group(1)}: " if named and o["claim"] != r["claim"] else "") + o["ours"]
+        table.append([r["claim"], r["verdict"], ours, o["verdict"] if o else ""])
+    mine = {claim_key(r["claim"]) for r in rows}
+    only = [o["claim"] for o in other if claim_key(o["claim"]) not in mine]
     return table, changed, missing, figure6, only
 
 
