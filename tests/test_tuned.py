@@ -215,6 +215,18 @@ def test_a_claim_against_another_best_baseline_under_each_protocol_is_one_row():
     assert table[1][2:] == ["y", "inconclusive"]  # the same claim text: no model named again
     assert changed == ["Table 2: MIAN's AUC beats the best baseline (dien / din) (inconclusive -> not reproduced)"]
 
+    from bench.report.claims import claims_markdown
+
+    manifest = {"models": {"din": {"trial": 1, "valid_auc": 0.7, "budget": 20, "tuning_seed": 100}}}
+    fig5 = {"claim": "Figure 5: Pre-LN reaches 99% of its best validation AUC in fewer steps than Post-LN", "paper": "p",
+            "ours": "z", "verdict": "inconclusive"}
+    for row in default:
+        row["paper"] = "p"
+    md = claims_markdown({"ds": [*default, fig5]}, tuned={"ds": {"manifest": manifest, "rows": tuned, "notes": []}})
+    assert "Not run under the tuned protocol (1 claim(s)): Figure 5 is the default protocol's only" in md
+    md = claims_markdown({"ds": [*default, fig5]}, tuned={"ds": {"manifest": manifest, "rows": tuned[1:], "notes": []}})
+    assert "Not run under the tuned protocol (2 claim(s)): Table 2 comes from `python cli.py reproduce --tuned" in md
+
 
 def test_report_puts_the_tuned_claims_beside_the_default_ones(study):
     """`report` with default-protocol runs and a tuned folder: the default claims come from the default
