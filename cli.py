@@ -603,8 +603,8 @@ def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threa
             ds = runner.dataset(ds_name)
             out = out_dir(results, ds_name, {}, tag) / "tuning"
             done = []
+            records = list(runner.store.records())
             for i, m in enumerate(models):
-                records = list(runner.store.records())
                 done.append(tune_model(runner, spaces[ds_name][m], trials, storage, records, progress=click.echo))
                 r = done[-1]
                 best = r.best()
@@ -613,7 +613,8 @@ def tune(datasets, models, trials, data_dir, raw_dir, results_dir, device, threa
                            + (f"{best['value']:.4f} (trial {best['number']})" if best else "none"))
                 # Published after every model, so a tune stopped later keeps its finished studies' tables
                 # (the summary names the studies still to run).
-                paths = write_outputs(out, done, ds, list(runner.store.records()), pending=models[i + 1:])
+                records = list(runner.store.records())  # with this study's new trials; the next study reads them too
+                paths = write_outputs(out, done, ds, records, pending=models[i + 1:])
             click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

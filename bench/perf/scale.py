@@ -477,11 +477,11 @@ def _verdicts(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> str:
         worst = max(big["prepare_peak_rss_mb"], big["din_peak_rss_mb"]) * 2**20
         text += (f" Prepare and one DIN epoch within 8 GB at {size_label(big['reviews'])}: peak "
                  f"{worst / 2**30:.2f} GB ("
-                 + (('met' if worst <= TARGET_RSS_BYTES else 'missed') if big["reviews"] >= 20_000_000
+                 + (('met' if worst <= TARGET_RSS_BYTES else 'missed') if big["reviews"] >= DEFAULT_SIZES[-1]
                     else "n/a: the target is for 20M") + ").")
     if len(rows) < 2:
         return text
-    judged = big["reviews"] >= 20_000_000 and rows[0]["reviews"] <= 1_000_000
+    judged = big["reviews"] >= DEFAULT_SIZES[-1] and rows[0]["reviews"] <= DEFAULT_SIZES[0]
     for m in models:
         ratio = big[f"{m}_throughput_vs_smallest"]
         text += (f" {m} throughput at {size_label(big['reviews'])} / at {size_label(rows[0]['reviews'])}: {ratio:.2f}"

@@ -528,6 +528,12 @@ def claim_key(claim: str) -> str:
     return _BASELINE_SUFFIX.sub("", claim)
 
 
+def _baseline_named(claim: str) -> str | None:
+    """The best baseline a claim names ("... (din)" -> "din"), None when it names none."""
+    named = _BASELINE_SUFFIX.search(claim)
+    return named.group(1) if named else None
+
+
 def _side_by_side(rows: list[dict[str, str]], other: list[dict[str, str]], absent: str
                   ) -> tuple[list[list[str]], list[str], list[str], list[str], list[str]]:
     """The claims ``rows`` against the same claims ``other`` (another reading or protocol), matched
@@ -543,16 +549,15 @@ def _side_by_side(rows: list[dict[str, str]], other: list[dict[str, str]], absen
         o = theirs.get(claim_key(r["claim"]))
         if o is None:
             (figure6 if r["claim"].startswith("Figure 6") else missing).append(r["claim"])
-        elif o["verdict"] != r["verdict"] and not (is_partial(o["verdict"]) or is_partial(r["verdict"])):
-            a, b = _BASELINE_SUFFIX.search(r["claim"]), _BASELINE_SUFFIX.search(o["claim"])
-            name = (f"{claim_key(r['claim'])} ({a.group(1)} / {b.group(1)})" if a and b and a.group(1) != b.group(1)
-                    else r["claim"])
+            table.append([r["claim"], r["verdict"], absent, ""])
+            continue
+        mine_base, their_base = _baseline_named(r["claim"]), _baseline_named(o["claim"])
+        other_base = mine_base != their_base  # same claim kind, another best baseline on the other side
+        if o["verdict"] != r["verdict"] and not (is_partial(o["verdict"]) or is_partial(r["verdict"])):
+            name = f"{claim_key(r['claim'])} ({mine_base} / {their_base})" if other_base else r["claim"]
             changed.append(f"{name} ({r['verdict']} -> {o['verdict']})")
-        ours = absent
-        if o is not None:
-            named = _BASELINE_SUFFIX.search(o["claim"])
-            ours = (f"against {named.group(1)}: " if named and o["claim"] != r["claim"] else "") + o["ours"]
-        table.append([r["claim"], r["verdict"], ours, o["verdict"] if o else ""])
+        table.append([r["claim"], r["verdict"], (f"against {their_base}: " if other_base else "") + o["ours"],
+                      o["verdict"]])
     mine = {claim_key(r["claim"]) for r in rows}
     only = [o["claim"] for o in other if claim_key(o["claim"]) not in mine]
     return table, changed, missing, figure6, only
